@@ -1,0 +1,77 @@
+//! The `tickwire` command line.
+
+mod decode;
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tickwire_core::codec::{DEFAULT_MAX_PACKET_SIZE, Decoder};
+
+/// Resilient real-time market data over the TradingView-style WebSocket protocol.
+#[derive(Debug, Parser)]
+#[command(name = "tickwire", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode raw WebSocket message texts (one message per line) into one JSON object per packet.
+    ///
+    /// Each output line has at least "kind" (hello, heartbeat, the method such as qsd or
+    /// timescale_update, unknown, or error) and "line" (the input line). A bad packet prints an
+    /// error object and decoding goes on; the exit status is non-zero only when the input could
+    /// not be read.
+    Decode {
+        /// File to read; standard input when omitted or "-".
+        file: Option<PathBuf>,
+        /// Largest packet accepted, in UTF-16 code units.
+        #[arg(long, default_value_t = DEFAULT_MAX_PACKET_SIZE)]
+        max_packet_size: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Decode {
+            file,
+            max_packet_size,
+        } => finish(decode(file, max_packet_size)),
+    }
+}
+
+fn decode(file: Option<PathBuf>, max_packet_size: usize) -> Result<(), String> {
+    let decoder = Decoder::with_max_packet_size(max_packet_size);
+    let stdout = io::stdout();
+    let mut output = BufWriter::new(stdout.lock());
+    let result = match file.filter(|path| path.as_os_str() != "-") {
+        Some(path) => {
+            let file = File::open(&path)
+                .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+            decode::run(&mut BufReader::new(file), &mut output, &decoder)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))
+        }
+        None => decode::run(&mut io::stdin().lock(), &mut output, &decoder)
+            .map_err(|error| format!("cannot read standard input: {error}")),
+    };
+    let flushed = output.flush();
+    result?;
+    flushed.map_err(|error| format!("cannot write output: {error}"))
+}
+
+/// One clear line on stderr and a non-zero exit for failures; a closed pipe is not a failure.
+fn finish(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) if message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tickwire: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

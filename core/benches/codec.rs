@@ -1,0 +1,99 @@
+//! Codec and parser throughput over the shared test data.
+//!
+//! Run: `cargo bench -p tickwire-core --bench codec`
+//!
+//! - `capture/*`: the real 2023 capture (1.46 MB, 42 packets, big chart batches), fed as one
+//!   WebSocket message.
+//! - `qsd/*`: the synthetic live-quote corpus (9.3 MB, 4 000 messages, 64 442 qsd packets plus
+//!   heartbeats), one WebSocket message per line.
+//!
+//! `framing` only splits packets; `framing+parse` also parses every JSON payload into a typed
+//! `ServerMessage`. Criterion reports both bytes/s and packets/s.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tickwire_core::codec::{Decoder, Packet};
+use tickwire_core::message;
+
+fn testdata(name: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata")
+        .join(name);
+    let data = std::fs::read(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    Bytes::from(data)
+}
+
+/// One WebSocket message per line, as zero-copy slices of the file.
+fn lines(file: &Bytes) -> Vec<Bytes> {
+    let mut messages = Vec::new();
+    let mut start = 0;
+    for (position, byte) in file.iter().enumerate() {
+        if *byte == b'\n' {
+            if position > start {
+                messages.push(file.slice(start..position));
+            }
+            start = position + 1;
+        }
+    }
+    if start < file.len() {
+        messages.push(file.slice(start..));
+    }
+    messages
+}
+
+fn frame_all(decoder: &Decoder, messages: &[Bytes]) -> usize {
+    let mut packets = 0;
+    for message in messages {
+        for packet in decoder.decode(message) {
+            black_box(&packet);
+            packets += 1;
+        }
+    }
+    packets
+}
+
+fn frame_and_parse_all(decoder: &Decoder, messages: &[Bytes]) -> usize {
+    let mut parsed = 0;
+    for message in messages {
+        for packet in decoder.decode(message) {
+            if let Ok(Packet::Json(payload)) = packet {
+                let message = message::parse(&payload).expect("test data parses");
+                black_box(&message);
+                parsed += 1;
+            }
+        }
+    }
+    parsed
+}
+
+fn bench_corpus(c: &mut Criterion, name: &str, messages: &[Bytes]) {
+    let decoder = Decoder::new();
+    let bytes: u64 = messages.iter().map(|message| message.len() as u64).sum();
+    let packets = frame_all(&decoder, messages) as u64;
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: packets,
+        bytes,
+    });
+    group.bench_function("framing", |b| {
+        b.iter(|| frame_all(&decoder, black_box(messages)))
+    });
+    group.bench_function("framing+parse", |b| {
+        b.iter(|| frame_and_parse_all(&decoder, black_box(messages)))
+    });
+    group.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let capture = testdata("tradingview-rs-socket-messages-2023.txt");
+    bench_corpus(c, "capture", std::slice::from_ref(&capture));
+    let qsd = testdata("qsd-burst-synthetic.txt");
+    bench_corpus(c, "qsd", &lines(&qsd));
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

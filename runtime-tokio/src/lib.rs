@@ -1,0 +1,10 @@
+//! # tickwire-tokio
+//!
+//! The tokio driver for [`tickwire_core`]: it will own the WebSocket (tokio-tungstenite), the
+//! timer and the core client, feed the core and execute its outputs.
+//!
+//! **Not implemented yet.** This crate holds no functionality until the core client state
+//! machine exists; it is part of the workspace so that its place and name are fixed. It
+//! re-exports the core so that depending on it already gives the protocol layer.
+
+pub use tickwire_core as core;

@@ -1,0 +1,1 @@
+//! Holds no library code: the tests live in `tests/tests/`.
