@@ -25,6 +25,8 @@ use serde::de::{
     self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 use serde_json::Value;
+
+mod fast_qsd;
 use serde_json::value::RawValue;
 
 /// A string from the payload: borrowed when the JSON had no escapes, owned otherwise.
@@ -543,6 +545,17 @@ pub struct ChartUpdate<'a> {
 /// [`ParseError::Empty`] for an empty payload; [`ParseError::Malformed`] for anything that is not
 /// JSON, not an object, or whose `p` does not have the shape of its method.
 pub fn parse(payload: &[u8]) -> Result<ServerMessage<'_>, ParseError> {
+    if payload.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if let Some(message) = fast_qsd::parse(payload) {
+        return Ok(message);
+    }
+    parse_general(payload)
+}
+
+/// The serde path, for every message the fast path does not take.
+fn parse_general(payload: &[u8]) -> Result<ServerMessage<'_>, ParseError> {
     if payload.is_empty() {
         return Err(ParseError::Empty);
     }
