@@ -325,16 +325,33 @@ impl Iterator for Packets<'_> {
                 },
             );
         };
-        let span_end = utf16_span_end(self.message.get(start..).unwrap_or_default(), units)
+        let utf16_end = utf16_span_end(self.message.get(start..).unwrap_or_default(), units)
             .map(|span| start.saturating_add(span));
-        match span_end {
-            Some(end) if is_packet_boundary(&self.message, end) => self.emit(start, end, true),
-            _ => {
-                self.resyncs = self.resyncs.saturating_add(1);
-                let end = self.next_header_or_end(start);
-                self.emit(start, end, false)
+        // What a byte-counting peer meant; differs from the UTF-16 span only for non-ASCII.
+        let byte_end = start.saturating_add(units);
+        let ends_cleanly =
+            |end: usize| end == self.message.len() || is_header_at(&self.message, end);
+        if let Some(end) = utf16_end {
+            if ends_cleanly(end) {
+                return self.emit(start, end, true);
+            }
+            // A header cut off by the end of the message is a weaker sign of a packet end: take
+            // it only when no complete header comes first.
+            if is_truncated_header_at_end(&self.message, end)
+                && self.next_header_or_end(start) >= end
+            {
+                return self.emit(start, end, true);
             }
         }
+        // The count does not fit as UTF-16. A byte-counting peer's span lands on a header even
+        // when its payload holds header-like text; otherwise take the next header.
+        if utf16_end != Some(byte_end) && ends_cleanly(byte_end) {
+            self.resyncs = self.resyncs.saturating_add(1);
+            return self.emit(start, byte_end, false);
+        }
+        self.resyncs = self.resyncs.saturating_add(1);
+        let end = self.next_header_or_end(start);
+        self.emit(start, end, false)
     }
 }
 
@@ -383,14 +400,13 @@ fn parse_header(message: &[u8], at: usize) -> Option<Header> {
     })
 }
 
-/// Whether a packet may end at `at`: the end of the message, a complete header, or a header
-/// cut off by the end of the message (reported as truncated when it is decoded next).
-fn is_packet_boundary(message: &[u8], at: usize) -> bool {
+/// Whether a header that the end of the message cuts off starts at `at` (`~m`, `~m~12`, `~m~1~`).
+fn is_truncated_header_at_end(message: &[u8], at: usize) -> bool {
     let Some(rest) = message.get(at..) else {
         return false;
     };
-    if rest.is_empty() || is_header_at(message, at) {
-        return true;
+    if rest.is_empty() {
+        return false;
     }
     if rest.len() <= MARK.len() {
         return MARK.starts_with(rest);
@@ -751,5 +767,127 @@ mod tests {
         };
         let base = message.as_ptr() as usize;
         assert_eq!(payload.as_ptr() as usize, base + 7);
+    }
+
+    fn raw_payload(packet: &Packet) -> Vec<u8> {
+        match packet {
+            Packet::Json(payload) => payload.to_vec(),
+            Packet::Heartbeat(beat) => beat.payload().to_vec(),
+            Packet::LegacyJson(json) => [LEGACY_JSON_MARK, json].concat(),
+        }
+    }
+
+    fn decode_payloads(message: &str) -> (Vec<Vec<u8>>, usize, u32) {
+        let (packets, resyncs) = decode(message);
+        let errors = packets.iter().filter(|packet| packet.is_err()).count();
+        let payloads = packets
+            .iter()
+            .filter_map(|packet| packet.as_ref().ok())
+            .map(raw_payload)
+            .collect();
+        (payloads, errors, resyncs)
+    }
+
+    fn payload_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => any::<String>(),
+            2 => "[ -~]{0,40}",
+            1 => "(~m~[0-9]{0,3}(~m~)?|~h~[0-9]{1,3}|~j~|[{}\"a-z:,é😀])*",
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(payloads in proptest::collection::vec(payload_strategy(), 1..8)) {
+            let mut message = String::new();
+            for payload in &payloads {
+                encode_into(payload, &mut message);
+            }
+            let expected: Vec<Vec<u8>> = payloads.iter().map(|payload| payload.as_bytes().to_vec()).collect();
+            prop_assert_eq!(decode_payloads(&message), (expected, 0, 0));
+        }
+
+        #[test]
+        fn any_split_of_a_batch_decodes_to_the_same_packets(
+            payloads in proptest::collection::vec(payload_strategy(), 1..10),
+            cuts in proptest::collection::vec(any::<bool>(), 10),
+        ) {
+            let frames: Vec<String> = payloads.iter().map(|payload| frame(payload)).collect();
+            let mut messages = vec![String::new()];
+            for (index, framed) in frames.iter().enumerate() {
+                if index > 0 && cuts[index] {
+                    messages.push(String::new());
+                }
+                messages.last_mut().unwrap().push_str(framed);
+            }
+            let decoded: Vec<Vec<u8>> = messages.iter().flat_map(|message| decode_payloads(message).0).collect();
+            let expected: Vec<Vec<u8>> = payloads.iter().map(|payload| payload.as_bytes().to_vec()).collect();
+            prop_assert_eq!(decoded, expected);
+        }
+
+        #[test]
+        fn byte_and_char_counting_peers_are_recovered(
+            payloads in proptest::collection::vec("[^~]{0,30}", 1..6),
+            count_chars in any::<bool>(),
+        ) {
+            let mut message = String::new();
+            let mut spans = Vec::new();
+            for payload in &payloads {
+                let length = if count_chars { payload.chars().count() } else { payload.len() };
+                message.push_str(&format!("~m~{length}~m~"));
+                spans.push((message.len(), length));
+                message.push_str(payload);
+            }
+            // Skip the rare batches where reading a count as UTF-16 also happens to end exactly at
+            // a header or at the end: there the UTF-16 reading is the protocol's and wins.
+            let header = |at: usize| {
+                let rest = &message[at..];
+                let digits = rest.get(3..).map_or(0, |tail| tail.bytes().take_while(u8::is_ascii_digit).count());
+                rest.starts_with("~m~") && digits > 0 && rest[3 + digits..].starts_with("~m~")
+            };
+            let misleading = spans.iter().any(|&(start, units)| {
+                let mut counted = 0;
+                for (offset, character) in message[start..].char_indices() {
+                    if counted == units {
+                        return start + offset != message.len() && offset != message[start..].len()
+                            && header(start + offset) && message[start..start + offset].len() != units;
+                    }
+                    counted += character.len_utf16();
+                }
+                counted == units && message[start..].len() != units
+            });
+            prop_assume!(!misleading);
+            let (decoded, errors, _) = decode_payloads(&message);
+            let expected: Vec<Vec<u8>> = payloads.iter().map(|payload| payload.as_bytes().to_vec()).collect();
+            prop_assert_eq!((decoded, errors), (expected, 0));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_always_progress(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let (packets, _) = decode_bytes(&bytes);
+            prop_assert!(packets.len() <= bytes.len() + 1);
+            for packet in packets.iter().filter_map(|packet| packet.as_ref().ok()) {
+                prop_assert!(std::str::from_utf8(&raw_payload(packet)).is_ok());
+            }
+        }
+
+        #[test]
+        fn mutated_batches_never_panic(
+            payloads in proptest::collection::vec(payload_strategy(), 1..6),
+            position in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut message = Vec::new();
+            for payload in &payloads {
+                message.extend_from_slice(frame(payload).as_bytes());
+            }
+            let at = position.index(message.len());
+            if truncate { message.truncate(at) } else { message[at] = byte }
+            let (packets, _) = decode_bytes(&message);
+            prop_assert!(packets.len() <= message.len() + 1);
+        }
     }
 }

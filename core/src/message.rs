@@ -1482,3 +1482,609 @@ impl<'de> Deserialize<'de> for StudyRow {
         deserializer.deserialize_map(RowVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ok(payload: &str) -> ServerMessage<'_> {
+        parse(payload.as_bytes()).unwrap_or_else(|error| panic!("{payload}: {error}"))
+    }
+
+    fn err(payload: &str) -> String {
+        match parse(payload.as_bytes()) {
+            Ok(message) => panic!("{payload} parsed as {message:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn hello_is_an_object_without_m() {
+        let hello = ok(
+            r#"{"session_id":"<0.4949.2378>_dal-charts-5","timestamp":1730000000,"timestampMs":1730000000123,"release":"registry.xtools.tv/tvbs_release/webchart:release_207-48","studies_metadata_hash":"0123","auth_scheme_vsn":2,"protocol":"json","via":"1.2.3.4:443","javastudies":["3.64"]}"#,
+        );
+        let ServerMessage::Hello(hello) = hello else {
+            panic!("{hello:?}")
+        };
+        assert_eq!(
+            hello.session_id.as_deref(),
+            Some("<0.4949.2378>_dal-charts-5")
+        );
+        assert_eq!(hello.timestamp_ms, Some(1_730_000_000_123));
+        assert_eq!(hello.protocol.as_deref(), Some("json"));
+        assert_eq!(hello.auth_scheme_vsn, Some(2));
+        // Unexpected types leave the field empty instead of failing the hello.
+        let ServerMessage::Hello(odd) = ok(r#"{"session_id":5,"protocol":"json"}"#) else {
+            panic!()
+        };
+        assert_eq!(odd.session_id, None);
+        assert_eq!(odd.protocol.as_deref(), Some("json"));
+    }
+
+    #[test]
+    fn qsd_ok_types_well_known_fields_and_keeps_the_rest() {
+        let message = ok(
+            r#"{"m":"qsd","p":["qs_a",{"n":"NASDAQ:NDX","s":"ok","v":{"volume":1e+100,"update_mode":"delayed_streaming_900","typespecs":["main"],"lp_time":1686427872,"lp":14528.3605,"rch":null,"description":"NASDAQ 100","current_session":"out_of_session","currency_code":"USD","chp":0.3,"ch":43.82,"bid":1,"ask":2.5,"bid_size":3,"ask_size":4,"open_price":5,"high_price":6,"low_price":7,"prev_close_price":8}}]}"#,
+        );
+        let ServerMessage::QuoteData(quote) = message else {
+            panic!("{message:?}")
+        };
+        assert_eq!(quote.session, "qs_a");
+        assert_eq!(quote.symbol, "NASDAQ:NDX");
+        let v = &quote.values;
+        assert_eq!(v.volume, FieldUpdate::Cleared, "1e100 means no volume");
+        assert_eq!(v.last_price, FieldUpdate::Set(14528.3605));
+        assert_eq!(v.last_price_time, FieldUpdate::Set(1_686_427_872));
+        assert_eq!(v.change, FieldUpdate::Set(43.82));
+        assert_eq!(v.change_percent, FieldUpdate::Set(0.3));
+        assert_eq!(v.bid, FieldUpdate::Set(1.0));
+        assert_eq!(v.ask, FieldUpdate::Set(2.5));
+        assert_eq!(v.bid_size, FieldUpdate::Set(3.0));
+        assert_eq!(v.ask_size, FieldUpdate::Set(4.0));
+        assert_eq!(v.open_price, FieldUpdate::Set(5.0));
+        assert_eq!(v.high_price, FieldUpdate::Set(6.0));
+        assert_eq!(v.low_price, FieldUpdate::Set(7.0));
+        assert_eq!(v.prev_close_price, FieldUpdate::Set(8.0));
+        assert_eq!(
+            v.update_mode,
+            FieldUpdate::Set(Cow::Borrowed("delayed_streaming_900"))
+        );
+        assert_eq!(
+            v.current_session.value().map(|s| s.as_ref()),
+            Some("out_of_session")
+        );
+        assert_eq!(
+            v.description.value().map(|s| s.as_ref()),
+            Some("NASDAQ 100")
+        );
+        assert_eq!(v.currency_code.value().map(|s| s.as_ref()), Some("USD"));
+        assert_eq!(
+            v.other,
+            vec![
+                (Cow::Borrowed("typespecs"), serde_json::json!(["main"])),
+                (Cow::Borrowed("rch"), Value::Null)
+            ]
+        );
+    }
+
+    #[test]
+    fn qsd_delta_distinguishes_absent_null_and_set() {
+        let ServerMessage::QuoteData(quote) =
+            ok(r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":null,"bid":1.5}}]}"#)
+        else {
+            panic!()
+        };
+        assert!(quote.values.last_price.is_cleared());
+        assert_eq!(quote.values.bid.value(), Some(&1.5));
+        assert!(quote.values.ask.is_unchanged());
+        assert!(quote.values.other.is_empty());
+    }
+
+    #[test]
+    fn qsd_well_known_field_of_the_wrong_type_is_kept_in_other() {
+        let ServerMessage::QuoteData(quote) = ok(
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":"12.5","lp_time":1.5,"update_mode":7}}]}"#,
+        ) else {
+            panic!()
+        };
+        assert!(quote.values.last_price.is_unchanged());
+        assert!(quote.values.last_price_time.is_unchanged());
+        assert!(quote.values.update_mode.is_unchanged());
+        assert_eq!(
+            quote.values.other,
+            vec![
+                (Cow::Borrowed("lp"), serde_json::json!("12.5")),
+                (Cow::Borrowed("lp_time"), serde_json::json!(1.5)),
+                (Cow::Borrowed("update_mode"), serde_json::json!(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn qsd_error_variant() {
+        let message = ok(
+            r#"{"m":"qsd","p":["qs_a",{"n":"NASDAQ:NOPE","s":"error","errmsg":"no_such_symbol","v":{}}]}"#,
+        );
+        assert_eq!(
+            message,
+            ServerMessage::QuoteError(QuoteError {
+                session: "qs_a".into(),
+                symbol: "NASDAQ:NOPE".into(),
+                message: "no_such_symbol".into()
+            })
+        );
+        assert_eq!(message.method(), "qsd");
+        assert_eq!(message.session(), Some("qs_a"));
+    }
+
+    #[test]
+    fn qsd_key_with_a_json_spec_is_kept_exactly() {
+        let payload = r#"{"m":"qsd","p":["qs_a",{"n":"={\"session\":\"regular\",\"symbol\":\"BINANCE:BTCEUR\"}","s":"ok","v":{"lp":1}}]}"#;
+        let ServerMessage::QuoteData(quote) = ok(payload) else {
+            panic!()
+        };
+        assert_eq!(
+            quote.symbol,
+            r#"={"session":"regular","symbol":"BINANCE:BTCEUR"}"#
+        );
+    }
+
+    #[test]
+    fn qsd_without_n_is_an_error() {
+        assert!(err(r#"{"m":"qsd","p":["qs_a",{"s":"ok","v":{}}]}"#).contains("missing `n`"));
+        assert!(err(r#"{"m":"qsd","p":["qs_a"]}"#).contains("qsd: missing quote object"));
+    }
+
+    #[test]
+    fn quote_completed_and_strings_with_escapes() {
+        let message = ok(r#"{"m":"quote_completed","p":["qs_a","A\u00e9"]}"#);
+        let ServerMessage::QuoteCompleted { session, symbol } = message else {
+            panic!()
+        };
+        assert!(
+            matches!(session, Cow::Borrowed("qs_a")),
+            "strings without escapes are borrowed"
+        );
+        assert!(matches!(&symbol, Cow::Owned(text) if text == "Aé"));
+    }
+
+    #[test]
+    fn params_before_method_still_parse() {
+        let message = ok(r#"{"p":["qs_a","X"],"m":"quote_completed"}"#);
+        assert_eq!(
+            message,
+            ServerMessage::QuoteCompleted {
+                session: "qs_a".into(),
+                symbol: "X".into()
+            }
+        );
+    }
+
+    #[test]
+    fn symbol_resolved_keeps_typed_and_raw_info() {
+        let message = ok(
+            r#"{"m":"symbol_resolved","p":["cs_a","sds_sym_1",{"name":"BTCUSDT","pro_name":"BINANCE:BTCUSDT","description":"Bitcoin","type":"crypto","pricescale":100,"minmov":1,"timezone":"Etc/UTC","session":"24x7","currency_code":"USDT","delay":0,"subsessions":[]}],"t":1,"t_ms":2}"#,
+        );
+        let ServerMessage::SymbolResolved(resolved) = message else {
+            panic!()
+        };
+        assert_eq!(resolved.symbol_id, "sds_sym_1");
+        assert_eq!(resolved.info.pro_name.as_deref(), Some("BINANCE:BTCUSDT"));
+        assert_eq!(resolved.info.kind.as_deref(), Some("crypto"));
+        assert_eq!(resolved.info.pricescale, Some(100.0));
+        assert!(
+            resolved
+                .raw_info
+                .unwrap()
+                .get()
+                .contains("\"subsessions\":[]")
+        );
+    }
+
+    #[test]
+    fn symbol_and_series_errors() {
+        assert_eq!(
+            ok(r#"{"m":"symbol_error","p":["cs_a","sds_sym_1","invalid symbol"],"t":1,"t_ms":2}"#),
+            ServerMessage::SymbolError {
+                session: "cs_a".into(),
+                symbol_id: "sds_sym_1".into(),
+                reason: "invalid symbol".into()
+            }
+        );
+        assert_eq!(
+            ok(r#"{"m":"series_error","p":["cs_a","sds_1","s1","seconds_not_entitled"]}"#),
+            ServerMessage::SeriesError {
+                session: "cs_a".into(),
+                series_id: "sds_1".into(),
+                turnaround: Some("s1".into()),
+                reason: "seconds_not_entitled".into()
+            }
+        );
+    }
+
+    #[test]
+    fn series_lifecycle_messages() {
+        assert_eq!(
+            ok(r#"{"m":"series_loading","p":["cs_a","sds_1","s1"],"t":1,"t_ms":2}"#),
+            ServerMessage::SeriesLoading {
+                session: "cs_a".into(),
+                series_id: "sds_1".into(),
+                turnaround: Some("s1".into())
+            }
+        );
+        assert_eq!(
+            ok(
+                r#"{"m":"series_timeframe","p":["cs_a","sds_5","s1",2242,2636,"LASTSESSION",true]}"#
+            ),
+            ServerMessage::SeriesTimeframe(SeriesTimeframe {
+                session: "cs_a".into(),
+                series_id: "sds_5".into(),
+                turnaround: Some("s1".into()),
+                first_index: Some(2242),
+                last_index: Some(2636),
+                range: Some("LASTSESSION".into()),
+                flag: Some(true),
+            })
+        );
+        assert_eq!(
+            ok(
+                r#"{"m":"series_completed","p":["cs_a","sds_1","delayed_streaming_900","s1",{"rt_update_period":5,"data_completed":"limit"}]}"#
+            ),
+            ServerMessage::SeriesCompleted(SeriesCompleted {
+                session: "cs_a".into(),
+                series_id: "sds_1".into(),
+                status: "delayed_streaming_900".into(),
+                turnaround: Some("s1".into()),
+                update_period: Some(5.0),
+                data_completed: Some("limit".into()),
+            })
+        );
+        // Older servers send fewer parameters; extra parameters are ignored.
+        let ServerMessage::SeriesCompleted(short) =
+            ok(r#"{"m":"series_completed","p":["cs_a","sds_1","streaming"]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!((short.turnaround, short.update_period), (None, None));
+        assert!(matches!(
+            ok(r#"{"m":"series_loading","p":["cs_a","sds_1","s1","new",{}]}"#),
+            ServerMessage::SeriesLoading { .. }
+        ));
+    }
+
+    #[test]
+    fn timescale_update_bars_with_and_without_volume() {
+        let message = ok(
+            r#"{"m":"timescale_update","p":["cs_a",{"sds_1":{"node":"n1","s":[{"i":0,"v":[1685633880.0,33019.3,33025.31,33018.84,33021.84,638315.0]},{"i":1,"v":[1685633940.0,1,2,0.5,1.5]}],"ns":{"d":"","indexes":[]},"t":"s1","lbs":{"bar_close_time":1685634000}}},{"index":1,"zoffset":0,"changes":[],"marks":[],"index_diff":[]}],"t":1,"t_ms":2}"#,
+        );
+        let ServerMessage::TimescaleUpdate(update) = message else {
+            panic!()
+        };
+        assert_eq!(update.session, "cs_a");
+        assert!(update.studies.is_empty());
+        let [series] = update.series.as_slice() else {
+            panic!("{update:?}")
+        };
+        assert_eq!(series.series_id, "sds_1");
+        assert_eq!(series.turnaround.as_deref(), Some("s1"));
+        assert_eq!(series.bar_close_time, Some(1_685_634_000.0));
+        assert_eq!(
+            series.bars,
+            vec![
+                Bar {
+                    index: 0,
+                    time: 1_685_633_880.0,
+                    open: 33019.3,
+                    high: 33025.31,
+                    low: 33018.84,
+                    close: 33021.84,
+                    volume: Some(638_315.0)
+                },
+                Bar {
+                    index: 1,
+                    time: 1_685_633_940.0,
+                    open: 1.0,
+                    high: 2.0,
+                    low: 0.5,
+                    close: 1.5,
+                    volume: None
+                },
+            ]
+        );
+        assert!(update.timescale.unwrap().get().starts_with("{\"index\":1"));
+    }
+
+    #[test]
+    fn du_keeps_study_rows_apart_from_bars() {
+        let message = ok(
+            r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":9,"v":[1700000000.0,1,2,0.5,1.5,10]}],"ns":{"d":"","indexes":"nochange"},"t":"s1"},"st1":{"node":"x","st":[{"i":9,"v":[1700000000.0,1.25,null]}],"ns":{"d":"{\"graphicsCmds\":{}}","indexes":"nochange"},"t":"s1_st1"}}]}"#,
+        );
+        let ServerMessage::DataUpdate(update) = message else {
+            panic!()
+        };
+        assert_eq!(update.series.len(), 1);
+        assert_eq!(update.series[0].bars[0].volume, Some(10.0));
+        let [study] = update.studies.as_slice() else {
+            panic!()
+        };
+        assert_eq!(study.study_id, "st1");
+        assert_eq!(
+            study.rows,
+            vec![StudyRow {
+                index: 9,
+                values: vec![Some(1_700_000_000.0), Some(1.25), None]
+            }]
+        );
+        assert_eq!(study.graphics.as_deref(), Some("{\"graphicsCmds\":{}}"));
+        // A pure time-scale change: an empty series map.
+        let ServerMessage::TimescaleUpdate(empty) =
+            ok(r#"{"m":"timescale_update","p":["cs_a",{},{"index":3}]}"#)
+        else {
+            panic!()
+        };
+        assert!(empty.series.is_empty() && empty.studies.is_empty());
+    }
+
+    #[test]
+    fn malformed_bars_are_errors_naming_the_problem() {
+        let too_few = err(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":0,"v":[1,2,3,4]}]}}]}"#);
+        assert!(too_few.contains("5 or 6 bar values"), "{too_few}");
+        let too_many =
+            err(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":0,"v":[1,2,3,4,5,6,7]}]}}]}"#);
+        assert!(too_many.contains("more than 6"), "{too_many}");
+        let not_number =
+            err(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":0,"v":[1,"2",3,4,5]}]}}]}"#);
+        assert!(not_number.contains("invalid type"), "{not_number}");
+        let no_index = err(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"v":[1,2,3,4,5]}]}}]}"#);
+        assert!(no_index.contains("missing `i`"), "{no_index}");
+        let fractional_index =
+            err(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":0.5,"v":[1,2,3,4,5]}]}}]}"#);
+        assert!(
+            fractional_index.contains("not an integer"),
+            "{fractional_index}"
+        );
+        // A null volume is read as "no volume".
+        let ServerMessage::DataUpdate(update) =
+            ok(r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":0,"v":[1,2,3,4,5,null]}]}}]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(update.series[0].bars[0].volume, None);
+    }
+
+    #[test]
+    fn study_messages() {
+        assert_eq!(
+            ok(r#"{"m":"study_completed","p":["cs_a","st2","s1_st1"],"t":1,"t_ms":2}"#),
+            ServerMessage::StudyCompleted {
+                session: "cs_a".into(),
+                study_id: "st2".into(),
+                turnaround: Some("s1_st1".into())
+            }
+        );
+        assert_eq!(
+            ok(r#"{"m":"study_loading","p":["cs_a","st2","s1_st1"]}"#).method(),
+            "study_loading"
+        );
+        assert_eq!(
+            ok(
+                r#"{"m":"study_error","p":["cs_a","st2","s1_st1","The maximum number of studies per chart has been reached",{"x":1}]}"#
+            ),
+            ServerMessage::StudyError {
+                session: "cs_a".into(),
+                study_id: "st2".into(),
+                turnaround: Some("s1_st1".into()),
+                reason: "The maximum number of studies per chart has been reached".into(),
+                details: vec![serde_json::json!({"x": 1})],
+            }
+        );
+    }
+
+    #[test]
+    fn critical_and_protocol_errors_keep_their_text() {
+        assert_eq!(
+            ok(
+                r#"{"m":"critical_error","p":["cs_a","invalid parameters","method: create_series. args: \"[sds_1, s1, sds_sym_1, 1h, 300, ]\""]}"#
+            ),
+            ServerMessage::CriticalError {
+                session: "cs_a".into(),
+                name: "invalid parameters".into(),
+                detail: Some(
+                    "method: create_series. args: \"[sds_1, s1, sds_sym_1, 1h, 300, ]\"".into()
+                ),
+            }
+        );
+        assert_eq!(
+            ok(r#"{"m":"protocol_error","p":["bad auth token"]}"#),
+            ServerMessage::ProtocolError {
+                text: "bad auth token".into()
+            }
+        );
+        // A non-string error is rendered, never lost.
+        assert_eq!(
+            ok(r#"{"m":"protocol_error","p":[{"unknown_session_id":"cs_a"}]}"#),
+            ServerMessage::ProtocolError {
+                text: r#"{"unknown_session_id":"cs_a"}"#.into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_methods_keep_method_and_raw_params() {
+        let message = ok(r#"{"m":"replay_point","p":["rs_a",1700000000]}"#);
+        let ServerMessage::Unknown { method, params } = &message else {
+            panic!()
+        };
+        assert_eq!(method, "replay_point");
+        assert_eq!(params.unwrap().get(), r#"["rs_a",1700000000]"#);
+        assert_eq!(message.method(), "replay_point");
+        assert_eq!(message.session(), None);
+        assert_eq!(
+            ok(r#"{"m":"mystery"}"#),
+            ServerMessage::Unknown {
+                method: "mystery".into(),
+                params: None
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_typed_errors() {
+        assert!(matches!(parse(b""), Err(ParseError::Empty)));
+        for payload in [
+            "not json",
+            "[1,2]",
+            "42",
+            "{\"m\":\"qsd\",\"p\":[",
+            "{\"m\":5,\"p\":[]}",
+            "{\"m\":\"du\",\"p\":{}}",
+            "{\"m\":\"du\"}",
+            "{\"m\":\"qsd\",\"m\":\"du\",\"p\":[]}",
+            "{} trailing",
+            "{\"m\":\"quote_completed\",\"p\":[\"qs\"]}",
+        ] {
+            assert!(
+                matches!(parse(payload.as_bytes()), Err(ParseError::Malformed(_))),
+                "{payload}"
+            );
+        }
+        assert!(err("{\"m\":\"du\"}").contains("du: missing field `p`"));
+        assert!(
+            err("{\"m\":\"quote_completed\",\"p\":[\"qs\"]}")
+                .contains("quote_completed: missing symbol")
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_is_an_error() {
+        let mut payload = br#"{"m":"qsd","p":["qs_a",{"n":""#.to_vec();
+        payload.extend_from_slice(&[0xff, 0xfe]);
+        payload.extend_from_slice(br#"","s":"ok","v":{}}]}"#);
+        assert!(matches!(parse(&payload), Err(ParseError::Malformed(_))));
+    }
+
+    #[test]
+    fn fast_path_takes_compact_ok_qsd_only() {
+        assert!(fast_qsd::parse(br#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":1.5,"lp_time":17,"x":true}}]}"#).is_some());
+        assert!(
+            fast_qsd::parse(br#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}}]}"#).is_some()
+        );
+        for slow in [
+            r#"{"m":"qsd", "p":["qs_a",{"n":"X","s":"ok","v":{}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X\"","s":"ok","v":{}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"error","errmsg":"no_such_symbol","v":{}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"a":[1]}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"a":01}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"a":1.}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"a":1e999}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"a":12345678901234567890}}]}"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}}]}x"#,
+            r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}},1]}"#,
+        ] {
+            assert!(fast_qsd::parse(slow.as_bytes()).is_none(), "{slow}");
+        }
+    }
+
+    /// Builds a qsd payload from generated parts, sometimes in shapes the fast path refuses.
+    fn qsd_payload() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("lp".to_owned()),
+            Just("lp_time".to_owned()),
+            Just("volume".to_owned()),
+            Just("bid".to_owned()),
+            Just("ask_size".to_owned()),
+            Just("update_mode".to_owned()),
+            Just("description".to_owned()),
+            "[a-z_]{1,8}",
+        ];
+        let number = prop_oneof![
+            any::<f64>()
+                .prop_filter("finite", |value| value.is_finite())
+                .prop_map(|value| format!("{value:?}")),
+            any::<i64>().prop_map(|value| value.to_string()),
+            any::<u64>().prop_map(|value| value.to_string()),
+            (any::<i32>(), -400i32..400)
+                .prop_map(|(mantissa, exponent)| format!("{mantissa}e{exponent}")),
+            (0u32..1000, 0u32..1000)
+                .prop_map(|(whole, fraction)| format!("-{whole}.{fraction:03}E+2")),
+            Just("1e+100".to_owned()),
+            Just("-0".to_owned()),
+            Just("01".to_owned()),
+        ];
+        let value = prop_oneof![
+            4 => number,
+            1 => Just("null".to_owned()),
+            1 => Just("true".to_owned()),
+            1 => "[a-zA-Z0-9 :é]{0,10}".prop_map(|text| format!("\"{text}\"")),
+            1 => Just("\"a\\u00e9\"".to_owned()),
+            1 => Just("[1,{\"x\":null}]".to_owned()),
+        ];
+        let fields = proptest::collection::vec((key, value), 0..8);
+        (fields, "[A-Z:]{1,12}", any::<bool>()).prop_map(|(fields, symbol, spaced)| {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(key, value)| format!("\"{key}\":{value}"))
+                .collect();
+            let separator = if spaced { ", " } else { "," };
+            format!(
+                r#"{{"m":"qsd","p":["qs_a",{{"n":"{symbol}","s":"ok","v":{{{}}}}}]}}"#,
+                body.join(separator)
+            )
+        })
+    }
+
+    #[test]
+    fn differential_generator_exercises_both_paths() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = qsd_payload();
+        let fast = (0..500)
+            .filter(|_| {
+                let payload = strategy.new_tree(&mut runner).unwrap().current();
+                fast_qsd::parse(payload.as_bytes()).is_some()
+            })
+            .count();
+        assert!(
+            (100..450).contains(&fast),
+            "{fast} of 500 took the fast path"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_the_serde_path(payload in qsd_payload()) {
+            let general = parse_general(payload.as_bytes());
+            match fast_qsd::parse(payload.as_bytes()) {
+                Some(fast) => prop_assert_eq!(Some(fast), general.ok(), "{}", payload),
+                None => {}
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_messages(
+            index in 0usize..6,
+            cut in 0usize..400,
+            byte in any::<u8>(),
+        ) {
+            let samples = [
+                r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":1.5,"volume":1e100}}]}"#,
+                r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":9,"v":[1700000000.0,1,2,0.5,1.5,10]}],"t":"s1"}}]}"#,
+                r#"{"m":"series_completed","p":["cs_a","sds_1","streaming","s1",{"rt_update_period":5}]}"#,
+                r#"{"m":"symbol_resolved","p":["cs_a","sds_sym_1",{"name":"X","pricescale":100}]}"#,
+                r#"{"m":"critical_error","p":["cs_a","invalid parameters","detail"]}"#,
+                r#"{"session_id":"x","timestamp":1,"protocol":"json"}"#,
+            ];
+            let mut bytes = samples[index].as_bytes().to_vec();
+            let position = cut % bytes.len();
+            bytes[position] = byte;
+            let _ = parse(&bytes);
+            let _ = parse(&bytes[..position]);
+        }
+    }
+}

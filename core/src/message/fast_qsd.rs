@@ -14,7 +14,10 @@ use super::{QuoteData, QuoteValues, Scalar, ServerMessage};
 
 /// Parses `payload` if it is a plain `ok` qsd in the server's compact form.
 pub(super) fn parse(payload: &[u8]) -> Option<ServerMessage<'_>> {
-    let mut cursor = Cursor { bytes: payload, position: 0 };
+    let mut cursor = Cursor {
+        bytes: payload,
+        position: 0,
+    };
     cursor.expect(br#"{"m":"qsd","p":["#)?;
     let session = cursor.string()?;
     cursor.expect(br#",{"n":"#)?;
@@ -75,7 +78,9 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b"\"")?;
         let rest = self.bytes.get(self.position..)?;
-        let length = rest.iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+        let length = rest
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
         if rest.get(length) != Some(&b'"') {
             return None;
         }
@@ -89,8 +94,12 @@ impl<'a> Cursor<'a> {
         match self.peek()? {
             b'"' => self.string().map(|text| Scalar::Text(Cow::Borrowed(text))),
             b'n' => self.expect(b"null").map(|()| Scalar::Null),
-            b't' => self.expect(b"true").map(|()| Scalar::Other(serde_json::Value::Bool(true))),
-            b'f' => self.expect(b"false").map(|()| Scalar::Other(serde_json::Value::Bool(false))),
+            b't' => self
+                .expect(b"true")
+                .map(|()| Scalar::Other(serde_json::Value::Bool(true))),
+            b'f' => self
+                .expect(b"false")
+                .map(|()| Scalar::Other(serde_json::Value::Bool(false))),
             _ => self.number(),
         }
     }
@@ -103,7 +112,8 @@ impl<'a> Cursor<'a> {
         if integer_digits == 0 {
             return None;
         }
-        let leading_zero = self.bytes.get(start.saturating_add(usize::from(negative))) == Some(&b'0');
+        let leading_zero =
+            self.bytes.get(start.saturating_add(usize::from(negative))) == Some(&b'0');
         if leading_zero && integer_digits > 1 {
             return None;
         }
@@ -127,7 +137,12 @@ impl<'a> Cursor<'a> {
         // Integers as serde_json reports them; past 18 digits let serde_json decide.
         if is_integer && integer_digits <= 18 {
             let value: i64 = text.parse().ok()?;
-            return Some(if value < 0 { Scalar::Signed(value) } else { Scalar::Unsigned(value.unsigned_abs()) });
+            return Some(match (negative, value) {
+                // serde_json reads `-0` as the float -0.0.
+                (true, 0) => Scalar::Float(-0.0),
+                (true, _) => Scalar::Signed(value),
+                (false, _) => Scalar::Unsigned(value.unsigned_abs()),
+            });
         }
         if is_integer {
             return None;
