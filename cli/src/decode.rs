@@ -3,6 +3,7 @@
 use std::io::{self, BufRead, Write};
 
 use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 use tickwire_core::codec::{Decoder, Packet};
 use tickwire_core::message::{self, ChartUpdate, FieldUpdate, QuoteValues, ServerMessage};
@@ -73,52 +74,81 @@ fn memchr_newline(buffer: &[u8]) -> Option<usize> {
     buffer.iter().position(|&byte| byte == b'\n')
 }
 
-fn write_object(output: &mut dyn Write, object: Value) -> io::Result<()> {
+/// A JSON object that keeps its keys in insertion order, so `kind` and `line` come first.
+#[derive(Default)]
+struct Object(Vec<(String, Value)>);
+
+impl Object {
+    fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.0.push((key.into(), value.into()));
+    }
+}
+
+impl Serialize for Object {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+fn write_object(output: &mut dyn Write, object: Object) -> io::Result<()> {
     serde_json::to_writer(&mut *output, &object)?;
     output.write_all(b"\n")
 }
 
-fn error_object(line: u64, reason: &str) -> Value {
-    json!({"kind": "error", "line": line, "reason": reason})
+fn error_object(line: u64, reason: &str) -> Object {
+    let mut object = Object::default();
+    object.insert("kind", "error");
+    object.insert("line", line);
+    object.insert("reason", reason);
+    object
 }
 
-fn packet_object(line: u64, packet: &Packet) -> Value {
+fn packet_object(line: u64, packet: &Packet) -> Object {
     match packet {
         Packet::Heartbeat(beat) => {
-            let payload = String::from_utf8_lossy(beat.payload());
-            json!({"kind": "heartbeat", "line": line, "number": beat.number(), "payload": payload})
+            let mut object = Object::default();
+            object.insert("kind", "heartbeat");
+            object.insert("line", line);
+            object.insert("number", beat.number());
+            object.insert(
+                "payload",
+                String::from_utf8_lossy(beat.payload()).into_owned(),
+            );
+            object
         }
         Packet::Json(payload) => message_object(line, payload, false),
         Packet::LegacyJson(payload) => message_object(line, payload, true),
     }
 }
 
-fn message_object(line: u64, payload: &[u8], legacy: bool) -> Value {
+fn message_object(line: u64, payload: &[u8], legacy: bool) -> Object {
     let parsed = match message::parse(payload) {
         Ok(parsed) => parsed,
         Err(error) => return error_object(line, &error.to_string()),
     };
-    let mut object = Map::new();
+    let mut object = Object::default();
     let kind = match &parsed {
         ServerMessage::Unknown { .. } => "unknown",
         known => known.method(),
     };
-    object.insert("kind".into(), kind.into());
-    object.insert("line".into(), line.into());
+    object.insert("kind", kind);
+    object.insert("line", line);
     if legacy {
-        object.insert("legacy".into(), true.into());
+        object.insert("legacy", true);
     }
     if let Some(session) = parsed.session() {
-        object.insert("session".into(), session.into());
+        object.insert("session", session);
     }
     describe(&parsed, &mut object);
-    Value::Object(object)
+    object
 }
 
-fn describe(parsed: &ServerMessage<'_>, object: &mut Map<String, Value>) {
-    let mut put = |key: &str, value: Value| {
-        object.insert(key.to_owned(), value);
-    };
+fn describe(parsed: &ServerMessage<'_>, object: &mut Object) {
+    let mut put = |key: &str, value: Value| object.insert(key, value);
     match parsed {
         ServerMessage::Hello(hello) => {
             put("server_session", json!(hello.session_id));

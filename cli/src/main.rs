@@ -45,31 +45,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn decode(file: Option<PathBuf>, max_packet_size: usize) -> Result<(), String> {
+/// Why a command failed; printed as one line on stderr.
+#[derive(Debug)]
+enum Failure {
+    /// The reader of our output went away (e.g. `| head`): not an error of ours.
+    OutputClosed,
+    Message(String),
+}
+
+fn decode(file: Option<PathBuf>, max_packet_size: usize) -> Result<(), Failure> {
     let decoder = Decoder::with_max_packet_size(max_packet_size);
     let stdout = io::stdout();
     let mut output = BufWriter::new(stdout.lock());
-    let result = match file.filter(|path| path.as_os_str() != "-") {
+    let (source, result) = match file.filter(|path| path.as_os_str() != "-") {
         Some(path) => {
-            let file = File::open(&path)
-                .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
-            decode::run(&mut BufReader::new(file), &mut output, &decoder)
-                .map_err(|error| format!("cannot read {}: {error}", path.display()))
+            let file = File::open(&path).map_err(|error| {
+                Failure::Message(format!("cannot open {}: {error}", path.display()))
+            })?;
+            let result = decode::run(&mut BufReader::new(file), &mut output, &decoder);
+            (path.display().to_string(), result)
         }
-        None => decode::run(&mut io::stdin().lock(), &mut output, &decoder)
-            .map_err(|error| format!("cannot read standard input: {error}")),
+        None => {
+            let result = decode::run(&mut io::stdin().lock(), &mut output, &decoder);
+            ("standard input".to_owned(), result)
+        }
     };
-    let flushed = output.flush();
-    result?;
-    flushed.map_err(|error| format!("cannot write output: {error}"))
+    match result.and_then(|()| output.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Err(Failure::OutputClosed),
+        Err(error) => Err(Failure::Message(format!("cannot decode {source}: {error}"))),
+    }
 }
 
-/// One clear line on stderr and a non-zero exit for failures; a closed pipe is not a failure.
-fn finish(result: Result<(), String>) -> ExitCode {
+fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) if message.contains("Broken pipe") => ExitCode::SUCCESS,
-        Err(message) => {
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
             eprintln!("tickwire: {message}");
             ExitCode::FAILURE
         }

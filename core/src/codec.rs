@@ -252,6 +252,16 @@ impl Packets<'_> {
         checked: bool,
     ) -> Option<Result<Packet, FrameError>> {
         self.position = end;
+        let length = end.saturating_sub(start);
+        if !checked && length > self.decoder.max_packet_size {
+            // A resynchronised span is bounded by the message, not by a prefix: check it too.
+            let max = self.decoder.max_packet_size;
+            return Some(Err(FrameError::TooLarge {
+                offset: start,
+                length: length as u64,
+                max,
+            }));
+        }
         let payload = self.message.slice(start..end);
         if !checked && std::str::from_utf8(&payload).is_err() {
             return Some(Err(FrameError::InvalidUtf8 { offset: start }));
@@ -741,6 +751,24 @@ mod tests {
             vec![Err(FrameError::InvalidUtf8 { offset: 7 }), json("{}")]
         );
         assert_eq!(resyncs, 1);
+    }
+
+    #[test]
+    fn resynchronised_span_larger_than_the_maximum_is_rejected() {
+        let decoder = Decoder::with_max_packet_size(8);
+        let message = Bytes::from_static(b"~m~2~m~123456789~m~2~m~{}");
+        let packets: Vec<_> = decoder.decode(&message).collect();
+        assert_eq!(
+            packets,
+            vec![
+                Err(FrameError::TooLarge {
+                    offset: 7,
+                    length: 9,
+                    max: 8
+                }),
+                json("{}")
+            ]
+        );
     }
 
     #[test]

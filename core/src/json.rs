@@ -60,7 +60,7 @@ pub fn to_ascii_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<S
     let mut out = Vec::with_capacity(64);
     write_ascii(value, &mut out)?;
     // The formatter writes ASCII only, apart from what serde_json itself writes, which is UTF-8.
-    String::from_utf8(out).map_err(|error| serde::ser::Error::custom(error))
+    String::from_utf8(out).map_err(serde::ser::Error::custom)
 }
 
 #[cfg(test)]
