@@ -46,6 +46,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
 pub mod command;
 pub mod json;

@@ -1,0 +1,490 @@
+//! Every tunable of the client, with the defaults the field has learned to use.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The real feed.
+pub const DEFAULT_URL: &str = "wss://data.tradingview.com/socket.io/websocket?type=chart";
+/// The token anonymous clients send.
+pub const ANONYMOUS_TOKEN: &str = "unauthorized_user_token";
+/// Quote fields requested when none are configured.
+pub const DEFAULT_QUOTE_FIELDS: &[&str] = &[
+    "lp",
+    "lp_time",
+    "ch",
+    "chp",
+    "volume",
+    "bid",
+    "ask",
+    "bid_size",
+    "ask_size",
+    "open_price",
+    "high_price",
+    "low_price",
+    "prev_close_price",
+    "update_mode",
+    "current_session",
+    "description",
+    "currency_code",
+];
+
+/// Client configuration. `Config::default()` is ready to use; every field can also be set from
+/// the environment with [`Config::from_env`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_core::client::Config;
+///
+/// let config = Config { read_timeout: Duration::from_secs(20), ..Config::default() };
+/// assert_eq!(config.idle_heartbeats, 5);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// WebSocket URL of the feed (`TICKWIRE_URL`).
+    pub url: String,
+    /// `Origin` header sent with the upgrade (`TICKWIRE_ORIGIN`).
+    pub origin: String,
+    /// Auth token sent first on every connection (`TICKWIRE_AUTH_TOKEN`).
+    pub auth_token: String,
+    /// Locale sent after the token, e.g. `("en", "US")`; `None` sends none (`TICKWIRE_LOCALE`, `en_US`).
+    pub locale: Option<(String, String)>,
+    /// Quote fields requested with `quote_set_fields` (`TICKWIRE_QUOTE_FIELDS`, comma-separated).
+    pub quote_fields: Vec<String>,
+    /// Time allowed for TCP, TLS and the WebSocket upgrade (`TICKWIRE_CONNECT_TIMEOUT`).
+    pub connect_timeout: Duration,
+    /// Time allowed from the open socket to the server's first packet (`TICKWIRE_HANDSHAKE_TIMEOUT`).
+    pub handshake_timeout: Duration,
+    /// A live connection with no packet at all for this long is dead (`TICKWIRE_READ_TIMEOUT`).
+    pub read_timeout: Duration,
+    /// Consecutive heartbeats with no data between them that mark a zombie link (`TICKWIRE_IDLE_HEARTBEATS`).
+    pub idle_heartbeats: u32,
+    /// No tick for this long on a connection with live subscriptions means reconnect (`TICKWIRE_DATA_SILENCE`).
+    pub data_silence: Duration,
+    /// How often the data-silence rule is checked (`TICKWIRE_HEALTH_INTERVAL`).
+    pub health_interval: Duration,
+    /// Time a blocked send may take before the driver treats the link as dead (`TICKWIRE_SEND_TIMEOUT`).
+    pub send_timeout: Duration,
+    /// Delay before the first retry after a working connection drops (`TICKWIRE_GRACE`).
+    pub grace: Duration,
+    /// First backoff delay after a failed attempt (`TICKWIRE_BACKOFF_INITIAL`).
+    pub backoff_initial: Duration,
+    /// Backoff cap (`TICKWIRE_BACKOFF_MAX`).
+    pub backoff_max: Duration,
+    /// Relative jitter applied to every delay, 0.0 to 1.0 (`TICKWIRE_JITTER`).
+    pub jitter: f64,
+    /// Consecutive failures that open the circuit breaker (`TICKWIRE_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// How long the open circuit waits before a half-open probe (`TICKWIRE_BREAKER_RECOVERY`).
+    pub breaker_recovery: Duration,
+    /// Outbound commands allowed per minute (`TICKWIRE_RATE_LIMIT`).
+    pub rate_limit_per_minute: u32,
+    /// Commands that may go at once (`TICKWIRE_BURST`).
+    pub burst: u32,
+    /// Commands that may wait for the rate limit; beyond it they are dropped and reported (`TICKWIRE_MAX_QUEUED_COMMANDS`).
+    pub max_queued_commands: usize,
+    /// How long a history request may take (`TICKWIRE_HISTORY_TIMEOUT`).
+    pub history_timeout: Duration,
+    /// How long to wait for the application's fresh auth token before retrying with the old one (`TICKWIRE_TOKEN_TIMEOUT`).
+    pub token_timeout: Duration,
+    /// Rotate a connection cleanly after this age; `None` never (`TICKWIRE_MAX_AGE`, `0` = off).
+    pub max_age: Option<Duration>,
+    /// Largest packet accepted, in UTF-16 code units (`TICKWIRE_MAX_PACKET_SIZE`).
+    pub max_packet_size: usize,
+    /// Most quote symbols and most chart series kept in the desired state (`TICKWIRE_MAX_SUBSCRIPTIONS`).
+    pub max_subscriptions: usize,
+    /// Most bars one history request may collect (`TICKWIRE_MAX_HISTORY_BARS`).
+    pub max_history_bars: usize,
+    /// Polling fallback; `None` (the default) never polls (`TICKWIRE_POLL_INTERVAL` enables it).
+    pub polling: Option<PollingConfig>,
+    /// Seed of the jitter and id generator: same seed, same decisions (`TICKWIRE_SEED`).
+    pub seed: u64,
+}
+
+/// When and how often to poll while the stream is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollingConfig {
+    /// Time between poll requests.
+    pub interval: Duration,
+    /// Start polling once the stream has been unavailable this long (polling also starts when
+    /// the circuit opens).
+    pub unavailable_after: Duration,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            interval: Duration::from_secs(5),
+            unavailable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            url: DEFAULT_URL.to_owned(),
+            origin: "https://www.tradingview.com".to_owned(),
+            auth_token: ANONYMOUS_TOKEN.to_owned(),
+            locale: None,
+            quote_fields: DEFAULT_QUOTE_FIELDS
+                .iter()
+                .map(|field| (*field).to_owned())
+                .collect(),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(15),
+            idle_heartbeats: 5,
+            data_silence: Duration::from_secs(30),
+            health_interval: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(2),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            jitter: 0.2,
+            max_attempts: 3,
+            breaker_recovery: Duration::from_secs(60),
+            rate_limit_per_minute: 60,
+            burst: 10,
+            max_queued_commands: 1024,
+            history_timeout: Duration::from_secs(30),
+            token_timeout: Duration::from_secs(10),
+            max_age: None,
+            max_packet_size: crate::codec::DEFAULT_MAX_PACKET_SIZE,
+            max_subscriptions: 10_000,
+            max_history_bars: 100_000,
+            polling: None,
+            seed: 0x7469_636b_7769_7265,
+        }
+    }
+}
+
+/// A configuration value that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    /// An environment variable held something unparsable.
+    #[error("{name}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A combination of values that cannot work.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Checks values that would make the client misbehave (zero rates, jitter outside 0..=1…).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first offending setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: &str| Err(ConfigError::Invalid(reason.to_owned()));
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return invalid("jitter must be between 0 and 1");
+        }
+        if self.rate_limit_per_minute == 0 || self.burst == 0 {
+            return invalid("rate limit and burst must be at least 1");
+        }
+        if self.idle_heartbeats == 0 || self.max_attempts == 0 {
+            return invalid("idle heartbeats and max attempts must be at least 1");
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return invalid("backoff initial must be positive and not above the backoff max");
+        }
+        if self.health_interval.is_zero()
+            || self.read_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+        {
+            return invalid("health interval, read timeout and connect timeout must be positive");
+        }
+        if self
+            .polling
+            .is_some_and(|polling| polling.interval.is_zero())
+        {
+            return invalid("poll interval must be positive");
+        }
+        if self.max_queued_commands == 0 {
+            return invalid("the command queue must hold at least one command");
+        }
+        Ok(())
+    }
+
+    /// The defaults, overridden by every `TICKWIRE_*` variable that is set. Durations use
+    /// humantime-like forms: `1500ms`, `15s`, `2m`, `1h`, or plain seconds.
+    ///
+    /// # Errors
+    /// [`ConfigError::Env`] for a variable that does not parse, [`ConfigError::Invalid`] when the
+    /// result does not validate.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup` (for tests and embedding).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tickwire_core::client::Config;
+    ///
+    /// let config = Config::from_lookup(|name| (name == "TICKWIRE_READ_TIMEOUT").then(|| "20s".to_owned())).unwrap();
+    /// assert_eq!(config.read_timeout, Duration::from_secs(20));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let env = |name: &str| lookup(name).map(|value| (name.to_owned(), value));
+        if let Some((_, value)) = env("TICKWIRE_URL") {
+            config.url = value;
+        }
+        if let Some((_, value)) = env("TICKWIRE_ORIGIN") {
+            config.origin = value;
+        }
+        if let Some((_, value)) = env("TICKWIRE_AUTH_TOKEN") {
+            config.auth_token = value;
+        }
+        if let Some((name, value)) = env("TICKWIRE_LOCALE") {
+            let Some((language, country)) = value.split_once(['_', '-']) else {
+                return Err(env_error(&name, &value, "expected a locale such as en_US"));
+            };
+            config.locale = Some((language.to_owned(), country.to_owned()));
+        }
+        if let Some((_, value)) = env("TICKWIRE_QUOTE_FIELDS") {
+            config.quote_fields = value
+                .split(',')
+                .map(str::trim)
+                .filter(|field| !field.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        let durations: [(&str, &mut Duration); 12] = [
+            ("TICKWIRE_CONNECT_TIMEOUT", &mut config.connect_timeout),
+            ("TICKWIRE_HANDSHAKE_TIMEOUT", &mut config.handshake_timeout),
+            ("TICKWIRE_READ_TIMEOUT", &mut config.read_timeout),
+            ("TICKWIRE_DATA_SILENCE", &mut config.data_silence),
+            ("TICKWIRE_HEALTH_INTERVAL", &mut config.health_interval),
+            ("TICKWIRE_SEND_TIMEOUT", &mut config.send_timeout),
+            ("TICKWIRE_GRACE", &mut config.grace),
+            ("TICKWIRE_BACKOFF_INITIAL", &mut config.backoff_initial),
+            ("TICKWIRE_BACKOFF_MAX", &mut config.backoff_max),
+            ("TICKWIRE_BREAKER_RECOVERY", &mut config.breaker_recovery),
+            ("TICKWIRE_HISTORY_TIMEOUT", &mut config.history_timeout),
+            ("TICKWIRE_TOKEN_TIMEOUT", &mut config.token_timeout),
+        ];
+        for (name, slot) in durations {
+            if let Some(value) = lookup(name) {
+                *slot =
+                    parse_duration(&value).map_err(|reason| env_error(name, &value, &reason))?;
+            }
+        }
+        if let Some((name, value)) = env("TICKWIRE_MAX_AGE") {
+            let age = parse_duration(&value).map_err(|reason| env_error(&name, &value, &reason))?;
+            config.max_age = (!age.is_zero()).then_some(age);
+        }
+        if let Some((name, value)) = env("TICKWIRE_POLL_INTERVAL") {
+            let interval =
+                parse_duration(&value).map_err(|reason| env_error(&name, &value, &reason))?;
+            let mut polling = PollingConfig {
+                interval,
+                ..PollingConfig::default()
+            };
+            if let Some((after_name, after)) = env("TICKWIRE_POLL_AFTER") {
+                polling.unavailable_after = parse_duration(&after)
+                    .map_err(|reason| env_error(&after_name, &after, &reason))?;
+            }
+            config.polling = Some(polling);
+        }
+        parse_number(
+            &env,
+            "TICKWIRE_IDLE_HEARTBEATS",
+            &mut config.idle_heartbeats,
+        )?;
+        parse_number(&env, "TICKWIRE_MAX_ATTEMPTS", &mut config.max_attempts)?;
+        parse_number(
+            &env,
+            "TICKWIRE_RATE_LIMIT",
+            &mut config.rate_limit_per_minute,
+        )?;
+        parse_number(&env, "TICKWIRE_BURST", &mut config.burst)?;
+        parse_number(
+            &env,
+            "TICKWIRE_MAX_QUEUED_COMMANDS",
+            &mut config.max_queued_commands,
+        )?;
+        parse_number(
+            &env,
+            "TICKWIRE_MAX_PACKET_SIZE",
+            &mut config.max_packet_size,
+        )?;
+        parse_number(
+            &env,
+            "TICKWIRE_MAX_SUBSCRIPTIONS",
+            &mut config.max_subscriptions,
+        )?;
+        parse_number(
+            &env,
+            "TICKWIRE_MAX_HISTORY_BARS",
+            &mut config.max_history_bars,
+        )?;
+        parse_number(&env, "TICKWIRE_SEED", &mut config.seed)?;
+        parse_number(&env, "TICKWIRE_JITTER", &mut config.jitter)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn env_error(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Env {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    env: &impl Fn(&str) -> Option<(String, String)>,
+    name: &str,
+    slot: &mut T,
+) -> Result<(), ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some((name, value)) = env(name) {
+        *slot = value
+            .trim()
+            .parse()
+            .map_err(|error: T::Err| env_error(&name, &value, &error.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Parses a humantime duration (`250ms`, `15s`, `2m`, `1h 30m`) or a plain number of seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_core::client::parse_duration;
+///
+/// assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+/// assert!(parse_duration("soon").is_err());
+/// ```
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (expected a duration such as 15s or 250ms)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::default();
+        assert_eq!(config.idle_heartbeats, 5);
+        assert_eq!(config.read_timeout, Duration::from_secs(15));
+        assert_eq!(config.data_silence, Duration::from_secs(30));
+        assert_eq!(config.health_interval, Duration::from_secs(10));
+        assert_eq!(config.grace, Duration::from_secs(2));
+        assert_eq!(
+            (config.backoff_initial, config.backoff_max),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.breaker_recovery, Duration::from_secs(60));
+        assert_eq!((config.rate_limit_per_minute, config.burst), (60, 10));
+        assert_eq!(config.auth_token, "unauthorized_user_token");
+        assert!(config.polling.is_none());
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn environment_overrides_every_setting() {
+        let config = Config::from_lookup(lookup(&[
+            ("TICKWIRE_URL", "ws://127.0.0.1:9/x"),
+            ("TICKWIRE_AUTH_TOKEN", "jwt"),
+            ("TICKWIRE_LOCALE", "en_US"),
+            ("TICKWIRE_QUOTE_FIELDS", "lp, ch"),
+            ("TICKWIRE_CONNECT_TIMEOUT", "3s"),
+            ("TICKWIRE_READ_TIMEOUT", "1m"),
+            ("TICKWIRE_IDLE_HEARTBEATS", "7"),
+            ("TICKWIRE_JITTER", "0.1"),
+            ("TICKWIRE_RATE_LIMIT", "120"),
+            ("TICKWIRE_BURST", "20"),
+            ("TICKWIRE_MAX_AGE", "1h"),
+            ("TICKWIRE_POLL_INTERVAL", "2s"),
+            ("TICKWIRE_POLL_AFTER", "10s"),
+            ("TICKWIRE_SEED", "42"),
+        ]))
+        .unwrap();
+        assert_eq!(config.url, "ws://127.0.0.1:9/x");
+        assert_eq!(config.auth_token, "jwt");
+        assert_eq!(config.locale, Some(("en".to_owned(), "US".to_owned())));
+        assert_eq!(config.quote_fields, ["lp", "ch"]);
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.read_timeout, Duration::from_secs(60));
+        assert_eq!(config.idle_heartbeats, 7);
+        assert_eq!(config.jitter, 0.1);
+        assert_eq!((config.rate_limit_per_minute, config.burst), (120, 20));
+        assert_eq!(config.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            config.polling,
+            Some(PollingConfig {
+                interval: Duration::from_secs(2),
+                unavailable_after: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(config.seed, 42);
+    }
+
+    #[test]
+    fn bad_environment_values_are_clear_errors() {
+        let error = Config::from_lookup(lookup(&[("TICKWIRE_READ_TIMEOUT", "soon")])).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("TICKWIRE_READ_TIMEOUT=\"soon\""),
+            "{error}"
+        );
+        let error = Config::from_lookup(lookup(&[("TICKWIRE_BURST", "-1")])).unwrap_err();
+        assert!(error.to_string().contains("TICKWIRE_BURST"), "{error}");
+        let error = Config::from_lookup(lookup(&[("TICKWIRE_JITTER", "3")])).unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError::Invalid("jitter must be between 0 and 1".to_owned())
+        );
+    }
+
+    #[test]
+    fn durations_parse_in_several_forms() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m 5s"), Ok(Duration::from_secs(125)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,1321 @@
+//! The client state machine: one logical feed over any number of physical connections.
+//!
+//! [`Client`] owns no socket and no clock. The driver feeds it what happened
+//! ([`Client::handle_input`], [`Client::handle_timeout`]) and what the application wants
+//! ([`Client::subscribe_quotes`], [`Client::subscribe_bars`], [`Client::request_history`],
+//! [`Client::close`]), each with the current `Instant`; then drains every decision with
+//! [`Client::poll_output`] and sleeps until [`Client::poll_timeout`].
+//!
+//! # Driving loop
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use bytes::Bytes;
+//! use tickwire_core::client::{Client, Config, Event, Input, Output};
+//!
+//! let start = Instant::now();
+//! let mut client = Client::new(Config::default(), start);
+//! client.subscribe_quotes(start, ["NASDAQ:AAPL"]);
+//!
+//! // A toy transport: every connection opens at once and the server says hello.
+//! let mut now = start;
+//! let mut sent = Vec::new();
+//! for _ in 0..3 {
+//!     client.handle_timeout(now);
+//!     while let Some(output) = client.poll_output() {
+//!         match output {
+//!             Output::Connect(request) => {
+//!                 client.handle_input(now, Input::Connected(request.id));
+//!                 let hello = Bytes::from_static(b"~m~15~m~{\"protocol\":1}");
+//!                 client.handle_input(now, Input::Message { id: request.id, text: hello });
+//!             }
+//!             Output::Transmit { text, .. } => sent.push(text),
+//!             Output::Close { .. } => {}
+//!             Output::RequestAuthToken => client.handle_input(now, Input::AuthToken(None)),
+//!             Output::Poll(_) => {}
+//!             Output::Event(Event::State(change)) => println!("now {:?}", change.state),
+//!             Output::Event(_) => {}
+//!         }
+//!     }
+//!     // Sleep until the client wants to be woken (a real driver also wakes on socket input).
+//!     now = client.poll_timeout().unwrap_or(now + Duration::from_secs(1)).max(now);
+//! }
+//! assert!(sent[0].contains("set_auth_token"));
+//! assert!(sent.iter().any(|text| text.contains("quote_add_symbols")));
+//! ```
+
+mod config;
+pub mod policy;
+mod quote;
+mod types;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use config::{
+    ANONYMOUS_TOKEN, Config, ConfigError, DEFAULT_QUOTE_FIELDS, DEFAULT_URL, PollingConfig,
+    parse_duration,
+};
+pub use quote::{Quote, QuoteFields};
+pub use types::{
+    BarEvent, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters, DisconnectCause, Event,
+    HistoryError, HistoryEvent, HistoryId, Input, Mode, Output, PollRequest, PolledQuote,
+    QuoteEvent, SeriesId, Source, State, StateChange, Status,
+};
+
+use crate::codec::{Decoder, Packet};
+use crate::command::{Adjustment, Command, SymbolSpec};
+use crate::message::{self, Bar, ChartUpdate, FieldUpdate, QuoteValues, ServerMessage};
+use policy::{CommandQueue, TokenBucket, retry_delay};
+
+/// Quote symbols per `quote_add_symbols` command.
+const SYMBOLS_PER_COMMAND: usize = 50;
+/// Prefix of the series ids tickwire chooses; the rest is the request's key.
+const SERIES_PREFIX: &str = "sds_";
+/// Prefix of the symbol ids tickwire chooses.
+const SYMBOL_PREFIX: &str = "sds_sym_";
+/// Turnaround tag of every series (one per connection and series id).
+const TURNAROUND: &str = "s1";
+
+/// Where the physical link stands.
+#[derive(Debug)]
+enum Link {
+    /// Waiting until `at` before the next attempt (at creation: the first attempt, right away).
+    Waiting { at: Instant, after_failure: bool },
+    /// Circuit open: no attempt until `until`, then one probe.
+    CircuitOpen { until: Instant },
+    /// An attempt is in flight.
+    Connecting {
+        id: ConnectionId,
+        deadline: Instant,
+        probe: bool,
+    },
+    /// The socket is open.
+    Open(OpenLink),
+    /// Closed by the application.
+    Closed,
+}
+
+#[derive(Debug)]
+struct OpenLink {
+    id: ConnectionId,
+    opened_at: Instant,
+    probe: bool,
+    /// Any packet, heartbeats included.
+    last_packet: Option<Instant>,
+    /// Last quote or bar (or the open time).
+    last_tick: Instant,
+    /// A data packet arrived: the connection works and the backoff is reset.
+    live: bool,
+    idle_heartbeats: u32,
+    next_health_check: Instant,
+    quote_session: String,
+    chart_session: String,
+}
+
+/// A bar subscription or history request, replayed on every connection.
+#[derive(Debug)]
+struct ChartRequest {
+    symbol: Arc<str>,
+    timeframe: Arc<str>,
+    count: u32,
+    kind: ChartKind,
+}
+
+#[derive(Debug)]
+enum ChartKind {
+    Subscription(SeriesState),
+    History {
+        deadline: Instant,
+        bars: BTreeMap<i64, Bar>,
+    },
+}
+
+/// What a subscription has emitted so far, to close bars and drop the duplicates a reconnect
+/// backfill sends again.
+#[derive(Debug, Default)]
+struct SeriesState {
+    forming: Option<Bar>,
+    last_closed_time: Option<f64>,
+}
+
+/// The sans-IO client. See the [module docs](self) for the driving loop.
+#[derive(Debug)]
+pub struct Client {
+    config: Config,
+    rng: fastrand::Rng,
+    /// Shared so a message can be decoded while the client changes.
+    decoder: Arc<Decoder>,
+    auth_token: String,
+    /// Desired quote symbols and their merged quotes.
+    quotes: HashMap<Arc<str>, Quote>,
+    /// Desired chart series and history requests, by key.
+    charts: BTreeMap<u64, ChartRequest>,
+    next_key: u64,
+    link: Link,
+    next_connection: u64,
+    consecutive_failures: u32,
+    breaker: Breaker,
+    /// Set after `bad auth token`: hold the next attempt until the token arrives or this passes.
+    awaiting_token_until: Option<Instant>,
+    bucket: TokenBucket,
+    queue: CommandQueue,
+    mode: Mode,
+    /// When the stream stopped being live (or the client started).
+    unavailable_since: Option<Instant>,
+    next_poll: Option<Instant>,
+    poll_round: u64,
+    last_tick: Option<Instant>,
+    outputs: VecDeque<Output>,
+    counters: Counters,
+}
+
+impl Client {
+    /// A client that will connect as soon as it is first driven.
+    ///
+    /// An invalid `config` (see [`Config::validate`]) is used as given; validate it first when
+    /// it comes from a user.
+    pub fn new(config: Config, now: Instant) -> Client {
+        Client {
+            rng: fastrand::Rng::with_seed(config.seed),
+            decoder: Arc::new(Decoder::with_max_packet_size(config.max_packet_size)),
+            auth_token: config.auth_token.clone(),
+            quotes: HashMap::new(),
+            charts: BTreeMap::new(),
+            next_key: 1,
+            link: Link::Waiting {
+                at: now,
+                after_failure: false,
+            },
+            next_connection: 1,
+            consecutive_failures: 0,
+            breaker: Breaker::Closed,
+            awaiting_token_until: None,
+            bucket: TokenBucket::per_minute(config.rate_limit_per_minute, config.burst, now),
+            queue: CommandQueue::new(config.max_queued_commands),
+            mode: Mode::Streaming,
+            unavailable_since: Some(now),
+            next_poll: None,
+            poll_round: 0,
+            last_tick: None,
+            outputs: VecDeque::new(),
+            counters: Counters::default(),
+            config,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- application commands ------------------------------------------------------------
+
+    /// Adds quote symbols (`EXCH:TICKER` or `=`+JSON specs) to the desired set. Symbols already
+    /// subscribed are ignored; past [`Config::max_subscriptions`] the rest are ignored too.
+    pub fn subscribe_quotes<I, S>(&mut self, now: Instant, symbols: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        if self.is_closed() {
+            return;
+        }
+        let mut added = Vec::new();
+        for symbol in symbols {
+            let symbol = symbol.as_ref();
+            if symbol.is_empty()
+                || self.quotes.contains_key(symbol)
+                || self.quotes.len() >= self.config.max_subscriptions
+            {
+                continue;
+            }
+            let key: Arc<str> = Arc::from(symbol);
+            self.quotes
+                .insert(Arc::clone(&key), Quote::new(Arc::clone(&key)));
+            added.push(key);
+        }
+        if let Some(session) = self.open_link().map(|link| link.quote_session.clone()) {
+            for chunk in added.chunks(SYMBOLS_PER_COMMAND) {
+                let symbols = chunk.iter().map(|symbol| symbol.to_string());
+                self.send(now, Command::quote_add_symbols(session.clone(), symbols));
+            }
+        }
+    }
+
+    /// Removes quote symbols from the desired set.
+    pub fn unsubscribe_quotes<I, S>(&mut self, now: Instant, symbols: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let removed: Vec<String> = symbols
+            .into_iter()
+            .filter_map(|symbol| {
+                self.quotes
+                    .remove(symbol.as_ref())
+                    .map(|quote| quote.symbol.to_string())
+            })
+            .collect();
+        if let Some(session) = self.open_link().map(|link| link.quote_session.clone()) {
+            for chunk in removed.chunks(SYMBOLS_PER_COMMAND) {
+                self.send(
+                    now,
+                    Command::quote_remove_symbols(session.clone(), chunk.iter().cloned()),
+                );
+            }
+        }
+    }
+
+    /// Subscribes to the bars of `symbol` at `timeframe` (`1`, `60`, `1D`…), loading `count`
+    /// bars of history first. Returns `None` past [`Config::max_subscriptions`] or after close.
+    pub fn subscribe_bars(
+        &mut self,
+        now: Instant,
+        symbol: &str,
+        timeframe: &str,
+        count: u32,
+    ) -> Option<SeriesId> {
+        if self.is_closed() || self.series_count() >= self.config.max_subscriptions {
+            return None;
+        }
+        let key = self.add_chart(
+            symbol,
+            timeframe,
+            count,
+            ChartKind::Subscription(SeriesState::default()),
+        );
+        self.send_chart_request(now, key);
+        Some(SeriesId(key))
+    }
+
+    /// Stops a bar subscription.
+    pub fn unsubscribe_bars(&mut self, now: Instant, series: SeriesId) {
+        let is_subscription = matches!(
+            self.charts.get(&series.0),
+            Some(ChartRequest {
+                kind: ChartKind::Subscription(_),
+                ..
+            })
+        );
+        if is_subscription {
+            self.charts.remove(&series.0);
+            self.send_remove_series(now, series.0);
+        }
+    }
+
+    /// Fetches `count` bars of `symbol` at `timeframe`. The answer is one
+    /// [`Event::History`] with this id: the bars, or a typed error — never silence, since the
+    /// request times out after [`Config::history_timeout`]. Survives reconnects.
+    pub fn request_history(
+        &mut self,
+        now: Instant,
+        symbol: &str,
+        timeframe: &str,
+        count: u32,
+    ) -> HistoryId {
+        let deadline = now.checked_add(self.config.history_timeout).unwrap_or(now);
+        let key = self.add_chart(
+            symbol,
+            timeframe,
+            count,
+            ChartKind::History {
+                deadline,
+                bars: BTreeMap::new(),
+            },
+        );
+        if self.is_closed() {
+            self.finish_history(key, Err(HistoryError::Closed));
+        } else {
+            self.send_chart_request(now, key);
+        }
+        HistoryId(key)
+    }
+
+    /// Replaces the auth token; used from the next connection on.
+    pub fn set_auth_token(&mut self, token: impl Into<String>) {
+        self.auth_token = token.into();
+    }
+
+    /// Ends everything: closes the connection, fails pending history requests with
+    /// [`HistoryError::Closed`], and from then on asks for nothing and wants no timer. The
+    /// outputs already queued (the close among them) are still drained with `poll_output`.
+    pub fn close(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(id) = self.current_connection() {
+            self.outputs.push_back(Output::Close {
+                id,
+                cause: DisconnectCause::ClientClosed,
+            });
+            self.counters.disconnects.add(DisconnectCause::ClientClosed);
+        }
+        self.link = Link::Closed;
+        self.queue.clear();
+        self.counters.commands_queued = 0;
+        let pending: Vec<u64> = self
+            .charts
+            .iter()
+            .filter(|(_, chart)| chart.is_history())
+            .map(|(key, _)| *key)
+            .collect();
+        for key in pending {
+            self.finish_history(key, Err(HistoryError::Closed));
+        }
+        self.next_poll = None;
+        self.emit_state(Some(DisconnectCause::ClientClosed));
+    }
+
+    // ----- driver interface ----------------------------------------------------------------
+
+    /// Feeds one transport event.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if self.is_closed() {
+            return;
+        }
+        match input {
+            Input::Connected(id) => self.on_connected(now, id),
+            Input::ConnectFailed { id, .. } => {
+                if matches!(self.link, Link::Connecting { id: current, .. } if current == id) {
+                    self.fail_connection(now, DisconnectCause::ConnectFailed, false);
+                }
+            }
+            Input::Message { id, text } => {
+                if self.open_link().is_some_and(|link| link.id == id) {
+                    self.on_message(now, &text);
+                }
+            }
+            Input::Disconnected { id, .. } => {
+                if self.current_connection() == Some(id) {
+                    let cause = if matches!(self.link, Link::Connecting { .. }) {
+                        DisconnectCause::ConnectFailed
+                    } else {
+                        DisconnectCause::RemoteClosed
+                    };
+                    // The driver already knows the socket is gone: no Close output needed.
+                    self.fail_connection(now, cause, false);
+                }
+            }
+            Input::PollResult { round, quotes } => self.on_poll_result(now, round, quotes),
+            Input::AuthToken(token) => {
+                if let Some(token) = token {
+                    self.auth_token = token;
+                }
+                self.awaiting_token_until = None;
+            }
+        }
+        self.after_step(now);
+    }
+
+    /// Runs everything that is due at `now`. Call it when [`Client::poll_timeout`] passes (calling
+    /// it more often is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.expire_histories(now);
+        if self.awaiting_token_until.is_some_and(|until| now >= until) {
+            self.awaiting_token_until = None;
+        }
+        let token_ready = self.awaiting_token_until.is_none();
+        match &self.link {
+            Link::Waiting { at, .. } if now >= *at && token_ready => self.start_attempt(now, false),
+            Link::CircuitOpen { until } if now >= *until && token_ready => {
+                self.breaker = Breaker::HalfOpen;
+                self.start_attempt(now, true);
+            }
+            Link::Connecting { deadline, .. } if now >= *deadline => {
+                self.fail_connection(now, DisconnectCause::ConnectTimeout, true);
+            }
+            Link::Open(_) => match self.check_open_link(now) {
+                Some(cause) => self.fail_connection(now, cause, true),
+                None => {
+                    let interval = self.config.health_interval;
+                    if let Link::Open(link) = &mut self.link {
+                        while link.next_health_check <= now {
+                            link.next_health_check = add(
+                                link.next_health_check,
+                                interval.max(Duration::from_millis(1)),
+                            );
+                        }
+                    }
+                }
+            },
+            _ => {}
+        }
+        self.after_step(now);
+    }
+
+    /// The next decision, or `None` when there is nothing to do until more input or a timeout.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Client::handle_timeout`] should next be called; `None` after close.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider =
+            |at: Instant| next = Some(next.map_or(at, |current: Instant| current.min(at)));
+        match &self.link {
+            Link::Closed => return None,
+            Link::Waiting { at, .. } => consider(
+                self.awaiting_token_until
+                    .map_or(*at, |until| until.max(*at)),
+            ),
+            Link::CircuitOpen { until } => consider(
+                self.awaiting_token_until
+                    .map_or(*until, |token| token.max(*until)),
+            ),
+            Link::Connecting { deadline, .. } => consider(*deadline),
+            Link::Open(link) => {
+                match link.last_packet {
+                    None => consider(add(link.opened_at, self.config.handshake_timeout)),
+                    Some(last) => consider(add(last, self.config.read_timeout)),
+                }
+                consider(link.next_health_check);
+                if let Some(age) = self.config.max_age {
+                    consider(add(link.opened_at, age));
+                }
+                if !self.queue.is_empty() {
+                    consider(self.bucket.next_token_at());
+                }
+            }
+        }
+        for chart in self.charts.values() {
+            if let ChartKind::History { deadline, .. } = chart.kind {
+                consider(deadline);
+            }
+        }
+        if let Some(at) = self.next_poll {
+            consider(at);
+        }
+        if let (Some(polling), Some(since), Mode::Streaming) =
+            (self.config.polling, self.unavailable_since, self.mode)
+        {
+            if !self.quotes.is_empty() {
+                consider(add(since, polling.unavailable_after));
+            }
+        }
+        next
+    }
+
+    /// A snapshot of state, mode, breaker and counters.
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            state: self.state(),
+            mode: self.mode,
+            breaker: self.breaker,
+            last_tick_age: self
+                .last_tick
+                .map(|tick| now.saturating_duration_since(tick)),
+            consecutive_failures: self.consecutive_failures,
+            next_attempt: self.next_attempt(),
+            connection: self.current_connection(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// The quote symbols currently desired (rejected ones are gone), sorted.
+    pub fn quote_symbols(&self) -> Vec<Arc<str>> {
+        let mut symbols: Vec<Arc<str>> = self.quotes.keys().cloned().collect();
+        symbols.sort();
+        symbols
+    }
+
+    /// The latest merged quote of a subscribed symbol.
+    pub fn quote(&self, symbol: &str) -> Option<&Quote> {
+        self.quotes.get(symbol)
+    }
+
+    /// Bar subscriptions currently desired: id, symbol, timeframe.
+    pub fn bar_subscriptions(&self) -> Vec<(SeriesId, Arc<str>, Arc<str>)> {
+        self.charts
+            .iter()
+            .filter(|(_, chart)| !chart.is_history())
+            .map(|(key, chart)| {
+                (
+                    SeriesId(*key),
+                    Arc::clone(&chart.symbol),
+                    Arc::clone(&chart.timeframe),
+                )
+            })
+            .collect()
+    }
+
+    /// History requests still pending.
+    pub fn pending_history(&self) -> Vec<HistoryId> {
+        self.charts
+            .iter()
+            .filter(|(_, chart)| chart.is_history())
+            .map(|(key, _)| HistoryId(*key))
+            .collect()
+    }
+
+    // ----- connection lifecycle --------------------------------------------------------------
+
+    fn start_attempt(&mut self, now: Instant, probe: bool) {
+        let id = ConnectionId(self.next_connection);
+        self.next_connection = self.next_connection.saturating_add(1);
+        self.counters.connection_attempts = self.counters.connection_attempts.saturating_add(1);
+        self.link = Link::Connecting {
+            id,
+            deadline: add(now, self.config.connect_timeout),
+            probe,
+        };
+        self.outputs.push_back(Output::Connect(ConnectRequest {
+            id,
+            url: self.config.url.clone(),
+            origin: self.config.origin.clone(),
+            timeout: self.config.connect_timeout,
+            send_timeout: self.config.send_timeout,
+        }));
+        self.emit_state(None);
+    }
+
+    fn on_connected(&mut self, now: Instant, id: ConnectionId) {
+        let probe = match self.link {
+            Link::Connecting {
+                id: current, probe, ..
+            } if current == id => probe,
+            _ => return,
+        };
+        self.counters.connections = self.counters.connections.saturating_add(1);
+        let quote_session = self.session_id("qs_");
+        let chart_session = self.session_id("cs_");
+        self.link = Link::Open(OpenLink {
+            id,
+            opened_at: now,
+            probe,
+            last_packet: None,
+            last_tick: now,
+            live: false,
+            idle_heartbeats: 0,
+            next_health_check: add(now, self.config.health_interval),
+            quote_session: quote_session.clone(),
+            chart_session: chart_session.clone(),
+        });
+        self.queue.clear();
+        // Session set-up, pipelined before the server speaks, then every desired subscription.
+        self.send(now, Command::set_auth_token(self.auth_token.clone()));
+        if let Some((language, country)) = self.config.locale.clone() {
+            self.send(now, Command::set_locale(language, country));
+        }
+        self.send(now, Command::quote_create_session(quote_session.clone()));
+        self.send(
+            now,
+            Command::quote_set_fields(quote_session.clone(), self.config.quote_fields.clone()),
+        );
+        self.send(now, Command::chart_create_session(chart_session));
+        let symbols = self.quote_symbols();
+        for chunk in symbols.chunks(SYMBOLS_PER_COMMAND) {
+            let symbols = chunk.iter().map(|symbol| symbol.to_string());
+            self.send(
+                now,
+                Command::quote_add_symbols(quote_session.clone(), symbols),
+            );
+        }
+        let keys: Vec<u64> = self.charts.keys().copied().collect();
+        for key in keys {
+            if let Some(ChartRequest {
+                kind: ChartKind::History { bars, .. },
+                ..
+            }) = self.charts.get_mut(&key)
+            {
+                // A new connection sends the whole history again.
+                bars.clear();
+            }
+            self.send_chart_request(now, key);
+        }
+        self.emit_state(None);
+    }
+
+    /// Checks the health rules of an open link; returns the cause when it must go.
+    fn check_open_link(&self, now: Instant) -> Option<DisconnectCause> {
+        let Link::Open(link) = &self.link else {
+            return None;
+        };
+        match link.last_packet {
+            None if now >= add(link.opened_at, self.config.handshake_timeout) => {
+                return Some(DisconnectCause::HandshakeTimeout);
+            }
+            Some(last) if now >= add(last, self.config.read_timeout) => {
+                return Some(DisconnectCause::ReadTimeout);
+            }
+            _ => {}
+        }
+        if self
+            .config
+            .max_age
+            .is_some_and(|age| now >= add(link.opened_at, age))
+        {
+            return Some(DisconnectCause::MaxAge);
+        }
+        let has_live_subscriptions = !self.quotes.is_empty() || self.series_count() > 0;
+        if now >= link.next_health_check
+            && link.live
+            && has_live_subscriptions
+            && now >= add(link.last_tick, self.config.data_silence)
+        {
+            return Some(DisconnectCause::DataSilence);
+        }
+        None
+    }
+
+    /// Ends the current attempt or connection and schedules the next one.
+    ///
+    /// `send_close`: whether the driver still has to be told to close the socket.
+    fn fail_connection(&mut self, now: Instant, cause: DisconnectCause, send_close: bool) {
+        let (id, was_live, probe) = match &self.link {
+            Link::Connecting { id, probe, .. } => (*id, false, *probe),
+            Link::Open(link) => (link.id, link.live, link.probe),
+            _ => return,
+        };
+        if send_close {
+            self.outputs.push_back(Output::Close { id, cause });
+        }
+        self.counters.disconnects.add(cause);
+        self.queue.clear();
+        self.counters.commands_queued = 0;
+        if was_live {
+            self.unavailable_since = Some(now);
+        }
+        if was_live {
+            // A working connection dropped: retry after the grace delay.
+            self.link = Link::Waiting {
+                at: add(now, self.jittered(self.config.grace)),
+                after_failure: false,
+            };
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            if probe || self.consecutive_failures >= self.config.max_attempts {
+                self.breaker = Breaker::Open;
+                self.link = Link::CircuitOpen {
+                    until: add(now, self.config.breaker_recovery),
+                };
+            } else {
+                let delay = retry_delay(
+                    self.consecutive_failures,
+                    self.config.grace,
+                    self.config.backoff_initial,
+                    self.config.backoff_max,
+                    self.config.jitter,
+                    self.unit_jitter(),
+                );
+                self.link = Link::Waiting {
+                    at: add(now, delay),
+                    after_failure: true,
+                };
+            }
+        }
+        self.emit_state(Some(cause));
+    }
+
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let unit = self.unit_jitter();
+        policy::apply_jitter(base, self.config.jitter, unit)
+    }
+
+    fn unit_jitter(&mut self) -> f64 {
+        self.rng.f64().mul_add(2.0, -1.0)
+    }
+
+    fn session_id(&mut self, prefix: &str) -> String {
+        let mut id = String::with_capacity(prefix.len().saturating_add(12));
+        id.push_str(prefix);
+        for _ in 0..12 {
+            id.push(self.rng.alphanumeric());
+        }
+        id
+    }
+
+    // ----- inbound -----------------------------------------------------------------------------
+
+    fn on_message(&mut self, now: Instant, text: &Bytes) {
+        self.counters.bytes = self.counters.bytes.saturating_add(text.len() as u64);
+        let decoder = Arc::clone(&self.decoder);
+        let mut packets = decoder.decode(text);
+        for packet in packets.by_ref() {
+            if !matches!(self.link, Link::Open(_)) {
+                // A packet above closed the connection; the rest of this message is moot.
+                break;
+            }
+            self.counters.packets = self.counters.packets.saturating_add(1);
+            if let Link::Open(link) = &mut self.link {
+                link.last_packet = Some(now);
+            }
+            match packet {
+                Ok(Packet::Heartbeat(beat)) => self.on_heartbeat(now, &beat),
+                Ok(Packet::Json(payload) | Packet::LegacyJson(payload)) => {
+                    self.on_data_packet(now);
+                    match message::parse(&payload) {
+                        Ok(parsed) => self.on_server_message(now, parsed),
+                        Err(_) => {
+                            self.counters.decode_errors =
+                                self.counters.decode_errors.saturating_add(1)
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.counters.decode_errors = self.counters.decode_errors.saturating_add(1)
+                }
+            }
+        }
+        self.counters.resyncs = self
+            .counters
+            .resyncs
+            .saturating_add(u64::from(packets.resyncs()));
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, beat: &crate::codec::Heartbeat) {
+        self.counters.heartbeats = self.counters.heartbeats.saturating_add(1);
+        let Link::Open(link) = &mut self.link else {
+            return;
+        };
+        // Echo at once, outside the rate limit.
+        self.outputs.push_back(Output::Transmit {
+            id: link.id,
+            text: beat.echo(),
+        });
+        link.idle_heartbeats = link.idle_heartbeats.saturating_add(1);
+        if link.idle_heartbeats >= self.config.idle_heartbeats {
+            self.fail_connection(now, DisconnectCause::Zombie, true);
+        }
+    }
+
+    fn on_data_packet(&mut self, now: Instant) {
+        let Link::Open(link) = &mut self.link else {
+            return;
+        };
+        link.idle_heartbeats = 0;
+        if link.live {
+            return;
+        }
+        link.live = true;
+        link.last_tick = now;
+        self.consecutive_failures = 0;
+        self.breaker = Breaker::Closed;
+        self.unavailable_since = None;
+        if self.mode == Mode::Polling {
+            // The stream is back: polling stops in the same step.
+            self.mode = Mode::Streaming;
+            self.next_poll = None;
+        }
+        self.emit_state(None);
+    }
+
+    fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
+        match parsed {
+            ServerMessage::QuoteData(quote) => {
+                if self
+                    .open_link()
+                    .is_some_and(|link| link.quote_session == quote.session)
+                {
+                    self.apply_quote(now, &quote.symbol, &quote.values, Source::Stream);
+                }
+            }
+            ServerMessage::QuoteError(error) => {
+                if let Some((symbol, _)) = self.quotes.remove_entry(error.symbol.as_ref()) {
+                    self.push_event(Event::QuoteError {
+                        symbol,
+                        reason: error.message.into_owned(),
+                    });
+                }
+            }
+            ServerMessage::TimescaleUpdate(update) | ServerMessage::DataUpdate(update) => {
+                self.on_chart_update(now, &update);
+            }
+            ServerMessage::SeriesCompleted(completed) => {
+                if let Some(key) =
+                    self.chart_key(&completed.session, &completed.series_id, SERIES_PREFIX)
+                {
+                    if self.charts.get(&key).is_some_and(ChartRequest::is_history) {
+                        let bars = match self.charts.get_mut(&key).map(|chart| &mut chart.kind) {
+                            Some(ChartKind::History { bars, .. }) => {
+                                std::mem::take(bars).into_values().collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        self.finish_history(key, Ok(bars));
+                        self.send_remove_series(now, key);
+                    }
+                }
+            }
+            ServerMessage::SymbolError {
+                session,
+                symbol_id,
+                reason,
+            } => {
+                if let Some(key) = self.chart_key(&session, &symbol_id, SYMBOL_PREFIX) {
+                    self.fail_chart(key, reason.into_owned(), true);
+                }
+            }
+            ServerMessage::SeriesError {
+                session,
+                series_id,
+                reason,
+                ..
+            } => {
+                if let Some(key) = self.chart_key(&session, &series_id, SERIES_PREFIX) {
+                    self.fail_chart(key, reason.into_owned(), false);
+                    self.send_remove_series(now, key);
+                }
+            }
+            ServerMessage::CriticalError {
+                session,
+                name,
+                detail,
+            } => self.push_event(Event::CriticalError {
+                session: session.into_owned(),
+                name: name.into_owned(),
+                detail: detail.map(|detail| detail.into_owned()),
+            }),
+            ServerMessage::ProtocolError { text } => {
+                let bad_token = text.contains("bad auth token");
+                self.push_event(Event::ProtocolError {
+                    text: text.into_owned(),
+                });
+                if bad_token {
+                    self.outputs.push_back(Output::RequestAuthToken);
+                    self.awaiting_token_until = Some(add(now, self.config.token_timeout));
+                    self.fail_connection(now, DisconnectCause::BadAuthToken, true);
+                } else {
+                    self.fail_connection(now, DisconnectCause::ProtocolError, true);
+                }
+            }
+            ServerMessage::Hello(_)
+            | ServerMessage::QuoteCompleted { .. }
+            | ServerMessage::SymbolResolved(_)
+            | ServerMessage::SeriesLoading { .. }
+            | ServerMessage::SeriesTimeframe(_)
+            | ServerMessage::StudyLoading { .. }
+            | ServerMessage::StudyCompleted { .. }
+            | ServerMessage::StudyError { .. }
+            | ServerMessage::Unknown { .. } => {}
+        }
+    }
+
+    fn apply_quote(
+        &mut self,
+        now: Instant,
+        symbol: &str,
+        values: &QuoteValues<'_>,
+        source: Source,
+    ) {
+        let Some(quote) = self.quotes.get_mut(symbol) else {
+            return;
+        };
+        let changed = quote.apply(values);
+        let event = QuoteEvent {
+            quote: quote.clone(),
+            changed,
+            source,
+        };
+        self.mark_tick(now);
+        self.counters.quotes = self.counters.quotes.saturating_add(1);
+        self.push_event(Event::Quote(event));
+    }
+
+    fn mark_tick(&mut self, now: Instant) {
+        self.last_tick = Some(now);
+        if let Link::Open(link) = &mut self.link {
+            link.last_tick = now;
+        }
+    }
+
+    fn on_chart_update(&mut self, now: Instant, update: &ChartUpdate<'_>) {
+        let mut ticked = false;
+        for series in &update.series {
+            let Some(key) = self.chart_key(&update.session, &series.series_id, SERIES_PREFIX)
+            else {
+                continue;
+            };
+            let limit = self.config.max_history_bars;
+            let Some(chart) = self.charts.get_mut(&key) else {
+                continue;
+            };
+            ticked = true;
+            match &mut chart.kind {
+                ChartKind::History { bars, .. } => {
+                    for bar in &series.bars {
+                        bars.insert(bar_time_key(bar.time), *bar);
+                    }
+                    if bars.len() > limit {
+                        self.fail_history_too_many(now, key, limit);
+                    }
+                }
+                ChartKind::Subscription(state) => {
+                    let (symbol, timeframe) =
+                        (Arc::clone(&chart.symbol), Arc::clone(&chart.timeframe));
+                    let mut emitted = Vec::new();
+                    state.apply(&series.bars, &mut emitted);
+                    for (bar, closed) in emitted {
+                        self.counters.bars = self.counters.bars.saturating_add(1);
+                        let event = BarEvent {
+                            series: SeriesId(key),
+                            symbol: Arc::clone(&symbol),
+                            timeframe: Arc::clone(&timeframe),
+                            bar,
+                            closed,
+                        };
+                        self.push_event(Event::Bar(event));
+                    }
+                }
+            }
+        }
+        if ticked {
+            self.mark_tick(now);
+        }
+    }
+
+    fn fail_history_too_many(&mut self, now: Instant, key: u64, limit: usize) {
+        self.finish_history(key, Err(HistoryError::TooManyBars(limit)));
+        self.send_remove_series(now, key);
+    }
+
+    fn on_poll_result(&mut self, now: Instant, round: u64, quotes: Vec<PolledQuote>) {
+        if self.mode != Mode::Polling || round != self.poll_round {
+            return;
+        }
+        for polled in quotes {
+            let values = polled_values(&polled);
+            let Some(quote) = self.quotes.get_mut(polled.symbol.as_str()) else {
+                continue;
+            };
+            let changed = quote.apply(&values);
+            let event = QuoteEvent {
+                quote: quote.clone(),
+                changed,
+                source: Source::Poll,
+            };
+            self.last_tick = Some(now);
+            self.counters.quotes = self.counters.quotes.saturating_add(1);
+            self.push_event(Event::Quote(event));
+        }
+    }
+
+    // ----- outbound ----------------------------------------------------------------------------
+
+    /// Sends a command through the rate limit, or queues it; a full queue drops and reports it.
+    fn send(&mut self, now: Instant, command: Command) {
+        let Some(id) = self.open_link().map(|link| link.id) else {
+            return;
+        };
+        let frame = command.to_frame();
+        if self.queue.is_empty() && self.bucket.try_take(now) {
+            self.counters.commands_sent = self.counters.commands_sent.saturating_add(1);
+            self.outputs.push_back(Output::Transmit { id, text: frame });
+            return;
+        }
+        if self.queue.push(frame).is_err() {
+            self.counters.commands_dropped = self.counters.commands_dropped.saturating_add(1);
+            let bound = self.queue.bound();
+            match self.outputs.back_mut() {
+                // One report per burst of drops.
+                Some(Output::Event(Event::CommandsDropped { count, .. })) => {
+                    *count = count.saturating_add(1)
+                }
+                _ => self.push_event(Event::CommandsDropped { count: 1, bound }),
+            }
+        }
+        self.counters.commands_queued = self.queue.len() as u64;
+    }
+
+    fn flush_queue(&mut self, now: Instant) {
+        let Some(id) = self.open_link().map(|link| link.id) else {
+            return;
+        };
+        while !self.queue.is_empty() && self.bucket.try_take(now) {
+            if let Some(frame) = self.queue.pop() {
+                self.counters.commands_sent = self.counters.commands_sent.saturating_add(1);
+                self.outputs.push_back(Output::Transmit { id, text: frame });
+            }
+        }
+        self.counters.commands_queued = self.queue.len() as u64;
+    }
+
+    fn send_chart_request(&mut self, now: Instant, key: u64) {
+        let Some(session) = self.open_link().map(|link| link.chart_session.clone()) else {
+            return;
+        };
+        let Some(chart) = self.charts.get(&key) else {
+            return;
+        };
+        let spec = SymbolSpec::new(chart.symbol.as_ref()).adjustment(Adjustment::Splits);
+        let symbol_id = format!("{SYMBOL_PREFIX}{key}");
+        let series_id = format!("{SERIES_PREFIX}{key}");
+        let create = Command::create_series(
+            session.clone(),
+            series_id,
+            TURNAROUND,
+            symbol_id.clone(),
+            chart.timeframe.as_ref(),
+            chart.count,
+        );
+        self.send(now, Command::resolve_symbol(session, symbol_id, spec));
+        self.send(now, create);
+    }
+
+    fn send_remove_series(&mut self, now: Instant, key: u64) {
+        if let Some(session) = self.open_link().map(|link| link.chart_session.clone()) {
+            self.send(
+                now,
+                Command::remove_series(session, format!("{SERIES_PREFIX}{key}")),
+            );
+        }
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    // ----- timers ------------------------------------------------------------------------------
+
+    /// Work every step ends with: queued commands, polling.
+    fn after_step(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.flush_queue(now);
+        self.update_polling(now);
+    }
+
+    fn update_polling(&mut self, now: Instant) {
+        let Some(polling) = self.config.polling else {
+            return;
+        };
+        let stream_live = self.open_link().is_some_and(|link| link.live);
+        if self.mode == Mode::Streaming && !stream_live && !self.quotes.is_empty() {
+            let unavailable_long = self
+                .unavailable_since
+                .is_some_and(|since| now >= add(since, polling.unavailable_after));
+            if self.breaker == Breaker::Open || unavailable_long {
+                self.mode = Mode::Polling;
+                self.next_poll = Some(now);
+                self.emit_state(None);
+            }
+        }
+        if self.mode != Mode::Polling {
+            return;
+        }
+        if self.next_poll.is_some_and(|at| now >= at) {
+            self.poll_round = self.poll_round.saturating_add(1);
+            self.counters.polls = self.counters.polls.saturating_add(1);
+            let request = PollRequest {
+                round: self.poll_round,
+                symbols: self.quote_symbols(),
+            };
+            self.outputs.push_back(Output::Poll(request));
+            self.next_poll = Some(add(now, polling.interval));
+        }
+    }
+
+    fn expire_histories(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .charts
+            .iter()
+            .filter(|(_, chart)| matches!(chart.kind, ChartKind::History { deadline, .. } if now >= deadline))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in expired {
+            self.finish_history(key, Err(HistoryError::Timeout));
+            self.send_remove_series(now, key);
+        }
+    }
+
+    // ----- bookkeeping -------------------------------------------------------------------------
+
+    fn add_chart(&mut self, symbol: &str, timeframe: &str, count: u32, kind: ChartKind) -> u64 {
+        let key = self.next_key;
+        self.next_key = self.next_key.saturating_add(1);
+        self.charts.insert(
+            key,
+            ChartRequest {
+                symbol: Arc::from(symbol),
+                timeframe: Arc::from(timeframe),
+                count,
+                kind,
+            },
+        );
+        key
+    }
+
+    /// The request key named by a server id (`sds_7`, `sds_sym_7`) in the current chart session.
+    fn chart_key(&self, session: &str, id: &str, prefix: &str) -> Option<u64> {
+        if self.open_link()?.chart_session != session {
+            return None;
+        }
+        let key: u64 = id.strip_prefix(prefix)?.parse().ok()?;
+        self.charts.contains_key(&key).then_some(key)
+    }
+
+    fn fail_chart(&mut self, key: u64, reason: String, symbol_error: bool) {
+        let Some(chart) = self.charts.get(&key) else {
+            return;
+        };
+        if chart.is_history() {
+            let error = if symbol_error {
+                HistoryError::Symbol(reason)
+            } else {
+                HistoryError::Series(reason)
+            };
+            self.finish_history(key, Err(error));
+        } else if let Some(chart) = self.charts.remove(&key) {
+            self.push_event(Event::SeriesError {
+                series: SeriesId(key),
+                symbol: chart.symbol,
+                reason,
+            });
+        }
+    }
+
+    fn finish_history(&mut self, key: u64, result: Result<Vec<Bar>, HistoryError>) {
+        if let Some(chart) = self.charts.remove(&key) {
+            self.push_event(Event::History(HistoryEvent {
+                id: HistoryId(key),
+                symbol: chart.symbol,
+                timeframe: chart.timeframe,
+                result,
+            }));
+        }
+    }
+
+    fn series_count(&self) -> usize {
+        self.charts
+            .values()
+            .filter(|chart| !chart.is_history())
+            .count()
+    }
+
+    fn open_link(&self) -> Option<&OpenLink> {
+        match &self.link {
+            Link::Open(link) => Some(link),
+            _ => None,
+        }
+    }
+
+    fn current_connection(&self) -> Option<ConnectionId> {
+        match &self.link {
+            Link::Connecting { id, .. } => Some(*id),
+            Link::Open(link) => Some(link.id),
+            _ => None,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.link, Link::Closed)
+    }
+
+    fn next_attempt(&self) -> Option<Instant> {
+        match &self.link {
+            Link::Waiting { at, .. } => Some(
+                self.awaiting_token_until
+                    .map_or(*at, |until| until.max(*at)),
+            ),
+            Link::CircuitOpen { until } => Some(*until),
+            _ => None,
+        }
+    }
+
+    fn state(&self) -> State {
+        match &self.link {
+            Link::Waiting {
+                after_failure: false,
+                ..
+            } if self.counters.connection_attempts == 0 => State::Idle,
+            Link::Waiting { .. } => State::BackingOff,
+            Link::CircuitOpen { .. } => State::CircuitOpen,
+            Link::Connecting { .. } => State::Connecting,
+            Link::Open(link) if link.live => State::Live,
+            Link::Open(_) => State::Connecting,
+            Link::Closed => State::Closed,
+        }
+    }
+
+    fn emit_state(&mut self, cause: Option<DisconnectCause>) {
+        let change = StateChange {
+            state: self.state(),
+            mode: self.mode,
+            cause,
+            consecutive_failures: self.consecutive_failures,
+            next_attempt: self.next_attempt(),
+        };
+        self.push_event(Event::State(change));
+    }
+}
+
+impl ChartRequest {
+    fn is_history(&self) -> bool {
+        matches!(self.kind, ChartKind::History { .. })
+    }
+}
+
+impl SeriesState {
+    /// Turns incoming bars into (bar, closed) events: every bar but the last of a batch is
+    /// closed, a newer bar closes the forming one, and bars already emitted as closed (a
+    /// reconnect's backfill) are dropped.
+    fn apply(&mut self, bars: &[Bar], out: &mut Vec<(Bar, bool)>) {
+        let last_index = bars.len().saturating_sub(1);
+        for (index, bar) in bars.iter().enumerate() {
+            if self
+                .last_closed_time
+                .is_some_and(|closed| bar.time <= closed)
+            {
+                continue;
+            }
+            if let Some(forming) = self.forming {
+                if bar.time > forming.time {
+                    out.push((forming, true));
+                    self.last_closed_time = Some(forming.time);
+                    self.forming = None;
+                } else if bar.time < forming.time {
+                    // Older than the forming bar yet never emitted as closed: out of order; skip.
+                    continue;
+                }
+            }
+            if index == last_index {
+                if self.forming != Some(*bar) {
+                    self.forming = Some(*bar);
+                    out.push((*bar, false));
+                }
+            } else {
+                self.forming = None;
+                self.last_closed_time = Some(bar.time);
+                out.push((*bar, true));
+            }
+        }
+    }
+}
+
+fn polled_values(polled: &PolledQuote) -> QuoteValues<'static> {
+    let set = |value: Option<f64>| value.map_or(FieldUpdate::Unchanged, FieldUpdate::Set);
+    QuoteValues {
+        last_price: set(polled.last_price),
+        last_price_time: polled
+            .last_price_time
+            .map_or(FieldUpdate::Unchanged, FieldUpdate::Set),
+        change: set(polled.change),
+        change_percent: set(polled.change_percent),
+        volume: set(polled.volume),
+        bid: set(polled.bid),
+        ask: set(polled.ask),
+        ..QuoteValues::default()
+    }
+}
+
+/// A bar time as a map key: whole milliseconds (bar times are whole seconds in practice).
+fn bar_time_key(time: f64) -> i64 {
+    #[allow(clippy::cast_possible_truncation)] // saturating float-to-int cast is the intent
+    let millis = (time * 1000.0).round() as i64;
+    millis
+}
+
+fn add(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests;

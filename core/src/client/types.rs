@@ -1,0 +1,474 @@
+//! The vocabulary of the client: what goes in, what comes out, and what status reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::quote::{Quote, QuoteFields};
+use crate::message::Bar;
+
+/// Identifies one physical connection. Every input names the connection it is about, so events
+/// from a connection the client has already given up on are ignored instead of misapplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Identifies a bar subscription made with [`super::Client::subscribe_bars`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesId(pub u64);
+
+/// Identifies a history request made with [`super::Client::request_history`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistoryId(pub u64);
+
+/// What the driver reports to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The WebSocket of connection `id` is open.
+    Connected(ConnectionId),
+    /// Connection `id` could not be opened (refused, DNS, TLS, HTTP 429 on upgrade…).
+    ConnectFailed {
+        /// The attempt.
+        id: ConnectionId,
+        /// What went wrong, for status and logs.
+        reason: String,
+    },
+    /// One WebSocket text message arrived on connection `id`.
+    Message {
+        /// The connection.
+        id: ConnectionId,
+        /// The message text, as received.
+        text: Bytes,
+    },
+    /// Connection `id` closed or failed (close frame, reset, send timeout…).
+    Disconnected {
+        /// The connection.
+        id: ConnectionId,
+        /// What happened, for status and logs.
+        reason: String,
+    },
+    /// Results of the poll request numbered `round`.
+    PollResult {
+        /// [`PollRequest::round`] of the request answered.
+        round: u64,
+        /// One entry per symbol the poller could fetch.
+        quotes: Vec<PolledQuote>,
+    },
+    /// The application's answer to [`Output::RequestAuthToken`]: a fresh token, or `None` to
+    /// keep the current one.
+    AuthToken(Option<String>),
+}
+
+/// A quote fetched by the fallback poller.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolledQuote {
+    /// The quote key, as subscribed.
+    pub symbol: String,
+    /// Last price.
+    pub last_price: Option<f64>,
+    /// Time of the last price, Unix seconds.
+    pub last_price_time: Option<i64>,
+    /// Change since the previous close.
+    pub change: Option<f64>,
+    /// Change in percent.
+    pub change_percent: Option<f64>,
+    /// Volume.
+    pub volume: Option<f64>,
+    /// Best bid.
+    pub bid: Option<f64>,
+    /// Best ask.
+    pub ask: Option<f64>,
+}
+
+/// What the client asks the driver to do, drained with [`super::Client::poll_output`].
+// Quote events dominate and are large; boxing them would cost an allocation per quote.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Open a WebSocket.
+    Connect(ConnectRequest),
+    /// Send this text message on connection `id`.
+    Transmit {
+        /// The connection.
+        id: ConnectionId,
+        /// One framed packet.
+        text: String,
+    },
+    /// Close connection `id` (or abandon the attempt) now.
+    Close {
+        /// The connection.
+        id: ConnectionId,
+        /// Why.
+        cause: DisconnectCause,
+    },
+    /// Ask the application for a fresh auth token; answer with [`Input::AuthToken`].
+    RequestAuthToken,
+    /// Fetch quotes for these symbols with the fallback poller; answer with [`Input::PollResult`].
+    Poll(PollRequest),
+    /// Something for the application.
+    Event(Event),
+}
+
+/// How to open a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// The id every input about this connection must carry.
+    pub id: ConnectionId,
+    /// WebSocket URL.
+    pub url: String,
+    /// `Origin` header value.
+    pub origin: String,
+    /// Give up (and report [`Input::ConnectFailed`]) after this long.
+    pub timeout: Duration,
+    /// A blocked send longer than this means the link is dead: report [`Input::Disconnected`].
+    pub send_timeout: Duration,
+}
+
+/// A poll the driver should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollRequest {
+    /// Echo this in [`Input::PollResult`]; results of older rounds are ignored.
+    pub round: u64,
+    /// The subscribed quote symbols.
+    pub symbols: Vec<Arc<str>>,
+}
+
+/// Where a quote came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The WebSocket stream.
+    Stream,
+    /// The fallback poller.
+    Poll,
+}
+
+/// A quote update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuoteEvent {
+    /// The whole merged quote after this update.
+    pub quote: Quote,
+    /// The fields whose value this update changed (may be empty).
+    pub changed: QuoteFields,
+    /// Stream or poll.
+    pub source: Source,
+}
+
+/// A bar of a subscribed series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarEvent {
+    /// The subscription.
+    pub series: SeriesId,
+    /// Its symbol.
+    pub symbol: Arc<str>,
+    /// Its timeframe.
+    pub timeframe: Arc<str>,
+    /// The bar.
+    pub bar: Bar,
+    /// `false` while the bar is still forming (it may change); `true` once a newer bar started.
+    pub closed: bool,
+}
+
+/// Why a history request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// The server does not know the symbol.
+    #[error("symbol error: {0}")]
+    Symbol(String),
+    /// The server refused the series (e.g. `seconds_not_entitled`).
+    #[error("series error: {0}")]
+    Series(String),
+    /// No answer within the configured history timeout.
+    #[error("timed out")]
+    Timeout,
+    /// More bars arrived than the configured maximum.
+    #[error("more than {0} bars")]
+    TooManyBars(usize),
+    /// The client was closed first.
+    #[error("client closed")]
+    Closed,
+}
+
+/// A finished history request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    /// The request.
+    pub id: HistoryId,
+    /// Its symbol.
+    pub symbol: Arc<str>,
+    /// Its timeframe.
+    pub timeframe: Arc<str>,
+    /// The bars, oldest first, one per bar time; or why there are none.
+    pub result: Result<Vec<Bar>, HistoryError>,
+}
+
+/// Something the application should know.
+#[allow(clippy::large_enum_variant)] // see `Output`
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A quote update, from the stream or the poller.
+    Quote(QuoteEvent),
+    /// The server rejected a quote symbol (e.g. `no_such_symbol`); it is unsubscribed and will
+    /// not be re-added on reconnect.
+    QuoteError {
+        /// The quote key.
+        symbol: Arc<str>,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A bar of a subscribed series.
+    Bar(BarEvent),
+    /// The server rejected a bar subscription (`symbol_error` or `series_error`); it is removed.
+    SeriesError {
+        /// The subscription.
+        series: SeriesId,
+        /// Its symbol.
+        symbol: Arc<str>,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A history request finished.
+    History(HistoryEvent),
+    /// The connection state or mode changed.
+    State(StateChange),
+    /// A session-level `critical_error`; the connection stays up.
+    CriticalError {
+        /// The session.
+        session: String,
+        /// The error name.
+        name: String,
+        /// Detail, when sent.
+        detail: Option<String>,
+    },
+    /// A `protocol_error`; the client reconnects.
+    ProtocolError {
+        /// The server's text.
+        text: String,
+    },
+    /// The command queue was full: these commands were not sent on this connection. The
+    /// desired state still has them, so the next connection replays them.
+    CommandsDropped {
+        /// Commands dropped this time.
+        count: u64,
+        /// The queue's bound.
+        bound: usize,
+    },
+}
+
+/// A change of connection state or mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// The new state.
+    pub state: State,
+    /// Streaming or polling.
+    pub mode: Mode,
+    /// Why the last connection ended, when this change follows one.
+    pub cause: Option<DisconnectCause>,
+    /// Consecutive failed attempts so far.
+    pub consecutive_failures: u32,
+    /// When the next connection attempt is due, when one is scheduled.
+    pub next_attempt: Option<Instant>,
+}
+
+/// Connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Created; nothing attempted yet.
+    Idle,
+    /// An attempt is in flight, or the socket is open and the server has not spoken yet.
+    Connecting,
+    /// Data is flowing.
+    Live,
+    /// Waiting before the next attempt.
+    BackingOff,
+    /// Too many failures: no attempt until the breaker's recovery time.
+    CircuitOpen,
+    /// Closed by the application; final.
+    Closed,
+}
+
+impl State {
+    /// Lower-case name, as shown in status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Connecting => "connecting",
+            State::Live => "live",
+            State::BackingOff => "backing_off",
+            State::CircuitOpen => "circuit_open",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// Where quotes come from right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The WebSocket stream (also while reconnecting, until polling takes over).
+    Streaming,
+    /// The fallback poller; the stream is being retried.
+    Polling,
+}
+
+impl Mode {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Streaming => "streaming",
+            Mode::Polling => "polling",
+        }
+    }
+}
+
+/// The circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Breaker {
+    /// Attempts go ahead.
+    Closed,
+    /// No attempts until the recovery time.
+    Open,
+    /// One probe attempt is in flight.
+    HalfOpen,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DisconnectCause {
+    /// The driver could not open it.
+    ConnectFailed,
+    /// It did not open within the connect timeout.
+    ConnectTimeout,
+    /// The server did not speak within the handshake timeout.
+    HandshakeTimeout,
+    /// No packet at all within the read timeout.
+    ReadTimeout,
+    /// Only heartbeats, for the configured number in a row.
+    Zombie,
+    /// No tick for the data-silence threshold despite live subscriptions.
+    DataSilence,
+    /// The server sent `protocol_error`.
+    ProtocolError,
+    /// The server rejected the auth token.
+    BadAuthToken,
+    /// The peer or the network closed it.
+    RemoteClosed,
+    /// Rotated after the configured maximum age.
+    MaxAge,
+    /// The application closed the client.
+    ClientClosed,
+}
+
+impl DisconnectCause {
+    /// Every cause, in counter order.
+    pub const ALL: [DisconnectCause; 11] = [
+        DisconnectCause::ConnectFailed,
+        DisconnectCause::ConnectTimeout,
+        DisconnectCause::HandshakeTimeout,
+        DisconnectCause::ReadTimeout,
+        DisconnectCause::Zombie,
+        DisconnectCause::DataSilence,
+        DisconnectCause::ProtocolError,
+        DisconnectCause::BadAuthToken,
+        DisconnectCause::RemoteClosed,
+        DisconnectCause::MaxAge,
+        DisconnectCause::ClientClosed,
+    ];
+
+    /// Snake-case name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectCause::ConnectFailed => "connect_failed",
+            DisconnectCause::ConnectTimeout => "connect_timeout",
+            DisconnectCause::HandshakeTimeout => "handshake_timeout",
+            DisconnectCause::ReadTimeout => "read_timeout",
+            DisconnectCause::Zombie => "zombie",
+            DisconnectCause::DataSilence => "data_silence",
+            DisconnectCause::ProtocolError => "protocol_error",
+            DisconnectCause::BadAuthToken => "bad_auth_token",
+            DisconnectCause::RemoteClosed => "remote_closed",
+            DisconnectCause::MaxAge => "max_age",
+            DisconnectCause::ClientClosed => "client_closed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Disconnections counted by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CauseCounts([u64; DisconnectCause::ALL.len()]);
+
+impl CauseCounts {
+    /// How many connections ended for `cause`.
+    pub fn get(&self, cause: DisconnectCause) -> u64 {
+        self.0.get(cause.index()).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn add(&mut self, cause: DisconnectCause) {
+        if let Some(count) = self.0.get_mut(cause.index()) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// Total over every cause.
+    pub fn total(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |sum, count| sum.saturating_add(*count))
+    }
+}
+
+/// Running totals since the client was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connection attempts made.
+    pub connection_attempts: u64,
+    /// Connections that opened.
+    pub connections: u64,
+    /// Connections (and attempts) that ended, by cause.
+    pub disconnects: CauseCounts,
+    /// Packets received.
+    pub packets: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Heartbeats received (and echoed).
+    pub heartbeats: u64,
+    /// Packets that could not be framed or parsed.
+    pub decode_errors: u64,
+    /// Packets whose length prefix did not match and were recovered.
+    pub resyncs: u64,
+    /// Commands sent (heartbeat echoes excluded).
+    pub commands_sent: u64,
+    /// Commands waiting for the rate limit now.
+    pub commands_queued: u64,
+    /// Commands dropped because the queue was full.
+    pub commands_dropped: u64,
+    /// Quote events emitted.
+    pub quotes: u64,
+    /// Bar events emitted.
+    pub bars: u64,
+    /// Poll requests emitted.
+    pub polls: u64,
+}
+
+/// A snapshot of the client, from [`super::Client::status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Connection state.
+    pub state: State,
+    /// Streaming or polling.
+    pub mode: Mode,
+    /// The circuit breaker.
+    pub breaker: Breaker,
+    /// Time since the last quote or bar, if any arrived.
+    pub last_tick_age: Option<Duration>,
+    /// Consecutive failed attempts.
+    pub consecutive_failures: u32,
+    /// When the next attempt is due, if one is scheduled.
+    pub next_attempt: Option<Instant>,
+    /// The current connection, if one is in flight or open.
+    pub connection: Option<ConnectionId>,
+    /// Running totals.
+    pub counters: Counters,
+}
