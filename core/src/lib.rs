@@ -44,6 +44,7 @@
         clippy::arithmetic_side_effects
     )
 )]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
