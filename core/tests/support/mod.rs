@@ -9,9 +9,9 @@ use bytes::Bytes;
 use tickwire_core::client::{Client, Config, Input, Output};
 
 /// The session id the synthetic corpus uses.
-pub const CORPUS_SESSION: &str = "qs_a1b2c3d4e5f6";
+pub(crate) const CORPUS_SESSION: &str = "qs_a1b2c3d4e5f6";
 
-pub fn testdata(name: &str) -> Bytes {
+pub(crate) fn testdata(name: &str) -> Bytes {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/testdata")
         .join(name);
@@ -23,15 +23,15 @@ pub fn testdata(name: &str) -> Bytes {
 
 /// A live client subscribed to every symbol of the qsd corpus, and the corpus as WebSocket
 /// messages rewritten to the client's quote session id (same length, so prefixes still hold).
-pub struct LiveCorpus {
-    pub client: Client,
-    pub id: tickwire_core::client::ConnectionId,
-    pub messages: Vec<Bytes>,
-    pub qsd_packets: usize,
-    pub now: Instant,
+pub(crate) struct LiveCorpus {
+    pub(crate) client: Client,
+    pub(crate) id: tickwire_core::client::ConnectionId,
+    pub(crate) messages: Vec<Bytes>,
+    pub(crate) qsd_packets: usize,
+    pub(crate) now: Instant,
 }
 
-pub fn live_corpus() -> LiveCorpus {
+pub(crate) fn live_corpus() -> LiveCorpus {
     let corpus = testdata("qsd-burst-synthetic.txt");
     let text = std::str::from_utf8(&corpus).expect("ASCII corpus");
     let symbols: BTreeSet<&str> = text
@@ -91,7 +91,7 @@ pub fn live_corpus() -> LiveCorpus {
 }
 
 /// Feeds every message and drains every output; returns how many quote events came out.
-pub fn feed(corpus: &mut LiveCorpus) -> usize {
+pub(crate) fn feed(corpus: &mut LiveCorpus) -> usize {
     let mut quotes = 0;
     for message in &corpus.messages {
         corpus.client.handle_input(
