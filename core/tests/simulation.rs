@@ -396,38 +396,29 @@ impl Sim {
             },
         );
         let outputs = self.drain();
+        let zombie_closed = outputs.iter().any(|output| {
+            matches!(
+                output,
+                Output::Close {
+                    cause: DisconnectCause::Zombie,
+                    ..
+                }
+            )
+        });
         if zombie_expected {
             self.stats.zombie += 1;
-            let closed = outputs.iter().any(|output| {
-                matches!(
-                    output,
-                    Output::Close {
-                        cause: DisconnectCause::Zombie,
-                        ..
-                    }
-                )
-            });
+            let limit = self.config.idle_heartbeats;
             check!(
                 self,
-                closed || self.closed,
-                "no zombie close on the {} idle heartbeat",
-                self.config.idle_heartbeats
+                zombie_closed || self.closed,
+                "no zombie close on idle heartbeat {limit}"
             );
         } else {
-            let zombie = outputs.iter().any(|output| {
-                matches!(
-                    output,
-                    Output::Close {
-                        cause: DisconnectCause::Zombie,
-                        ..
-                    }
-                )
-            });
+            let limit = self.config.idle_heartbeats;
             check!(
                 self,
-                !zombie,
-                "zombie close before {} idle heartbeats",
-                self.config.idle_heartbeats
+                !zombie_closed,
+                "zombie close before {limit} idle heartbeats"
             );
         }
     }

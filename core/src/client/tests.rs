@@ -78,6 +78,27 @@ impl Harness {
         })
     }
 
+    /// Sends bars for the series or history request `key` in the current chart session.
+    fn bars(
+        &mut self,
+        id: ConnectionId,
+        method: &str,
+        key: u64,
+        bars: &[(f64, f64)],
+    ) -> Vec<Output> {
+        let chart = self.chart_session();
+        self.server(
+            id,
+            &bars_payload(method, &chart, &format!("sds_{key}"), bars),
+        )
+    }
+
+    /// Sends `series_completed` for the series or history request `key`.
+    fn complete(&mut self, id: ConnectionId, key: u64) -> Vec<Output> {
+        let chart = self.chart_session();
+        self.server(id, &format!(r#"{{"m":"series_completed","p":["{chart}","sds_{key}","streaming","s1",{{"rt_update_period":5}}]}}"#))
+    }
+
     fn quote_session(&self) -> String {
         self.client
             .open_link()
@@ -740,19 +761,8 @@ fn history_completes_with_bars_or_a_typed_error_and_never_hangs() {
     let slow = h.client.request_history(h.now, "A", "1W", 2);
     let id = h.go_live();
     let chart = h.chart_session();
-    h.server(
-        id,
-        &bars_payload(
-            "timescale_update",
-            &chart,
-            &format!("sds_{}", ok.0),
-            &[(1.0, 1.0), (2.0, 2.0)],
-        ),
-    );
-    let outputs = h.server(
-        id,
-        &format!(r#"{{"m":"series_completed","p":["{chart}","sds_{}","streaming","s1",{{"rt_update_period":5}}]}}"#, ok.0),
-    );
+    h.bars(id, "timescale_update", ok.0, &[(1.0, 1.0), (2.0, 2.0)]);
+    let outputs = h.complete(id, ok.0);
     let history = events(&outputs)
         .into_iter()
         .find_map(|event| match event {
@@ -822,23 +832,8 @@ fn history_survives_a_reconnect() {
             .any(|text| text.contains(&format!("\"sds_{}\"", request.0)))
     );
     h.server(id, r#"{"protocol":"json"}"#);
-    let chart = h.chart_session();
-    h.server(
-        id,
-        &bars_payload(
-            "timescale_update",
-            &chart,
-            &format!("sds_{}", request.0),
-            &[(1.0, 1.0), (2.0, 2.0)],
-        ),
-    );
-    let outputs = h.server(
-        id,
-        &format!(
-            r#"{{"m":"series_completed","p":["{chart}","sds_{}","streaming"]}}"#,
-            request.0
-        ),
-    );
+    h.bars(id, "timescale_update", request.0, &[(1.0, 1.0), (2.0, 2.0)]);
+    let outputs = h.complete(id, request.0);
     let Some(Event::History(history)) = events(&outputs)
         .into_iter()
         .find(|event| matches!(event, Event::History(_)))
