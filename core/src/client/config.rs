@@ -29,6 +29,9 @@ pub const DEFAULT_QUOTE_FIELDS: &[&str] = &[
     "currency_code",
 ];
 
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Client configuration. `Config::default()` is ready to use; every field can also be set from
 /// the environment with [`Config::from_env`].
 ///
@@ -207,6 +210,27 @@ impl Config {
             .is_some_and(|polling| polling.interval.is_zero())
         {
             return invalid("poll interval must be positive");
+        }
+        let longest = [
+            self.connect_timeout,
+            self.handshake_timeout,
+            self.read_timeout,
+            self.data_silence,
+            self.health_interval,
+            self.send_timeout,
+            self.grace,
+            self.backoff_initial,
+            self.backoff_max,
+            self.breaker_recovery,
+            self.history_timeout,
+            self.token_timeout,
+            self.max_age.unwrap_or_default(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+        if longest > MAX_DURATION {
+            return invalid("durations must not exceed 30 days");
         }
         if self.max_queued_commands == 0 {
             return invalid("the command queue must hold at least one command");
@@ -469,6 +493,12 @@ mod tests {
         );
         let error = Config::from_lookup(lookup(&[("TICKWIRE_BURST", "-1")])).unwrap_err();
         assert!(error.to_string().contains("TICKWIRE_BURST"), "{error}");
+        let error =
+            Config::from_lookup(lookup(&[("TICKWIRE_BACKOFF_MAX", "100000h")])).unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError::Invalid("durations must not exceed 30 days".to_owned())
+        );
         let error = Config::from_lookup(lookup(&[("TICKWIRE_JITTER", "3")])).unwrap_err();
         assert_eq!(
             error,

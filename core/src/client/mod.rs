@@ -1313,8 +1313,10 @@ fn bar_time_key(time: f64) -> i64 {
     millis
 }
 
+/// `at + duration`, saturating far in the future rather than wrapping or panicking.
 fn add(at: Instant, duration: Duration) -> Instant {
-    at.checked_add(duration).unwrap_or(at)
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(duration.min(FAR)).unwrap_or(at)
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ pub fn retry_delay(
 /// `base` scaled by `1 + jitter * unit_jitter`, both clamped to their ranges.
 pub fn apply_jitter(base: Duration, jitter: f64, unit_jitter: f64) -> Duration {
     let factor = 1.0 + jitter.clamp(0.0, 1.0) * unit_jitter.clamp(-1.0, 1.0);
-    base.mul_f64(factor.max(0.0))
+    // `mul_f64` panics on overflow; an absurd configured delay must not.
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor.max(0.0)).unwrap_or(base)
 }
 
 /// A token bucket over `Instant`s: `burst` tokens at most, one more every `period`.
@@ -239,6 +240,13 @@ mod tests {
                 prop_assert!(in_window <= allowed, "{in_window} > {allowed} in {window:?}");
             }
         }
+    }
+
+    #[test]
+    fn absurd_delays_saturate_instead_of_panicking() {
+        assert_eq!(apply_jitter(Duration::MAX, 1.0, 1.0), Duration::MAX);
+        let delay = retry_delay(1_000, SECOND, Duration::MAX, Duration::MAX, 0.2, 1.0);
+        assert_eq!(delay, Duration::MAX);
     }
 
     #[test]
