@@ -1,7 +1,29 @@
 //! # tickwire-emulator
 //!
-//! A TradingView-protocol feed server on loopback that misbehaves on purpose, for tests and
-//! `tickwire demo`.
+//! A TradingView-protocol feed server for tests and demos, faithful to the protocol notes
+//! (hello first, compact ASCII JSON, pipelined commands accepted, client ids and quote keys
+//! echoed exactly, quote snapshots then deltas, chart history then live `du`, the real error
+//! messages, heartbeats with a lenient liveness rule) and able to misbehave on demand
+//! ([`fault`]). A seeded random-walk [`market`] feeds it.
 //!
-//! **Not implemented yet.** This crate holds no functionality yet; it is part of the workspace
-//! so that its place and name are fixed.
+//! The protocol logic ([`session::Session`]) is plain code without I/O; [`Emulator`] serves it
+//! over loopback on tokio.
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use tickwire_emulator::{Emulator, EmulatorConfig};
+//!
+//! let emulator = Emulator::start(EmulatorConfig { symbols: 20, rate_hz: 100.0, ..EmulatorConfig::default() }).await?;
+//! println!("connect to {}", emulator.url());
+//! emulator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod fault;
+pub mod market;
+mod server;
+pub mod session;
+
+pub use fault::{Fault, FaultAction};
+pub use server::{Emulator, EmulatorConfig, Stats};

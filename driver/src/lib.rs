@@ -1,0 +1,1 @@
+//! Placeholder while the driver loop is written.

@@ -1,0 +1,239 @@
+//! A synthetic market: seeded random walks for many symbols, and deterministic history.
+
+use std::collections::HashMap;
+
+/// Well-known names first, so demos and third-party clients find familiar symbols; then
+/// `EMU:S<n>` up to the requested count.
+const KNOWN: &[(&str, &str, f64, Kind)] = &[
+    ("BINANCE:BTCUSDT", "Bitcoin / TetherUS", 64_000.0, Kind::Crypto),
+    ("BINANCE:ETHUSDT", "Ethereum / TetherUS", 3_200.0, Kind::Crypto),
+    ("NASDAQ:AAPL", "Apple Inc.", 190.0, Kind::Stock),
+    ("NASDAQ:MSFT", "Microsoft Corporation", 410.0, Kind::Stock),
+    ("NYSE:IBM", "International Business Machines", 170.0, Kind::Stock),
+    ("FX:EURUSD", "Euro / U.S. Dollar", 1.08, Kind::Forex),
+    ("FX:GBPUSD", "British Pound / U.S. Dollar", 1.27, Kind::Forex),
+    ("SP:SPX", "S&P 500", 5_100.0, Kind::Index),
+    ("NASDAQ:NDX", "NASDAQ 100", 18_000.0, Kind::Index),
+    ("TVC:GOLD", "Gold", 2_300.0, Kind::Index),
+];
+
+/// What kind of instrument a symbol is; decides volume reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Trades with volume.
+    Stock,
+    /// Trades with volume, around the clock.
+    Crypto,
+    /// No volume field; 5-value bars.
+    Forex,
+    /// Reports `volume: 1e100` (no volume); 5-value bars.
+    Index,
+}
+
+/// One symbol's state.
+#[derive(Debug, Clone)]
+pub struct Instrument {
+    /// `EXCHANGE:TICKER`.
+    pub name: String,
+    /// Human-readable description.
+    pub description: String,
+    /// Instrument kind.
+    pub kind: Kind,
+    /// Last price.
+    pub price: f64,
+    /// Previous close, for `ch` / `chp`.
+    pub prev_close: f64,
+    /// Cumulative volume today.
+    pub volume: f64,
+    /// Per-symbol seed for history.
+    seed: u64,
+}
+
+impl Instrument {
+    /// Change since the previous close.
+    pub fn change(&self) -> f64 {
+        round(self.price - self.prev_close, 4)
+    }
+
+    /// Change in percent.
+    pub fn change_percent(&self) -> f64 {
+        if self.prev_close == 0.0 { 0.0 } else { round((self.price / self.prev_close - 1.0) * 100.0, 2) }
+    }
+
+    /// Spread around the last price.
+    pub fn bid_ask(&self) -> (f64, f64) {
+        let half_spread = (self.price * 0.0001).max(0.00001);
+        (round(self.price - half_spread, 5), round(self.price + half_spread, 5))
+    }
+
+    /// Whether bars and quotes carry a volume.
+    pub fn has_volume(&self) -> bool {
+        matches!(self.kind, Kind::Stock | Kind::Crypto)
+    }
+
+    /// Deterministic bars `[time, open, high, low, close, volume]` ending with the bar that
+    /// contains `now` (Unix seconds), oldest first; the last closes at the current price.
+    pub fn history(&self, timeframe_secs: u64, count: usize, now: f64) -> Vec<[f64; 6]> {
+        let step = timeframe_secs.max(1) as f64;
+        let current = (now / step).floor() * step;
+        let mut bars = Vec::with_capacity(count);
+        let mut close = self.price;
+        for back in 0..count {
+            let time = current - back as f64 * step;
+            let mut rng = fastrand::Rng::with_seed(self.seed ^ (time as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let drift = (rng.f64() - 0.5) * 0.004 * close;
+            let open = (close - drift).max(0.0001);
+            let high = open.max(close) * (1.0 + rng.f64() * 0.001);
+            let low = open.min(close) * (1.0 - rng.f64() * 0.001);
+            let volume = if self.has_volume() { (rng.f64() * 1_000.0).round() } else { f64::NAN };
+            bars.push([time, round(open, 5), round(high, 5), round(low, 5), round(close, 5), volume]);
+            close = open;
+        }
+        bars.reverse();
+        bars
+    }
+}
+
+/// A price change of one symbol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    /// Index into [`Market::instruments`].
+    pub symbol: usize,
+    /// New last price.
+    pub price: f64,
+    /// Traded size of this tick (0 for instruments without volume).
+    pub size: f64,
+    /// Unix seconds.
+    pub time: f64,
+}
+
+/// All symbols and their random walks.
+#[derive(Debug, Clone)]
+pub struct Market {
+    instruments: Vec<Instrument>,
+    by_name: HashMap<String, usize>,
+    rng: fastrand::Rng,
+}
+
+impl Market {
+    /// `count` symbols (at least the well-known ones' worth, if `count` allows), seeded.
+    pub fn new(count: usize, seed: u64) -> Market {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut instruments = Vec::with_capacity(count);
+        for index in 0..count {
+            let (name, description, price, kind) = match KNOWN.get(index) {
+                Some((name, description, price, kind)) => ((*name).to_owned(), (*description).to_owned(), *price, *kind),
+                None => (format!("EMU:S{index}"), format!("Synthetic {index}"), 10.0 + rng.f64() * 490.0, Kind::Stock),
+            };
+            instruments.push(Instrument {
+                name,
+                description,
+                kind,
+                price: round(price, 5),
+                prev_close: round(price * (1.0 + (rng.f64() - 0.5) * 0.02), 5),
+                volume: if kind == Kind::Index || kind == Kind::Forex { 0.0 } else { rng.f64().mul_add(1e6, 1e5).round() },
+                seed: rng.u64(..),
+            });
+        }
+        let by_name = instruments.iter().enumerate().map(|(index, instrument)| (instrument.name.clone(), index)).collect();
+        Market { instruments, by_name, rng }
+    }
+
+    /// Every symbol.
+    pub fn instruments(&self) -> &[Instrument] {
+        &self.instruments
+    }
+
+    /// One symbol.
+    pub fn instrument(&self, index: usize) -> Option<&Instrument> {
+        self.instruments.get(index)
+    }
+
+    /// The index of a symbol name.
+    pub fn lookup(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Moves one random symbol's price and returns the tick.
+    pub fn tick(&mut self, now: f64) -> Option<Tick> {
+        if self.instruments.is_empty() {
+            return None;
+        }
+        let symbol = self.rng.usize(..self.instruments.len());
+        let step = (self.rng.f64() - 0.5) * 0.002;
+        let size = (self.rng.f64() * 100.0).round() + 1.0;
+        let instrument = self.instruments.get_mut(symbol)?;
+        instrument.price = round((instrument.price * (1.0 + step)).max(0.0001), 5);
+        let size = if instrument.has_volume() { size } else { 0.0 };
+        instrument.volume += size;
+        Some(Tick { symbol, price: instrument.price, size, time: now })
+    }
+}
+
+/// Seconds per bar for a timeframe string, `None` when it is not one the server knows.
+/// Second-based timeframes (`1S`) are known but not entitled for anonymous users.
+pub fn timeframe_seconds(timeframe: &str) -> Option<u64> {
+    let (digits, unit) = timeframe.split_at(timeframe.find(|c: char| !c.is_ascii_digit()).unwrap_or(timeframe.len()));
+    let count: u64 = if digits.is_empty() { 1 } else { digits.parse().ok()? };
+    if count == 0 {
+        return None;
+    }
+    let unit_secs = match unit {
+        "" => 60,
+        "S" => 1,
+        "H" => 3_600,
+        "D" => 86_400,
+        "W" => 7 * 86_400,
+        "M" => 30 * 86_400,
+        _ => return None,
+    };
+    count.checked_mul(unit_secs)
+}
+
+/// `value` rounded to `decimals` places.
+pub fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markets_are_seeded_and_have_well_known_names() {
+        let mut first = Market::new(20, 7);
+        let mut second = Market::new(20, 7);
+        assert_eq!(first.lookup("NASDAQ:AAPL"), Some(2));
+        assert_eq!(first.lookup("EMU:S19"), Some(19));
+        assert_eq!(first.lookup("NOPE:X"), None);
+        for _ in 0..100 {
+            assert_eq!(first.tick(1.0), second.tick(1.0));
+        }
+    }
+
+    #[test]
+    fn history_ends_at_the_current_bar_and_is_deterministic() {
+        let market = Market::new(10, 1);
+        let btc = market.instrument(0).unwrap();
+        let bars = btc.history(60, 5, 1_700_000_030.0);
+        assert_eq!(bars.len(), 5);
+        assert_eq!(bars[4][0], 1_700_000_000.0 - 20.0);
+        assert_eq!(bars[4][4], btc.price);
+        assert!(bars.windows(2).all(|pair| pair[1][0] - pair[0][0] == 60.0));
+        assert!(bars.iter().all(|bar| bar[2] >= bar[1].max(bar[4]) && bar[3] <= bar[1].min(bar[4])));
+        assert_eq!(bars, btc.history(60, 5, 1_700_000_030.0));
+    }
+
+    #[test]
+    fn timeframes() {
+        assert_eq!(timeframe_seconds("1"), Some(60));
+        assert_eq!(timeframe_seconds("15"), Some(900));
+        assert_eq!(timeframe_seconds("1D"), Some(86_400));
+        assert_eq!(timeframe_seconds("D"), Some(86_400));
+        assert_eq!(timeframe_seconds("4H"), Some(14_400));
+        assert_eq!(timeframe_seconds("5S"), Some(5));
+        assert_eq!(timeframe_seconds("15m"), None);
+        assert_eq!(timeframe_seconds("0"), None);
+    }
+}
