@@ -56,7 +56,10 @@ pub enum FaultAction {
 impl FaultAction {
     /// Whether the action applies when the connection is accepted rather than later.
     pub fn at_accept(self) -> bool {
-        matches!(self, FaultAction::Refuse | FaultAction::Delay(_) | FaultAction::Http429)
+        matches!(
+            self,
+            FaultAction::Refuse | FaultAction::Delay(_) | FaultAction::Http429
+        )
     }
 }
 
@@ -91,7 +94,8 @@ impl fmt::Display for FaultSpecError {
 impl std::error::Error for FaultSpecError {}
 
 fn duration(text: &str, spec: &str) -> Result<Duration, FaultSpecError> {
-    tickwire_core::client::parse_duration(text).map_err(|error| FaultSpecError(format!("{spec:?}: {error}")))
+    tickwire_core::client::parse_duration(text)
+        .map_err(|error| FaultSpecError(format!("{spec:?}: {error}")))
 }
 
 impl FromStr for Fault {
@@ -104,9 +108,13 @@ impl FromStr for Fault {
             let (number, tail) = after_hash
                 .split_once(':')
                 .ok_or_else(|| FaultSpecError(format!("{spec:?}: expected #N:ACTION")))?;
-            let number: u64 = number.parse().map_err(|_| FaultSpecError(format!("{spec:?}: bad connection number")))?;
+            let number: u64 = number
+                .parse()
+                .map_err(|_| FaultSpecError(format!("{spec:?}: bad connection number")))?;
             if number == 0 {
-                return Err(FaultSpecError(format!("{spec:?}: connections count from 1")));
+                return Err(FaultSpecError(format!(
+                    "{spec:?}: connections count from 1"
+                )));
             }
             connection = Some(number);
             rest = tail;
@@ -120,7 +128,9 @@ impl FromStr for Fault {
             None => (rest, Duration::ZERO),
         };
         let needs = |what: &str| {
-            length.ok_or_else(|| FaultSpecError(format!("{spec:?}: {name} needs /{what}, e.g. {name}/10s")))
+            length.ok_or_else(|| {
+                FaultSpecError(format!("{spec:?}: {name} needs /{what}, e.g. {name}/10s"))
+            })
         };
         let action = match name {
             "drop" | "reset" => FaultAction::Drop,
@@ -142,7 +152,11 @@ impl FromStr for Fault {
                 )));
             }
         };
-        Ok(Fault { connection, action, at })
+        Ok(Fault {
+            connection,
+            action,
+            at,
+        })
     }
 }
 
@@ -153,20 +167,53 @@ mod tests {
     #[test]
     fn specs_parse() {
         let parse = |spec: &str| spec.parse::<Fault>();
-        assert_eq!(parse("drop@5s"), Ok(Fault { connection: None, action: FaultAction::Drop, at: Duration::from_secs(5) }));
+        assert_eq!(
+            parse("drop@5s"),
+            Ok(Fault {
+                connection: None,
+                action: FaultAction::Drop,
+                at: Duration::from_secs(5)
+            })
+        );
         assert_eq!(parse("#3:refuse").unwrap().connection, Some(3));
-        assert_eq!(parse("heartbeats-only@1s/30s").unwrap().action, FaultAction::HeartbeatsOnly(Duration::from_secs(30)));
-        assert_eq!(parse("slow/5ms").unwrap().action, FaultAction::Slow(Duration::from_millis(5)));
+        assert_eq!(
+            parse("heartbeats-only@1s/30s").unwrap().action,
+            FaultAction::HeartbeatsOnly(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse("slow/5ms").unwrap().action,
+            FaultAction::Slow(Duration::from_millis(5))
+        );
         assert_eq!(parse("#1:http-429").unwrap().action, FaultAction::Http429);
         assert!(parse("#1:delay/2s").unwrap().action.at_accept());
     }
 
     #[test]
     fn bad_specs_say_why() {
-        assert!(("explode".parse::<Fault>()).unwrap_err().to_string().contains("unknown fault"));
-        assert!(("stall@1s".parse::<Fault>()).unwrap_err().to_string().contains("needs /DURATION"));
-        assert!(("#0:drop".parse::<Fault>()).unwrap_err().to_string().contains("count from 1"));
-        assert!(("#x:drop".parse::<Fault>()).unwrap_err().to_string().contains("bad connection number"));
+        assert!(
+            ("explode".parse::<Fault>())
+                .unwrap_err()
+                .to_string()
+                .contains("unknown fault")
+        );
+        assert!(
+            ("stall@1s".parse::<Fault>())
+                .unwrap_err()
+                .to_string()
+                .contains("needs /DURATION")
+        );
+        assert!(
+            ("#0:drop".parse::<Fault>())
+                .unwrap_err()
+                .to_string()
+                .contains("count from 1")
+        );
+        assert!(
+            ("#x:drop".parse::<Fault>())
+                .unwrap_err()
+                .to_string()
+                .contains("bad connection number")
+        );
         assert!(("drop@soon".parse::<Fault>()).is_err());
     }
 }

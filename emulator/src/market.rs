@@ -5,13 +5,33 @@ use std::collections::HashMap;
 /// Well-known names first, so demos and third-party clients find familiar symbols; then
 /// `EMU:S<n>` up to the requested count.
 const KNOWN: &[(&str, &str, f64, Kind)] = &[
-    ("BINANCE:BTCUSDT", "Bitcoin / TetherUS", 64_000.0, Kind::Crypto),
-    ("BINANCE:ETHUSDT", "Ethereum / TetherUS", 3_200.0, Kind::Crypto),
+    (
+        "BINANCE:BTCUSDT",
+        "Bitcoin / TetherUS",
+        64_000.0,
+        Kind::Crypto,
+    ),
+    (
+        "BINANCE:ETHUSDT",
+        "Ethereum / TetherUS",
+        3_200.0,
+        Kind::Crypto,
+    ),
     ("NASDAQ:AAPL", "Apple Inc.", 190.0, Kind::Stock),
     ("NASDAQ:MSFT", "Microsoft Corporation", 410.0, Kind::Stock),
-    ("NYSE:IBM", "International Business Machines", 170.0, Kind::Stock),
+    (
+        "NYSE:IBM",
+        "International Business Machines",
+        170.0,
+        Kind::Stock,
+    ),
     ("FX:EURUSD", "Euro / U.S. Dollar", 1.08, Kind::Forex),
-    ("FX:GBPUSD", "British Pound / U.S. Dollar", 1.27, Kind::Forex),
+    (
+        "FX:GBPUSD",
+        "British Pound / U.S. Dollar",
+        1.27,
+        Kind::Forex,
+    ),
     ("SP:SPX", "S&P 500", 5_100.0, Kind::Index),
     ("NASDAQ:NDX", "NASDAQ 100", 18_000.0, Kind::Index),
     ("TVC:GOLD", "Gold", 2_300.0, Kind::Index),
@@ -57,13 +77,20 @@ impl Instrument {
 
     /// Change in percent.
     pub fn change_percent(&self) -> f64 {
-        if self.prev_close == 0.0 { 0.0 } else { round((self.price / self.prev_close - 1.0) * 100.0, 2) }
+        if self.prev_close == 0.0 {
+            0.0
+        } else {
+            round((self.price / self.prev_close - 1.0) * 100.0, 2)
+        }
     }
 
     /// Spread around the last price.
     pub fn bid_ask(&self) -> (f64, f64) {
         let half_spread = (self.price * 0.0001).max(0.00001);
-        (round(self.price - half_spread, 5), round(self.price + half_spread, 5))
+        (
+            round(self.price - half_spread, 5),
+            round(self.price + half_spread, 5),
+        )
     }
 
     /// Whether bars and quotes carry a volume.
@@ -80,13 +107,26 @@ impl Instrument {
         let mut close = self.price;
         for back in 0..count {
             let time = current - back as f64 * step;
-            let mut rng = fastrand::Rng::with_seed(self.seed ^ (time as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = fastrand::Rng::with_seed(
+                self.seed ^ (time as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             let drift = (rng.f64() - 0.5) * 0.004 * close;
             let open = (close - drift).max(0.0001);
             let high = open.max(close) * (1.0 + rng.f64() * 0.001);
             let low = open.min(close) * (1.0 - rng.f64() * 0.001);
-            let volume = if self.has_volume() { (rng.f64() * 1_000.0).round() } else { f64::NAN };
-            bars.push([time, round(open, 5), round(high, 5), round(low, 5), round(close, 5), volume]);
+            let volume = if self.has_volume() {
+                (rng.f64() * 1_000.0).round()
+            } else {
+                f64::NAN
+            };
+            bars.push([
+                time,
+                round(open, 5),
+                round(high, 5),
+                round(low, 5),
+                round(close, 5),
+                volume,
+            ]);
             close = open;
         }
         bars.reverse();
@@ -122,8 +162,15 @@ impl Market {
         let mut instruments = Vec::with_capacity(count);
         for index in 0..count {
             let (name, description, price, kind) = match KNOWN.get(index) {
-                Some((name, description, price, kind)) => ((*name).to_owned(), (*description).to_owned(), *price, *kind),
-                None => (format!("EMU:S{index}"), format!("Synthetic {index}"), 10.0 + rng.f64() * 490.0, Kind::Stock),
+                Some((name, description, price, kind)) => {
+                    ((*name).to_owned(), (*description).to_owned(), *price, *kind)
+                }
+                None => (
+                    format!("EMU:S{index}"),
+                    format!("Synthetic {index}"),
+                    10.0 + rng.f64() * 490.0,
+                    Kind::Stock,
+                ),
             };
             instruments.push(Instrument {
                 name,
@@ -131,12 +178,24 @@ impl Market {
                 kind,
                 price: round(price, 5),
                 prev_close: round(price * (1.0 + (rng.f64() - 0.5) * 0.02), 5),
-                volume: if kind == Kind::Index || kind == Kind::Forex { 0.0 } else { rng.f64().mul_add(1e6, 1e5).round() },
+                volume: if kind == Kind::Index || kind == Kind::Forex {
+                    0.0
+                } else {
+                    rng.f64().mul_add(1e6, 1e5).round()
+                },
                 seed: rng.u64(..),
             });
         }
-        let by_name = instruments.iter().enumerate().map(|(index, instrument)| (instrument.name.clone(), index)).collect();
-        Market { instruments, by_name, rng }
+        let by_name = instruments
+            .iter()
+            .enumerate()
+            .map(|(index, instrument)| (instrument.name.clone(), index))
+            .collect();
+        Market {
+            instruments,
+            by_name,
+            rng,
+        }
     }
 
     /// Every symbol.
@@ -166,15 +225,28 @@ impl Market {
         instrument.price = round((instrument.price * (1.0 + step)).max(0.0001), 5);
         let size = if instrument.has_volume() { size } else { 0.0 };
         instrument.volume += size;
-        Some(Tick { symbol, price: instrument.price, size, time: now })
+        Some(Tick {
+            symbol,
+            price: instrument.price,
+            size,
+            time: now,
+        })
     }
 }
 
 /// Seconds per bar for a timeframe string, `None` when it is not one the server knows.
 /// Second-based timeframes (`1S`) are known but not entitled for anonymous users.
 pub fn timeframe_seconds(timeframe: &str) -> Option<u64> {
-    let (digits, unit) = timeframe.split_at(timeframe.find(|c: char| !c.is_ascii_digit()).unwrap_or(timeframe.len()));
-    let count: u64 = if digits.is_empty() { 1 } else { digits.parse().ok()? };
+    let (digits, unit) = timeframe.split_at(
+        timeframe
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(timeframe.len()),
+    );
+    let count: u64 = if digits.is_empty() {
+        1
+    } else {
+        digits.parse().ok()?
+    };
     if count == 0 {
         return None;
     }
@@ -221,7 +293,10 @@ mod tests {
         assert_eq!(bars[4][0], 1_700_000_000.0 - 20.0);
         assert_eq!(bars[4][4], btc.price);
         assert!(bars.windows(2).all(|pair| pair[1][0] - pair[0][0] == 60.0));
-        assert!(bars.iter().all(|bar| bar[2] >= bar[1].max(bar[4]) && bar[3] <= bar[1].min(bar[4])));
+        assert!(
+            bars.iter()
+                .all(|bar| bar[2] >= bar[1].max(bar[4]) && bar[3] <= bar[1].min(bar[4]))
+        );
         assert_eq!(bars, btc.history(60, 5, 1_700_000_030.0));
     }
 

@@ -102,7 +102,9 @@ pub struct Emulator {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 impl Emulator {
@@ -128,8 +130,20 @@ impl Emulator {
             shutdown: shutdown_receiver,
         });
         let market_task = tokio::spawn(run_market(Arc::clone(&shared)));
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), Arc::clone(&faults)));
-        Ok(Emulator { addr, stats, shutdown, control, faults, accept_task, market_task })
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            Arc::clone(&faults),
+        ));
+        Ok(Emulator {
+            addr,
+            stats,
+            shutdown,
+            control,
+            faults,
+            accept_task,
+            market_task,
+        })
     }
 
     /// The address it listens on.
@@ -149,7 +163,10 @@ impl Emulator {
 
     /// Schedules one more fault for connections accepted from now on.
     pub fn add_fault(&self, fault: Fault) {
-        self.faults.lock().unwrap_or_else(PoisonError::into_inner).push(fault);
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fault);
     }
 
     /// Carries out `action` on every open connection right now.
@@ -193,7 +210,11 @@ async fn run_market(shared: Arc<Shared>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, runtime_faults: Arc<Mutex<Vec<Fault>>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    runtime_faults: Arc<Mutex<Vec<Fault>>>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
@@ -246,7 +267,9 @@ async fn serve(tcp: TcpStream, number: u64, faults: Vec<Fault>, shared: Arc<Shar
         }
         Ok(response)
     };
-    let Ok(ws) = accept_hdr_async(tcp, callback).await else { return };
+    let Ok(ws) = accept_hdr_async(tcp, callback).await else {
+        return;
+    };
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     shared.stats.open.fetch_add(1, Ordering::Relaxed);
     let mut connection = Connection::new(ws, number, faults, &shared);
@@ -278,8 +301,16 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(ws: WebSocketStream<TcpStream>, number: u64, faults: Vec<Fault>, shared: &Shared) -> Connection {
-        let mut pending_faults: Vec<Fault> = faults.into_iter().filter(|fault| !fault.action.at_accept()).collect();
+    fn new(
+        ws: WebSocketStream<TcpStream>,
+        number: u64,
+        faults: Vec<Fault>,
+        shared: &Shared,
+    ) -> Connection {
+        let mut pending_faults: Vec<Fault> = faults
+            .into_iter()
+            .filter(|fault| !fault.action.at_accept())
+            .collect();
         pending_faults.sort_by_key(|fault| std::cmp::Reverse(fault.at));
         let _ = shared;
         Connection {
@@ -310,7 +341,10 @@ impl Connection {
             if let Some(ending) = self.flush(shared).await {
                 break ending;
             }
-            let next_fault = self.pending_faults.last().map(|fault| self.opened + fault.at);
+            let next_fault = self
+                .pending_faults
+                .last()
+                .map(|fault| self.opened + fault.at);
             let fault_timer = async {
                 match next_fault {
                     Some(at) => sleep_until(at).await,
@@ -371,11 +405,17 @@ impl Connection {
                 Ok(Packet::Heartbeat(_)) => self.unanswered_heartbeats = 0,
                 Ok(Packet::Json(payload) | Packet::LegacyJson(payload)) => {
                     let payload = String::from_utf8_lossy(&payload);
-                    if self.session.handle(&payload, &market, now, &mut self.outbox).is_err() {
+                    if self
+                        .session
+                        .handle(&payload, &market, now, &mut self.outbox)
+                        .is_err()
+                    {
                         return Some(Ending::CloseFrame);
                     }
                 }
-                Err(_) => self.outbox.push(r#"{"m":"protocol_error","p":["wrong data"]}"#.to_owned()),
+                Err(_) => self
+                    .outbox
+                    .push(r#"{"m":"protocol_error","p":["wrong data"]}"#.to_owned()),
             }
         }
         None
@@ -390,8 +430,14 @@ impl Connection {
         for tick in batch {
             self.session.on_tick(tick, &market, &mut self.outbox);
         }
-        let quotes = self.outbox[before..].iter().filter(|payload| payload.starts_with(r#"{"m":"qsd""#)).count();
-        shared.stats.quotes_sent.fetch_add(quotes as u64, Ordering::Relaxed);
+        let quotes = self.outbox[before..]
+            .iter()
+            .filter(|payload| payload.starts_with(r#"{"m":"qsd""#))
+            .count();
+        shared
+            .stats
+            .quotes_sent
+            .fetch_add(quotes as u64, Ordering::Relaxed);
     }
 
     /// Carries out a fault; `Some` when it ends the connection.
@@ -406,7 +452,8 @@ impl Connection {
             FaultAction::Garbage => self.outbox.push("\u{0}garbage~m~~m~".to_owned()),
             FaultAction::BadLength => self.outbox.push(String::new()),
             FaultAction::ProtocolError => {
-                self.outbox.push(r#"{"m":"protocol_error","p":["wrong data"]}"#.to_owned());
+                self.outbox
+                    .push(r#"{"m":"protocol_error","p":["wrong data"]}"#.to_owned());
             }
             FaultAction::Slow(pause) => self.slow = Some(pause),
             FaultAction::Delay(_) | FaultAction::Http429 => {}
@@ -452,7 +499,12 @@ impl Connection {
             if let Some(pause) = self.slow {
                 sleep(pause).await;
             }
-            if self.ws.feed(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+            if self
+                .ws
+                .feed(Message::Text(Utf8Bytes::from(text)))
+                .await
+                .is_err()
+            {
                 return Some(Ending::Gone);
             }
             shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -466,8 +518,12 @@ impl Connection {
     async fn end(&mut self, ending: Ending) {
         match ending {
             Ending::CloseFrame => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("bye") };
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: Utf8Bytes::from_static("bye"),
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
             }
             Ending::Reset => reset(self.ws.get_ref()),
             Ending::ResetMidMessage => {

@@ -81,11 +81,16 @@ fn text(value: Option<&Value>) -> Option<&str> {
 /// The symbol a quote key or resolve spec names: the key itself, or the `symbol` of an
 /// `=`+JSON spec (possibly nested, as replay and custom bar types send it).
 fn symbol_name(key: &str) -> Option<String> {
-    let Some(spec) = key.strip_prefix('=') else { return Some(key.to_owned()) };
+    let Some(spec) = key.strip_prefix('=') else {
+        return Some(key.to_owned());
+    };
     let spec: Value = serde_json::from_str(spec).ok()?;
     match spec.get("symbol")? {
         Value::String(name) => Some(name.clone()),
-        nested => nested.get("symbol").and_then(Value::as_str).map(str::to_owned),
+        nested => nested
+            .get("symbol")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 
@@ -111,19 +116,38 @@ fn quote_values(instrument: &Instrument, fields: Option<&[String]>, full: bool, 
         put("ask", json!(ask));
         put("prev_close_price", json!(instrument.prev_close));
         put("description", json!(instrument.description));
-        put("short_name", json!(instrument.name.split(':').nth(1).unwrap_or(&instrument.name)));
+        put(
+            "short_name",
+            json!(
+                instrument
+                    .name
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or(&instrument.name)
+            ),
+        );
         put("pro_name", json!(instrument.name));
-        put("exchange", json!(instrument.name.split(':').next().unwrap_or_default()));
+        put(
+            "exchange",
+            json!(instrument.name.split(':').next().unwrap_or_default()),
+        );
         put("currency_code", json!("USD"));
         put("update_mode", json!("streaming"));
         put("current_session", json!("market"));
-        put("type", json!(format!("{:?}", instrument.kind).to_lowercase()));
+        put(
+            "type",
+            json!(format!("{:?}", instrument.kind).to_lowercase()),
+        );
     }
     Value::Object(values)
 }
 
 fn bar_values(bar: &[f64; 6], with_volume: bool) -> Value {
-    if with_volume { json!(bar) } else { json!(&bar[..5]) }
+    if with_volume {
+        json!(bar)
+    } else {
+        json!(&bar[..5])
+    }
 }
 
 impl Session {
@@ -141,7 +165,13 @@ impl Session {
     ///
     /// # Errors
     /// [`Fatal`] when the connection must close after `out` is sent (a rejected token).
-    pub fn handle(&mut self, payload: &str, market: &Market, now: f64, out: &mut Vec<String>) -> Result<(), Fatal> {
+    pub fn handle(
+        &mut self,
+        payload: &str,
+        market: &Market,
+        now: f64,
+        out: &mut Vec<String>,
+    ) -> Result<(), Fatal> {
         let Ok(command) = serde_json::from_str::<Value>(payload) else {
             out.push(message("protocol_error", json!(["wrong data"])));
             return Ok(());
@@ -150,7 +180,13 @@ impl Session {
         let empty = Vec::new();
         let params = command.get("p").and_then(Value::as_array).unwrap_or(&empty);
         let session = text(params.first()).unwrap_or_default().to_owned();
-        let strings = || params.iter().skip(1).filter_map(Value::as_str).map(str::to_owned);
+        let strings = || {
+            params
+                .iter()
+                .skip(1)
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+        };
         match method {
             "set_auth_token" => {
                 let token = text(params.first()).unwrap_or_default();
@@ -173,15 +209,24 @@ impl Session {
             }
             "quote_add_symbols" => {
                 let Some(quotes) = self.quote_sessions.get_mut(&session) else {
-                    out.push(message("critical_error", json!([session, "invalid_parameters", "quote_add_symbols"])));
+                    out.push(message(
+                        "critical_error",
+                        json!([session, "invalid_parameters", "quote_add_symbols"]),
+                    ));
                     return Ok(());
                 };
                 for key in strings() {
                     match symbol_name(&key).and_then(|name| market.lookup(&name)) {
                         Some(index) => {
-                            let Some(instrument) = market.instrument(index) else { continue };
-                            let values = quote_values(instrument, quotes.fields.as_deref(), true, now);
-                            out.push(message("qsd", json!([session, {"n": key, "s": "ok", "v": values}])));
+                            let Some(instrument) = market.instrument(index) else {
+                                continue;
+                            };
+                            let values =
+                                quote_values(instrument, quotes.fields.as_deref(), true, now);
+                            out.push(message(
+                                "qsd",
+                                json!([session, {"n": key, "s": "ok", "v": values}]),
+                            ));
                             out.push(message("quote_completed", json!([session, key])));
                             quotes.symbols.insert(key, index);
                         }
@@ -208,9 +253,13 @@ impl Session {
                 self.chart_sessions.remove(&session);
             }
             "resolve_symbol" => self.resolve_symbol(&session, params, market, now, out),
-            "create_series" | "modify_series" => self.create_series(&session, params, market, now, out),
+            "create_series" | "modify_series" => {
+                self.create_series(&session, params, market, now, out)
+            }
             "remove_series" => {
-                if let (Some(chart), Some(series)) = (self.chart_sessions.get_mut(&session), text(params.get(1))) {
+                if let (Some(chart), Some(series)) =
+                    (self.chart_sessions.get_mut(&session), text(params.get(1)))
+                {
                     chart.series.remove(series);
                 }
             }
@@ -220,9 +269,20 @@ impl Session {
         Ok(())
     }
 
-    fn resolve_symbol(&mut self, session: &str, params: &[Value], market: &Market, now: f64, out: &mut Vec<String>) {
-        let Some(chart) = self.chart_sessions.get_mut(session) else { return };
-        let (Some(symbol_id), Some(spec)) = (text(params.get(1)), text(params.get(2))) else { return };
+    fn resolve_symbol(
+        &mut self,
+        session: &str,
+        params: &[Value],
+        market: &Market,
+        now: f64,
+        out: &mut Vec<String>,
+    ) {
+        let Some(chart) = self.chart_sessions.get_mut(session) else {
+            return;
+        };
+        let (Some(symbol_id), Some(spec)) = (text(params.get(1)), text(params.get(2))) else {
+            return;
+        };
         let resolved = symbol_name(spec).and_then(|name| market.lookup(&name));
         chart.symbols.insert(symbol_id.to_owned(), resolved);
         match resolved.and_then(|index| market.instrument(index)) {
@@ -244,36 +304,76 @@ impl Session {
                     "has_intraday": true,
                     "delay": 0,
                 });
-                out.push(timed_message("symbol_resolved", json!([session, symbol_id, info]), now));
+                out.push(timed_message(
+                    "symbol_resolved",
+                    json!([session, symbol_id, info]),
+                    now,
+                ));
             }
-            None => out.push(timed_message("symbol_error", json!([session, symbol_id, "invalid symbol"]), now)),
+            None => out.push(timed_message(
+                "symbol_error",
+                json!([session, symbol_id, "invalid symbol"]),
+                now,
+            )),
         }
     }
 
-    fn create_series(&mut self, session: &str, params: &[Value], market: &Market, now: f64, out: &mut Vec<String>) {
-        let Some(chart) = self.chart_sessions.get_mut(session) else { return };
-        let (Some(series_id), Some(turnaround), Some(symbol_id), Some(timeframe)) =
-            (text(params.get(1)), text(params.get(2)), text(params.get(3)), text(params.get(4)))
-        else {
-            out.push(message("critical_error", json!([session, "invalid parameters", "create_series"])));
+    fn create_series(
+        &mut self,
+        session: &str,
+        params: &[Value],
+        market: &Market,
+        now: f64,
+        out: &mut Vec<String>,
+    ) {
+        let Some(chart) = self.chart_sessions.get_mut(session) else {
+            return;
+        };
+        let (Some(series_id), Some(turnaround), Some(symbol_id), Some(timeframe)) = (
+            text(params.get(1)),
+            text(params.get(2)),
+            text(params.get(3)),
+            text(params.get(4)),
+        ) else {
+            out.push(message(
+                "critical_error",
+                json!([session, "invalid parameters", "create_series"]),
+            ));
             return;
         };
         // A symbol that failed to resolve already had its symbol_error: the series never completes.
-        let Some(Some(symbol)) = chart.symbols.get(symbol_id).copied() else { return };
+        let Some(Some(symbol)) = chart.symbols.get(symbol_id).copied() else {
+            return;
+        };
         let Some(timeframe_secs) = timeframe_seconds(timeframe) else {
-            let detail = format!("method: create_series. args: \"[{series_id}, {turnaround}, {symbol_id}, {timeframe}]\"");
-            out.push(message("critical_error", json!([session, "invalid parameters", detail])));
+            let detail = format!(
+                "method: create_series. args: \"[{series_id}, {turnaround}, {symbol_id}, {timeframe}]\""
+            );
+            out.push(message(
+                "critical_error",
+                json!([session, "invalid parameters", detail]),
+            ));
             return;
         };
         if timeframe.ends_with('S') {
-            out.push(timed_message("series_error", json!([session, series_id, turnaround, "seconds_not_entitled"]), now));
+            out.push(timed_message(
+                "series_error",
+                json!([session, series_id, turnaround, "seconds_not_entitled"]),
+                now,
+            ));
             return;
         }
         let requested = params.get(5).and_then(Value::as_u64).unwrap_or(300) as usize;
         let count = requested.clamp(1, MAX_BARS);
-        let Some(instrument) = market.instrument(symbol) else { return };
+        let Some(instrument) = market.instrument(symbol) else {
+            return;
+        };
         let bars = instrument.history(timeframe_secs, count, now);
-        out.push(timed_message("series_loading", json!([session, series_id, turnaround]), now));
+        out.push(timed_message(
+            "series_loading",
+            json!([session, series_id, turnaround]),
+            now,
+        ));
         let rows: Vec<Value> = bars
             .iter()
             .enumerate()
@@ -289,12 +389,20 @@ impl Session {
             "lbs": {"bar_close_time": close_time as u64},
         });
         let timescale = json!({"index": bars.len().saturating_sub(1), "zoffset": 0, "changes": [], "marks": [], "index_diff": []});
-        out.push(timed_message("timescale_update", json!([session, {series_id: entry}, timescale]), now));
+        out.push(timed_message(
+            "timescale_update",
+            json!([session, {series_id: entry}, timescale]),
+            now,
+        ));
         let mut completion = json!({"rt_update_period": 5});
         if requested > count {
             completion["data_completed"] = json!("limit");
         }
-        out.push(timed_message("series_completed", json!([session, series_id, "streaming", turnaround, completion]), now));
+        out.push(timed_message(
+            "series_completed",
+            json!([session, series_id, "streaming", turnaround, completion]),
+            now,
+        ));
         chart.series.insert(
             series_id.to_owned(),
             Series {
@@ -310,15 +418,28 @@ impl Session {
     /// A market tick: a `qsd` delta for every quote session that has the symbol, a `du` for
     /// every series of it.
     pub fn on_tick(&mut self, tick: &Tick, market: &Market, out: &mut Vec<String>) {
-        let Some(instrument) = market.instrument(tick.symbol) else { return };
+        let Some(instrument) = market.instrument(tick.symbol) else {
+            return;
+        };
         for (session, quotes) in &self.quote_sessions {
-            for (key, _) in quotes.symbols.iter().filter(|(_, index)| **index == tick.symbol) {
+            for (key, _) in quotes
+                .symbols
+                .iter()
+                .filter(|(_, index)| **index == tick.symbol)
+            {
                 let values = quote_values(instrument, quotes.fields.as_deref(), false, tick.time);
-                out.push(message("qsd", json!([session, {"n": key, "s": "ok", "v": values}])));
+                out.push(message(
+                    "qsd",
+                    json!([session, {"n": key, "s": "ok", "v": values}]),
+                ));
             }
         }
         for (session, chart) in &mut self.chart_sessions {
-            for (series_id, series) in chart.series.iter_mut().filter(|(_, series)| series.symbol == tick.symbol) {
+            for (series_id, series) in chart
+                .series
+                .iter_mut()
+                .filter(|(_, series)| series.symbol == tick.symbol)
+            {
                 let step = series.timeframe_secs as f64;
                 let bar_time = (tick.time / step).floor() * step;
                 let bar = match series.bar {
@@ -333,7 +454,9 @@ impl Session {
                         if previous.is_some() {
                             series.index += 1;
                         }
-                        [bar_time, tick.price, tick.price, tick.price, tick.price, tick.size]
+                        [
+                            bar_time, tick.price, tick.price, tick.price, tick.price, tick.size,
+                        ]
                     }
                 };
                 series.bar = Some(bar);
@@ -356,7 +479,9 @@ mod tests {
 
     fn run(session: &mut Session, market: &Market, payload: &str) -> Vec<String> {
         let mut out = Vec::new();
-        session.handle(payload, market, 1_700_000_030.0, &mut out).unwrap();
+        session
+            .handle(payload, market, 1_700_000_030.0, &mut out)
+            .unwrap();
         out
     }
 
@@ -364,46 +489,145 @@ mod tests {
     fn quotes_echo_keys_exactly_with_a_snapshot_then_deltas() {
         let market = Market::new(12, 1);
         let mut session = Session::new();
-        run(&mut session, &market, r#"{"m":"set_auth_token","p":["unauthorized_user_token"]}"#);
-        run(&mut session, &market, r#"{"m":"quote_create_session","p":["qs_abc"]}"#);
-        run(&mut session, &market, r#"{"m":"quote_set_fields","p":["qs_abc","lp","ch","volume"]}"#);
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"set_auth_token","p":["unauthorized_user_token"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_create_session","p":["qs_abc"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_set_fields","p":["qs_abc","lp","ch","volume"]}"#,
+        );
         let spec = r#"={\"session\":\"regular\",\"symbol\":\"NASDAQ:AAPL\"}"#;
-        let out = run(&mut session, &market, &format!(r#"{{"m":"quote_add_symbols","p":["qs_abc","{spec}","NOPE:X"]}}"#));
+        let out = run(
+            &mut session,
+            &market,
+            &format!(r#"{{"m":"quote_add_symbols","p":["qs_abc","{spec}","NOPE:X"]}}"#),
+        );
         assert_eq!(out.len(), 3, "{out:?}");
-        let ServerMessage::QuoteData(quote) = message::parse(out[0].as_bytes()).unwrap() else { panic!("{}", out[0]) };
-        assert_eq!(quote.symbol, r#"={"session":"regular","symbol":"NASDAQ:AAPL"}"#);
+        let ServerMessage::QuoteData(quote) = message::parse(out[0].as_bytes()).unwrap() else {
+            panic!("{}", out[0])
+        };
+        assert_eq!(
+            quote.symbol,
+            r#"={"session":"regular","symbol":"NASDAQ:AAPL"}"#
+        );
         assert!(quote.values.last_price.value().is_some());
-        assert!(quote.values.description.is_unchanged(), "only the requested fields");
-        assert!(matches!(message::parse(out[1].as_bytes()).unwrap(), ServerMessage::QuoteCompleted { .. }));
-        assert!(matches!(message::parse(out[2].as_bytes()).unwrap(), ServerMessage::QuoteError(error) if error.message == "no_such_symbol"));
+        assert!(
+            quote.values.description.is_unchanged(),
+            "only the requested fields"
+        );
+        assert!(matches!(
+            message::parse(out[1].as_bytes()).unwrap(),
+            ServerMessage::QuoteCompleted { .. }
+        ));
+        assert!(
+            matches!(message::parse(out[2].as_bytes()).unwrap(), ServerMessage::QuoteError(error) if error.message == "no_such_symbol")
+        );
         let mut ticks = Vec::new();
-        session.on_tick(&Tick { symbol: 2, price: 191.0, size: 5.0, time: 1.0 }, &market, &mut ticks);
+        session.on_tick(
+            &Tick {
+                symbol: 2,
+                price: 191.0,
+                size: 5.0,
+                time: 1.0,
+            },
+            &market,
+            &mut ticks,
+        );
         assert_eq!(ticks.len(), 1);
-        assert!(ticks.iter().all(|payload| payload.is_ascii() && !payload.contains(' ')));
+        assert!(
+            ticks
+                .iter()
+                .all(|payload| payload.is_ascii() && !payload.contains(' '))
+        );
     }
 
     #[test]
     fn charts_resolve_load_history_complete_and_stream() {
         let market = Market::new(12, 1);
         let mut session = Session::new();
-        run(&mut session, &market, r#"{"m":"chart_create_session","p":["cs_x",""]}"#);
-        let out = run(&mut session, &market, r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","={\"adjustment\":\"splits\",\"symbol\":\"BINANCE:BTCUSDT\"}"]}"#);
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","={\"adjustment\":\"splits\",\"symbol\":\"BINANCE:BTCUSDT\"}"]}"#,
+        );
         assert!(out[0].contains("symbol_resolved"));
-        let out = run(&mut session, &market, r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1",10,""]}"#);
-        let methods: Vec<String> = out.iter().map(|payload| message::parse(payload.as_bytes()).unwrap().method().to_owned()).collect();
-        assert_eq!(methods, ["series_loading", "timescale_update", "series_completed"]);
-        let ServerMessage::TimescaleUpdate(update) = message::parse(out[1].as_bytes()).unwrap() else { panic!() };
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1",10,""]}"#,
+        );
+        let methods: Vec<String> = out
+            .iter()
+            .map(|payload| {
+                message::parse(payload.as_bytes())
+                    .unwrap()
+                    .method()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            methods,
+            ["series_loading", "timescale_update", "series_completed"]
+        );
+        let ServerMessage::TimescaleUpdate(update) = message::parse(out[1].as_bytes()).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(update.series[0].bars.len(), 10);
         let mut ticks = Vec::new();
-        session.on_tick(&Tick { symbol: 0, price: 64_100.0, size: 1.0, time: 1_700_000_031.0 }, &market, &mut ticks);
-        assert!(matches!(message::parse(ticks[0].as_bytes()).unwrap(), ServerMessage::DataUpdate(_)));
+        session.on_tick(
+            &Tick {
+                symbol: 0,
+                price: 64_100.0,
+                size: 1.0,
+                time: 1_700_000_031.0,
+            },
+            &market,
+            &mut ticks,
+        );
+        assert!(matches!(
+            message::parse(ticks[0].as_bytes()).unwrap(),
+            ServerMessage::DataUpdate(_)
+        ));
         // Errors: unknown symbol, seconds, bad timeframe.
-        let out = run(&mut session, &market, r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_2","=NOPE:X"]}"#);
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_2","=NOPE:X"]}"#,
+        );
         assert!(out[0].contains("symbol_error") && out[0].contains("invalid symbol"));
-        assert!(run(&mut session, &market, r#"{"m":"create_series","p":["cs_x","sds_2","s1","sds_sym_2","1",10]}"#).is_empty());
-        let out = run(&mut session, &market, r#"{"m":"create_series","p":["cs_x","sds_3","s1","sds_sym_1","1S",10]}"#);
+        assert!(
+            run(
+                &mut session,
+                &market,
+                r#"{"m":"create_series","p":["cs_x","sds_2","s1","sds_sym_2","1",10]}"#
+            )
+            .is_empty()
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_3","s1","sds_sym_1","1S",10]}"#,
+        );
         assert!(out[0].contains("seconds_not_entitled"));
-        let out = run(&mut session, &market, r#"{"m":"create_series","p":["cs_x","sds_4","s1","sds_sym_1","15m",10]}"#);
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_4","s1","sds_sym_1","15m",10]}"#,
+        );
         assert!(out[0].contains("critical_error"));
     }
 
@@ -412,7 +636,12 @@ mod tests {
         let market = Market::new(2, 1);
         let mut session = Session::new();
         let mut out = Vec::new();
-        let result = session.handle(r#"{"m":"set_auth_token","p":["bad-token"]}"#, &market, 1.0, &mut out);
+        let result = session.handle(
+            r#"{"m":"set_auth_token","p":["bad-token"]}"#,
+            &market,
+            1.0,
+            &mut out,
+        );
         assert_eq!(result, Err(Fatal("bad auth token".into())));
         assert!(out[0].contains("bad auth token"));
         assert!(run(&mut session, &market, "not json")[0].contains("wrong data"));
