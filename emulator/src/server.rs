@@ -1,7 +1,7 @@
 //! The emulator's tokio server: TCP accept, WebSocket upgrade, one task per connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -70,7 +70,7 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
-    /// `qsd` packets sent.
+    /// `qsd` packets handed to the socket (snapshots, deltas and errors).
     pub quotes_sent: AtomicU64,
     /// WebSocket messages sent.
     pub messages_sent: AtomicU64,
@@ -86,6 +86,7 @@ struct Shared {
     ticks: broadcast::Sender<Arc<Vec<Tick>>>,
     control: broadcast::Sender<FaultAction>,
     shutdown: watch::Receiver<bool>,
+    paused: Arc<AtomicBool>,
 }
 
 /// A running emulator. Dropping it stops accepting; [`Emulator::shutdown`] also closes every
@@ -97,6 +98,7 @@ pub struct Emulator {
     shutdown: watch::Sender<bool>,
     control: broadcast::Sender<FaultAction>,
     faults: Arc<Mutex<Vec<Fault>>>,
+    paused: Arc<AtomicBool>,
     accept_task: JoinHandle<()>,
     market_task: JoinHandle<()>,
 }
@@ -119,7 +121,8 @@ impl Emulator {
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let (ticks, _) = broadcast::channel(1_024);
         let (control, _) = broadcast::channel(64);
-        let faults = Arc::new(Mutex::new(config.faults.clone()));
+        let faults = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             market: Mutex::new(Market::new(config.symbols, config.seed)),
             config: config.clone(),
@@ -128,6 +131,7 @@ impl Emulator {
             ticks: ticks.clone(),
             control: control.clone(),
             shutdown: shutdown_receiver,
+            paused: Arc::clone(&paused),
         });
         let market_task = tokio::spawn(run_market(Arc::clone(&shared)));
         let accept_task = tokio::spawn(accept_loop(
@@ -141,6 +145,7 @@ impl Emulator {
             shutdown,
             control,
             faults,
+            paused,
             accept_task,
             market_task,
         })
@@ -167,6 +172,11 @@ impl Emulator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(fault);
+    }
+
+    /// Stops (or restarts) market ticks; heartbeats and replies go on.
+    pub fn pause_market(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
     }
 
     /// Carries out `action` on every open connection right now.
@@ -198,7 +208,8 @@ async fn run_market(shared: Arc<Shared>) {
         owed += shared.config.rate_hz * period.as_secs_f64();
         let due = owed.floor();
         owed -= due;
-        if due < 1.0 || shared.ticks.receiver_count() == 0 {
+        if due < 1.0 || shared.ticks.receiver_count() == 0 || shared.paused.load(Ordering::Relaxed)
+        {
             continue;
         }
         let now = unix_now();
@@ -426,18 +437,9 @@ impl Connection {
             return;
         }
         let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = self.outbox.len();
         for tick in batch {
             self.session.on_tick(tick, &market, &mut self.outbox);
         }
-        let quotes = self.outbox[before..]
-            .iter()
-            .filter(|payload| payload.starts_with(r#"{"m":"qsd""#))
-            .count();
-        shared
-            .stats
-            .quotes_sent
-            .fetch_add(quotes as u64, Ordering::Relaxed);
     }
 
     /// Carries out a fault; `Some` when it ends the connection.
@@ -474,6 +476,15 @@ impl Connection {
         if self.heartbeats_only_until.is_some_and(|until| now < until) {
             self.outbox.retain(|payload| payload.starts_with("~h~"));
         }
+        let quotes = self
+            .outbox
+            .iter()
+            .filter(|payload| payload.starts_with(r#"{"m":"qsd""#))
+            .count();
+        shared
+            .stats
+            .quotes_sent
+            .fetch_add(quotes as u64, Ordering::Relaxed);
         let mut messages = Vec::new();
         let mut current = String::new();
         for payload in self.outbox.drain(..) {

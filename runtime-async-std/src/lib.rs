@@ -1,10 +1,173 @@
 //! # tickwire-async-std
 //!
-//! The async-std (and smol) driver for [`tickwire_core`]: it will own the WebSocket
-//! (async-tungstenite over futures-io), the timer and the core client.
+//! Resilient market data on async-std or smol. The driver is written over futures-io and
+//! async-io (async-tungstenite's smol integration, futures-rustls with the webpki roots), so the
+//! same code runs on either executor; [`connect`] spawns on async-std, [`start`] hands the
+//! driver future to any executor. Every protocol, timing and retry decision is the core's.
 //!
-//! **Not implemented yet.** This crate holds no functionality until the core client state
-//! machine exists; it is part of the workspace so that its place and name are fixed. It
-//! re-exports the core so that depending on it already gives the protocol layer.
+//! ```no_run
+//! # async fn example() {
+//! use futures::StreamExt;
+//! use tickwire_async_std::{Config, Event};
+//!
+//! let feed = tickwire_async_std::connect(Config::default());
+//! feed.subscribe(["BINANCE:BTCUSDT"]);
+//! if let Some(Event::Quote(quote)) = feed.events().next().await {
+//!     println!("{:?}", quote.quote.last_price);
+//! }
+//! feed.close().await;
+//! # }
+//! ```
+//!
+//! Under smol:
+//!
+//! ```no_run
+//! smol::block_on(async {
+//!     let (feed, driver) = tickwire_async_std::start(tickwire_async_std::Config::default(), Default::default());
+//!     let task = smol::spawn(driver);
+//!     feed.subscribe(["NASDAQ:AAPL"]);
+//!     feed.close().await;
+//!     task.await;
+//! });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::HeaderValue;
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 
 pub use tickwire_core as core;
+pub use tickwire_driver::{
+    Bar, Config, Event, Events, Feed, FeedStatus, HistoryError, Options, PolledQuote, Poller,
+    SeriesId, State, TokenProvider,
+};
+use tickwire_driver::{ConnectRequest, Runtime, SocketEvent};
+
+type Transport = async_tungstenite::smol::ConnectStream;
+
+/// Opens sockets with async-net and sleeps with async-io timers: executor-agnostic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncIoRuntime;
+
+impl Runtime for AsyncIoRuntime {
+    type Socket = AsyncIoSocket;
+
+    fn connect(
+        &self,
+        request: &ConnectRequest,
+    ) -> BoxFuture<'static, Result<AsyncIoSocket, String>> {
+        let url = request.url.clone();
+        let origin = request.origin.clone();
+        async move {
+            let mut http = url
+                .as_str()
+                .into_client_request()
+                .map_err(|error| format!("bad URL {url}: {error}"))?;
+            if let Ok(origin) = HeaderValue::from_str(&origin) {
+                http.headers_mut().insert("Origin", origin);
+            }
+            let (ws, _) = async_tungstenite::smol::connect_async(http)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(AsyncIoSocket { ws })
+        }
+        .boxed()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        async move {
+            async_io::Timer::at(deadline).await;
+        }
+        .boxed()
+    }
+}
+
+/// An async-tungstenite WebSocket as the driver sees it.
+#[derive(Debug)]
+pub struct AsyncIoSocket {
+    ws: WebSocketStream<Transport>,
+}
+
+impl Stream for AsyncIoSocket {
+    type Item = SocketEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
+        loop {
+            return match self.ws.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                    Poll::Ready(Some(SocketEvent::Text(Bytes::from(text))))
+                }
+                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                    let reason = frame.map_or_else(
+                        || "closed".to_owned(),
+                        |frame| format!("closed: {} {}", frame.code, frame.reason),
+                    );
+                    Poll::Ready(Some(SocketEvent::Closed(reason)))
+                }
+                // Pings are answered by tungstenite; pongs and binary frames carry nothing for us.
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(error))) => {
+                    Poll::Ready(Some(SocketEvent::Closed(error.to_string())))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl Sink<String> for AsyncIoSocket {
+    type Error = String;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.ws
+            .poll_ready_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, text: String) -> Result<(), String> {
+        self.ws
+            .start_send_unpin(Message::Text(Utf8Bytes::from(text)))
+            .map_err(|error| error.to_string())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.ws
+            .poll_flush_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.ws
+            .poll_close_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// Creates a feed and its driver future for any executor (smol, async-std, …).
+pub fn start(
+    config: Config,
+    options: Options,
+) -> (Feed, impl Future<Output = ()> + Send + 'static) {
+    tickwire_driver::start(AsyncIoRuntime, config, options)
+}
+
+/// Starts a feed on async-std's executor with default [`Options`].
+pub fn connect(config: Config) -> Feed {
+    connect_with(config, Options::default())
+}
+
+/// Starts a feed on async-std's executor.
+pub fn connect_with(config: Config, options: Options) -> Feed {
+    let (feed, driver) = start(config, options);
+    async_std::task::spawn(driver);
+    feed
+}

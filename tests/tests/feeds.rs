@@ -1,0 +1,464 @@
+//! The same scenarios on both runtimes, over real loopback sockets, against the emulator.
+//!
+//! The emulator runs on its own tokio runtime; each scenario is runtime-agnostic async code
+//! (timers from async-io) run once under tokio and once under async-std, and the steady one
+//! also under smol. Durations are short so the suite takes seconds, and every wait has a bound.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tickwire_core::client::{Breaker, DisconnectCause};
+use tickwire_driver::{Config, Event, Feed, HistoryError, Options, State};
+use tickwire_emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
+
+const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
+
+/// An emulator on a runtime of its own.
+struct Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    emulator: Option<Emulator>,
+}
+
+impl Server {
+    fn start(config: EmulatorConfig) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Started from a plain thread: scenarios call this from inside an async context.
+        let handle = runtime.handle().clone();
+        let emulator = std::thread::spawn(move || handle.block_on(Emulator::start(config)))
+            .join()
+            .unwrap()
+            .unwrap();
+        Server {
+            runtime: Some(runtime),
+            emulator: Some(emulator),
+        }
+    }
+
+    fn quick(rate_hz: f64) -> Server {
+        Server::start(EmulatorConfig {
+            rate_hz,
+            symbols: 10,
+            heartbeat_interval: Duration::from_millis(300),
+            ..EmulatorConfig::default()
+        })
+    }
+
+    fn with_faults(faults: &[&str]) -> Server {
+        Server::start(EmulatorConfig {
+            rate_hz: 200.0,
+            symbols: 10,
+            heartbeat_interval: Duration::from_millis(300),
+            faults: faults
+                .iter()
+                .map(|spec| spec.parse::<Fault>().unwrap())
+                .collect(),
+            ..EmulatorConfig::default()
+        })
+    }
+
+    fn emulator(&self) -> &Emulator {
+        self.emulator.as_ref().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Scenarios drop the server inside an async context, where blocking on a runtime is not
+        // allowed: shut the emulator down from a plain thread, then release the runtime.
+        if let (Some(emulator), Some(runtime)) = (self.emulator.take(), self.runtime.take()) {
+            let handle = runtime.handle().clone();
+            let _ = std::thread::spawn(move || handle.block_on(emulator.shutdown())).join();
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Short timings so faults are detected and recovered from in about a second.
+fn config(server: &Server) -> Config {
+    Config {
+        url: server.emulator().url(),
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_millis(1_500),
+        data_silence: Duration::from_secs(5),
+        health_interval: Duration::from_millis(500),
+        grace: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        jitter: 0.0,
+        breaker_recovery: Duration::from_secs(1),
+        rate_limit_per_minute: 6_000,
+        burst: 100,
+        history_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+async fn sleep(duration: Duration) {
+    async_io::Timer::after(duration).await;
+}
+
+/// Polls `condition` every 20 ms until it holds, failing after `limit`.
+async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads events until every symbol has had a quote, failing after `limit`.
+async fn quotes_for_every_symbol(
+    feed: &Feed,
+    events: &mut tickwire_driver::Events,
+    limit: Duration,
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    let reading = async {
+        while seen.len() < SYMBOLS.len() {
+            match events.next().await {
+                Some(Event::Quote(quote)) => {
+                    seen.insert(quote.quote.symbol.to_string());
+                }
+                Some(_) => {}
+                None => panic!("event stream ended"),
+            }
+        }
+    };
+    let timer = sleep(limit);
+    futures::pin_mut!(reading, timer);
+    if let futures::future::Either::Right(_) = futures::future::select(reading, timer).await {
+        panic!(
+            "no quote for every symbol within {limit:?}: saw {seen:?}; status {:?}",
+            feed.status()
+        );
+    }
+}
+
+// ----- scenarios --------------------------------------------------------------------------------
+
+async fn steady_streaming_loses_nothing(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(300.0);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    sleep(Duration::from_millis(500)).await;
+    server.emulator().pause_market(true);
+    sleep(Duration::from_millis(300)).await;
+    let mut received = 0u64;
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
+        if matches!(event, Event::Quote(_)) {
+            received += 1;
+        }
+    }
+    let status = feed.status();
+    let sent = server
+        .emulator()
+        .stats()
+        .quotes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        status.client.counters.quotes, sent,
+        "every qsd sent became one quote event"
+    );
+    assert!(
+        received + SYMBOLS.len() as u64 <= sent,
+        "{received} read of {sent}"
+    );
+    assert_eq!(status.client.counters.decode_errors, 0);
+    assert_eq!(status.client.counters.connections, 1);
+    assert_eq!(status.client.state, State::Live);
+    feed.close().await;
+}
+
+async fn recovers_from(
+    action: FaultAction,
+    cause: Option<DisconnectCause>,
+    connect: impl Fn(Config, Options) -> Feed,
+) {
+    let server = Server::quick(300.0);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let series = feed
+        .subscribe_bars("BINANCE:BTCUSDT", "1", 10)
+        .expect("series");
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    server.emulator().inject(action);
+    match cause {
+        Some(cause) => {
+            eventually(Duration::from_secs(6), "the fault to be detected", || {
+                feed.status().client.counters.disconnects.get(cause) >= 1
+            })
+            .await;
+            eventually(Duration::from_secs(6), "a new live connection", || {
+                let status = feed.status().client;
+                status.counters.connections >= 2 && status.state == State::Live
+            })
+            .await;
+        }
+        None => {
+            eventually(
+                Duration::from_secs(3),
+                "the bad packet to be counted",
+                || {
+                    feed.status().client.counters.decode_errors
+                        + feed.status().client.counters.resyncs
+                        >= 1
+                },
+            )
+            .await;
+        }
+    }
+    // Every subscription is restored: quotes for every symbol, and bars for the series.
+    while futures::FutureExt::now_or_never(events.next())
+        .flatten()
+        .is_some()
+    {}
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    let bars = async {
+        loop {
+            if let Some(Event::Bar(bar)) = events.next().await {
+                if bar.series == series {
+                    return;
+                }
+            }
+        }
+    };
+    let timer = sleep(Duration::from_secs(5));
+    futures::pin_mut!(bars, timer);
+    assert!(
+        matches!(
+            futures::future::select(bars, timer).await,
+            futures::future::Either::Left(_)
+        ),
+        "bars resume"
+    );
+    if cause.is_none() {
+        assert_eq!(
+            feed.status().client.counters.connections,
+            1,
+            "a bad packet is not a reason to reconnect"
+        );
+    }
+    feed.close().await;
+}
+
+async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::with_faults(&["#1:refuse", "#2:refuse"]);
+    let start = Instant::now();
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    let status = feed.status().client;
+    assert_eq!(status.counters.connection_attempts, 3);
+    assert_eq!(
+        status
+            .counters
+            .disconnects
+            .get(DisconnectCause::ConnectFailed),
+        2
+    );
+    // Backoff 100 ms then 200 ms: the third attempt cannot come sooner.
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    feed.close().await;
+}
+
+async fn breaker_opens_then_half_open_probe_recovers(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::with_faults(&["#1:refuse", "#2:refuse", "#3:refuse"]);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    eventually(Duration::from_secs(3), "the breaker to open", || {
+        let status = feed.status().client;
+        status.breaker == Breaker::Open && status.state == State::CircuitOpen
+    })
+    .await;
+    let opened = Instant::now();
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    assert!(
+        opened.elapsed() >= Duration::from_millis(800),
+        "the probe waited for the recovery time"
+    );
+    let status = feed.status().client;
+    assert_eq!(
+        (status.breaker, status.consecutive_failures),
+        (Breaker::Closed, 0)
+    );
+    assert_eq!(status.counters.connection_attempts, 4);
+    feed.close().await;
+}
+
+async fn history_with_and_without_faults(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(50.0);
+    let feed = connect(config(&server), Options::default());
+    let bars = feed
+        .history("BINANCE:BTCUSDT", "1", 50)
+        .await
+        .expect("bars");
+    assert_eq!(bars.len(), 50);
+    assert!(
+        bars.windows(2)
+            .all(|pair| pair[1].time - pair[0].time == 60.0)
+    );
+    assert!(matches!(
+        feed.history("NOPE:NOPE", "1", 5).await,
+        Err(HistoryError::Symbol(_))
+    ));
+    assert!(matches!(
+        feed.history("BINANCE:BTCUSDT", "1S", 5).await,
+        Err(HistoryError::Series(_))
+    ));
+    feed.close().await;
+
+    // The first connection is reset at once: the request survives and completes on the next.
+    let server = Server::with_faults(&["#1:drop"]);
+    let feed = connect(config(&server), Options::default());
+    let bars = feed
+        .history("NASDAQ:AAPL", "1D", 20)
+        .await
+        .expect("bars after a reconnect");
+    assert_eq!(bars.len(), 20);
+    assert!(feed.status().client.counters.connection_attempts >= 2);
+    feed.close().await;
+}
+
+async fn slow_consumer_is_conflated_with_bounded_memory(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(3_000.0);
+    let options = Options {
+        event_capacity: 16,
+        ..Options::default()
+    };
+    let feed = connect(config(&server), options);
+    feed.subscribe(SYMBOLS);
+    // Read nothing for a second.
+    sleep(Duration::from_secs(1)).await;
+    let status = feed.status();
+    assert!(status.events_conflated > 0, "{status:?}");
+    assert!(
+        status.events_pending <= 16 + SYMBOLS.len() + 8,
+        "{status:?}"
+    );
+    // Whatever is read last per symbol is the client's latest quote.
+    server.emulator().pause_market(true);
+    sleep(Duration::from_millis(300)).await;
+    let mut events = feed.events();
+    let mut latest = std::collections::BTreeMap::new();
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
+        if let Event::Quote(quote) = event {
+            latest.insert(quote.quote.symbol.to_string(), quote.quote.last_price);
+        }
+    }
+    assert_eq!(latest.len(), SYMBOLS.len());
+    feed.close().await;
+}
+
+async fn close_leaves_nothing_behind(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(100.0);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    let handle = feed.clone();
+    feed.close().await;
+    assert_eq!(handle.status().client.state, State::Closed);
+    eventually(
+        Duration::from_secs(2),
+        "the server to see the socket gone",
+        || {
+            server
+                .emulator()
+                .stats()
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        },
+    )
+    .await;
+    // The stream ends once drained; later calls are harmless.
+    let drained = async { while events.next().await.is_some() {} };
+    let timer = sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, timer);
+    assert!(
+        matches!(
+            futures::future::select(drained, timer).await,
+            futures::future::Either::Left(_)
+        ),
+        "stream ends"
+    );
+    handle.subscribe(["NASDAQ:MSFT"]);
+    handle.close().await;
+}
+
+// ----- runtimes ---------------------------------------------------------------------------------
+
+fn on_tokio<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(scenario(tickwire_tokio::connect_with));
+}
+
+fn on_async_std<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
+    async_std::task::block_on(scenario(tickwire_async_std::connect_with));
+}
+
+macro_rules! on_both_runtimes {
+    ($($name:ident => $scenario:expr;)*) => {
+        mod tokio_runtime {
+            use super::*;
+            $(#[test] fn $name() { on_tokio($scenario); })*
+        }
+        mod async_std_runtime {
+            use super::*;
+            $(#[test] fn $name() { on_async_std($scenario); })*
+        }
+    };
+}
+
+on_both_runtimes! {
+    steady_streaming => steady_streaming_loses_nothing;
+    drop_without_close_frame => |connect| recovers_from(FaultAction::Drop, Some(DisconnectCause::RemoteClosed), connect);
+    close_frame => |connect| recovers_from(FaultAction::Close, Some(DisconnectCause::RemoteClosed), connect);
+    drop_mid_message => |connect| recovers_from(FaultAction::DropMidMessage, Some(DisconnectCause::RemoteClosed), connect);
+    stall => |connect| recovers_from(FaultAction::Stall(Duration::from_secs(30)), Some(DisconnectCause::ReadTimeout), connect);
+    heartbeats_only => |connect| recovers_from(FaultAction::HeartbeatsOnly(Duration::from_secs(30)), Some(DisconnectCause::Zombie), connect);
+    protocol_error => |connect| recovers_from(FaultAction::ProtocolError, Some(DisconnectCause::ProtocolError), connect);
+    garbage => |connect| recovers_from(FaultAction::Garbage, None, connect);
+    bad_length => |connect| recovers_from(FaultAction::BadLength, None, connect);
+    backoff_against_refused_connects => backs_off_against_refused_connects;
+    breaker_open_and_half_open => breaker_opens_then_half_open_probe_recovers;
+    history => history_with_and_without_faults;
+    slow_consumer => slow_consumer_is_conflated_with_bounded_memory;
+    clean_close => close_leaves_nothing_behind;
+}
+
+#[test]
+fn the_async_std_driver_runs_under_smol() {
+    smol::block_on(async {
+        let server = Server::quick(300.0);
+        let (feed, driver) = tickwire_async_std::start(config(&server), Options::default());
+        let task = smol::spawn(driver);
+        feed.subscribe(SYMBOLS);
+        let mut events = feed.events();
+        quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+        feed.close().await;
+        task.await;
+    });
+}
