@@ -2,8 +2,8 @@
 
 use std::io::{self, BufRead, Write};
 
+use crate::output::Object;
 use bytes::Bytes;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 use tickwire_core::codec::{Decoder, Packet};
 use tickwire_core::message::{self, ChartUpdate, FieldUpdate, QuoteValues, ServerMessage};
@@ -72,26 +72,6 @@ fn skip_rest_of_line(input: &mut dyn BufRead) -> io::Result<()> {
 
 fn memchr_newline(buffer: &[u8]) -> Option<usize> {
     buffer.iter().position(|&byte| byte == b'\n')
-}
-
-/// A JSON object that keeps its keys in insertion order, so `kind` and `line` come first.
-#[derive(Default)]
-struct Object(Vec<(String, Value)>);
-
-impl Object {
-    fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        self.0.push((key.into(), value.into()));
-    }
-}
-
-impl Serialize for Object {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in &self.0 {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
-    }
 }
 
 fn write_object(output: &mut dyn Write, object: Object) -> io::Result<()> {

@@ -1,6 +1,12 @@
 //! The `tickwire` command line.
 
 mod decode;
+mod demo;
+mod emulate;
+mod feed_args;
+mod history;
+mod output;
+mod stream;
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
@@ -33,21 +39,54 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_MAX_PACKET_SIZE)]
         max_packet_size: usize,
     },
+    /// Stream live quotes (and bars) until Ctrl-C.
+    Stream(stream::StreamArgs),
+    /// Fetch bars of one symbol and exit.
+    History(history::HistoryArgs),
+    /// Run the feed emulator on loopback until Ctrl-C.
+    Emulate(emulate::EmulateArgs),
+    /// The emulator misbehaves on a schedule while the client streams through it: every
+    /// recovery live, then a summary. No network needed; under a minute.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let command = match cli.command {
         Command::Decode {
             file,
             max_packet_size,
-        } => finish(decode(file, max_packet_size)),
-    }
+        } => return finish(decode(file, max_packet_size)),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return finish(Err(Failure::Message(format!(
+                "cannot start the async runtime: {error}"
+            ))));
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Stream(args) => stream::run(args).await,
+            Command::History(args) => history::run(args).await,
+            Command::Emulate(args) => emulate::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Decode { .. } => Ok(()),
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    finish(result)
 }
 
 /// Why a command failed; printed as one line on stderr.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The reader of our output went away (e.g. `| head`): not an error of ours.
     OutputClosed,
     Message(String),

@@ -236,6 +236,11 @@ impl Feed {
         }
     }
 
+    /// The URL the feed connects to.
+    pub fn url(&self) -> String {
+        self.shared.client().config().url.clone()
+    }
+
     /// Closes the feed and returns once the socket and the driver task are gone.
     pub async fn close(&self) {
         self.shared.client().close();

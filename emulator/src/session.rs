@@ -111,9 +111,9 @@ fn quote_values(instrument: &Instrument, fields: Option<&[String]>, full: bool, 
         crate::market::Kind::Forex => {}
         _ => put("volume", json!(instrument.volume)),
     }
+    put("bid", json!(bid));
+    put("ask", json!(ask));
     if full {
-        put("bid", json!(bid));
-        put("ask", json!(ask));
         put("prev_close_price", json!(instrument.prev_close));
         put("description", json!(instrument.description));
         put(

@@ -171,6 +171,9 @@ pub struct Client {
     last_tick: Option<Instant>,
     outputs: VecDeque<Output>,
     counters: Counters,
+    last_failure: Option<String>,
+    /// The last state reported, so a step that changes nothing reports nothing.
+    reported: Option<(State, Mode, Option<Instant>)>,
 }
 
 impl Client {
@@ -203,6 +206,8 @@ impl Client {
             last_tick: None,
             outputs: VecDeque::new(),
             counters: Counters::default(),
+            last_failure: None,
+            reported: None,
             config,
         }
     }
@@ -379,8 +384,9 @@ impl Client {
         }
         match input {
             Input::Connected(id) => self.on_connected(now, id),
-            Input::ConnectFailed { id, .. } => {
+            Input::ConnectFailed { id, reason } => {
                 if matches!(self.link, Link::Connecting { id: current, .. } if current == id) {
+                    self.last_failure = Some(reason);
                     self.fail_connection(now, DisconnectCause::ConnectFailed, false);
                 }
             }
@@ -389,8 +395,9 @@ impl Client {
                     self.on_message(now, &text);
                 }
             }
-            Input::Disconnected { id, .. } => {
+            Input::Disconnected { id, reason } => {
                 if self.current_connection() == Some(id) {
+                    self.last_failure = Some(reason);
                     let cause = if matches!(self.link, Link::Connecting { .. }) {
                         DisconnectCause::ConnectFailed
                     } else {
@@ -516,6 +523,7 @@ impl Client {
             next_attempt: self.next_attempt(),
             connection: self.current_connection(),
             counters: self.counters.clone(),
+            last_failure: self.last_failure.clone(),
         }
     }
 
@@ -676,6 +684,13 @@ impl Client {
         };
         if send_close {
             self.outputs.push_back(Output::Close { id, cause });
+        }
+        if !matches!(
+            cause,
+            DisconnectCause::ConnectFailed | DisconnectCause::RemoteClosed
+        ) {
+            // The driver's reason is kept for those two; the others are the client's own finding.
+            self.last_failure = Some(cause.as_str().replace('_', " "));
         }
         self.counters.disconnects.add(cause);
         self.queue.clear();
@@ -1236,6 +1251,11 @@ impl Client {
     }
 
     fn emit_state(&mut self, cause: Option<DisconnectCause>) {
+        let current = (self.state(), self.mode, self.next_attempt());
+        if cause.is_none() && self.reported == Some(current) {
+            return;
+        }
+        self.reported = Some(current);
         let change = StateChange {
             state: self.state(),
             mode: self.mode,

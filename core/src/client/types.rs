@@ -469,6 +469,8 @@ pub struct Status {
     pub next_attempt: Option<Instant>,
     /// The current connection, if one is in flight or open.
     pub connection: Option<ConnectionId>,
+    /// What the driver reported when the last attempt or connection failed.
+    pub last_failure: Option<String>,
     /// Running totals.
     pub counters: Counters,
 }

@@ -1,0 +1,264 @@
+//! `tickwire demo`: the emulator misbehaves on a schedule while the real client streams
+//! through it over loopback; every recovery is shown live, then a summary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+use tickwire_core::client::{Config, DisconnectCause, parse_duration};
+use tickwire_driver::{Event, Options, State};
+use tickwire_emulator::{Emulator, EmulatorConfig, Fault};
+
+use crate::Failure;
+use crate::feed_args::RuntimeChoice;
+use crate::output::{self, human_duration};
+
+const SYMBOLS: [&str; 4] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD", "SP:SPX"];
+
+/// What goes wrong, connection by connection (see `tickwire emulate --help` for the syntax).
+const SCHEDULE: [(&str, &str); 5] = [
+    (
+        "#1:drop@4s",
+        "connection 1 is reset without a close frame after 4 s",
+    ),
+    (
+        "#2:stall@4s/60s",
+        "connection 2 stalls after 4 s: the socket stays open, nothing arrives",
+    ),
+    (
+        "#3:heartbeats-only@4s/60s",
+        "connection 3 sends only heartbeats after 4 s (a zombie link)",
+    ),
+    ("#4:refuse", "connection 4 is refused"),
+    (
+        "#5:refuse",
+        "connection 5 is refused too; connection 6 streams to the end",
+    ),
+];
+
+/// Run the emulator with a fault schedule and stream through it, showing every recovery.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How long to run.
+    #[arg(long, default_value = "26s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Which async runtime drives the client.
+    #[arg(long, value_enum, default_value = "tokio")]
+    runtime: RuntimeChoice,
+    /// Print every quote (by default one line per second per symbol).
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// What happened, for the summary.
+#[derive(Default)]
+struct Tally {
+    quotes: u64,
+    bars: u64,
+    closed_bar_times: Vec<f64>,
+    /// Time and cause of the disconnect being recovered from.
+    down_since: Option<(Instant, DisconnectCause)>,
+    recoveries: Vec<(DisconnectCause, Duration)>,
+    /// Symbols quoted on the current connection, and whether every connection got them all.
+    quoted_since_live: BTreeSet<String>,
+    live_periods: u32,
+    fully_restored_periods: u32,
+}
+
+pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
+    let faults: Vec<Fault> = SCHEDULE
+        .iter()
+        .map(|(spec, _)| spec.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|error| Failure::Message(format!("{error}")))?;
+    let emulator = Emulator::start(EmulatorConfig {
+        symbols: 20,
+        rate_hz: 60.0,
+        heartbeat_interval: Duration::from_millis(400),
+        faults,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .map_err(|error| Failure::Message(format!("cannot start the emulator: {error}")))?;
+    let config = Config {
+        url: emulator.url(),
+        read_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        idle_heartbeats: 5,
+        data_silence: Duration::from_secs(5),
+        health_interval: Duration::from_secs(1),
+        grace: Duration::from_millis(300),
+        backoff_initial: Duration::from_millis(300),
+        backoff_max: Duration::from_secs(2),
+        max_attempts: 4,
+        breaker_recovery: Duration::from_secs(3),
+        seed: 7,
+        ..Config::default()
+    };
+    println!(
+        "tickwire demo: the embedded emulator at {} misbehaves on schedule:",
+        emulator.url()
+    );
+    for (spec, what) in SCHEDULE {
+        println!("  {spec:<28} {what}");
+    }
+    println!(
+        "client: read timeout 2s, zombie after 5 idle heartbeats (every 400 ms), grace 300 ms, backoff from 300 ms; runtime {:?}\n",
+        args.runtime
+    );
+    let feed = match args.runtime {
+        RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, Options::default()),
+        RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, Options::default()),
+    };
+    feed.subscribe(SYMBOLS);
+    let series = feed.subscribe_bars("BINANCE:BTCUSDT", "1", 20);
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut last_printed: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut events = feed.events();
+    let deadline = tokio::time::sleep(args.duration);
+    tokio::pin!(deadline);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            () = &mut deadline => break,
+            _ = &mut ctrl_c => break,
+            event = events.next() => match event { Some(event) => event, None => break },
+        };
+        let elapsed = started.elapsed();
+        match &event {
+            Event::Quote(quote) => {
+                tally.quotes += 1;
+                let symbol = quote.quote.symbol.to_string();
+                tally.quoted_since_live.insert(symbol.clone());
+                let due = last_printed
+                    .get(&symbol)
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+                if !(args.verbose || due) {
+                    continue;
+                }
+                last_printed.insert(symbol, Instant::now());
+            }
+            Event::Bar(bar) => {
+                tally.bars += 1;
+                if bar.closed {
+                    tally.closed_bar_times.push(bar.bar.time);
+                }
+                if !args.verbose && !bar.closed {
+                    continue;
+                }
+            }
+            Event::State(change) => {
+                if let Some(cause) = change.cause {
+                    if tally.down_since.is_none() && cause != DisconnectCause::ClientClosed {
+                        tally.down_since = Some((Instant::now(), cause));
+                    }
+                }
+                if change.state == State::Live {
+                    tally.live_periods += 1;
+                    tally.quoted_since_live.clear();
+                    if let Some((since, cause)) = tally.down_since.take() {
+                        let took = since.elapsed();
+                        tally.recoveries.push((cause, took));
+                        println!(
+                            "{} ++ recovered from {} in {}; {} quote symbols and {} bar series replayed",
+                            output::clock(),
+                            cause.as_str().replace('_', " "),
+                            human_duration(took),
+                            SYMBOLS.len(),
+                            usize::from(series.is_some())
+                        );
+                    }
+                } else if tally.quoted_since_live.len() == SYMBOLS.len() {
+                    tally.fully_restored_periods += 1;
+                    tally.quoted_since_live.clear();
+                }
+            }
+            _ => {}
+        }
+        if let Some(line) = output::event_text(&event) {
+            println!("[{:>5.1}s] {line}", elapsed.as_secs_f64());
+        }
+    }
+    if tally.quoted_since_live.len() == SYMBOLS.len() {
+        tally.fully_restored_periods += 1;
+    }
+    emulator.pause_market(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(events.next()) {
+        if matches!(event, Event::Quote(_)) {
+            tally.quotes += 1;
+        }
+    }
+    let status = feed.status();
+    feed.close().await;
+    let sent = emulator.stats().quotes_sent.load(Ordering::Relaxed);
+    emulator.shutdown().await;
+    summary(&tally, &status, sent, started.elapsed());
+    Ok(())
+}
+
+fn summary(tally: &Tally, status: &tickwire_driver::FeedStatus, sent: u64, elapsed: Duration) {
+    let counters = &status.client.counters;
+    println!("\n== summary after {}", human_duration(elapsed));
+    println!(
+        "quotes received        {} (the emulator handed {} to its sockets)",
+        tally.quotes, sent
+    );
+    if counters.quotes == sent {
+        println!("                       every quote the server sent arrived: nothing lost");
+    } else {
+        println!(
+            "                       {} were in flight on sockets the server reset",
+            sent.saturating_sub(counters.quotes)
+        );
+    }
+    println!(
+        "bars received          {} ({} closed)",
+        tally.bars,
+        tally.closed_bar_times.len()
+    );
+    let gap_free = tally
+        .closed_bar_times
+        .windows(2)
+        .all(|pair| pair[1] > pair[0]);
+    println!(
+        "closed bars            {}",
+        if gap_free {
+            "strictly increasing, no duplicates"
+        } else {
+            "OUT OF ORDER"
+        }
+    );
+    println!(
+        "connection attempts    {} ({} opened)",
+        counters.connection_attempts, counters.connections
+    );
+    println!("reconnects by cause");
+    for cause in DisconnectCause::ALL {
+        let count = counters.disconnects.get(cause);
+        if count > 0 && cause != DisconnectCause::ClientClosed {
+            println!("  {:<22} {count}", cause.as_str());
+        }
+    }
+    println!("recoveries");
+    for (cause, took) in &tally.recoveries {
+        println!(
+            "  {:<22} back live in {}",
+            cause.as_str(),
+            human_duration(*took)
+        );
+    }
+    println!(
+        "subscriptions          all {} symbols quoted on {} of {} connections that went live",
+        SYMBOLS.len(),
+        tally.fully_restored_periods,
+        tally.live_periods
+    );
+    println!("heartbeats echoed      {}", counters.heartbeats);
+    println!("events conflated       {}", status.events_conflated);
+}

@@ -1,0 +1,135 @@
+//! The connection and resilience flags shared by `stream` and `history`.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tickwire_core::client::{Config, DEFAULT_URL, parse_duration};
+use tickwire_driver::{Feed, Options};
+
+use crate::Failure;
+
+/// Which driver runs the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RuntimeChoice {
+    /// tokio and tokio-tungstenite.
+    Tokio,
+    /// async-std (async-io and async-tungstenite).
+    AsyncStd,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+/// Where to connect and how to stay connected. Every flag also reads an environment variable;
+/// durations accept `250ms`, `15s`, `2m` or plain seconds.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FeedArgs {
+    /// WebSocket URL of the feed.
+    #[arg(long, env = "TICKWIRE_URL", default_value = DEFAULT_URL)]
+    pub(crate) url: String,
+    /// Which async runtime drives the connection.
+    #[arg(long, value_enum, env = "TICKWIRE_RUNTIME", default_value = "tokio")]
+    pub(crate) runtime: RuntimeChoice,
+    /// Auth token (a JWT); anonymous by default.
+    #[arg(long, env = "TICKWIRE_AUTH_TOKEN")]
+    auth_token: Option<String>,
+    /// Time allowed to open a connection.
+    #[arg(long, env = "TICKWIRE_CONNECT_TIMEOUT", value_parser = duration)]
+    connect_timeout: Option<Duration>,
+    /// A connection silent this long is dead.
+    #[arg(long, env = "TICKWIRE_READ_TIMEOUT", value_parser = duration)]
+    read_timeout: Option<Duration>,
+    /// Heartbeats in a row without data that mark a zombie connection.
+    #[arg(long, env = "TICKWIRE_IDLE_HEARTBEATS")]
+    idle_heartbeats: Option<u32>,
+    /// No tick for this long while subscribed means reconnect.
+    #[arg(long, env = "TICKWIRE_DATA_SILENCE", value_parser = duration)]
+    data_silence: Option<Duration>,
+    /// How often data silence is checked.
+    #[arg(long, env = "TICKWIRE_HEALTH_INTERVAL", value_parser = duration)]
+    health_interval: Option<Duration>,
+    /// Delay before retrying after a working connection drops.
+    #[arg(long, env = "TICKWIRE_GRACE", value_parser = duration)]
+    grace: Option<Duration>,
+    /// First backoff delay after a failed attempt.
+    #[arg(long, env = "TICKWIRE_BACKOFF_INITIAL", value_parser = duration)]
+    backoff_initial: Option<Duration>,
+    /// Backoff cap.
+    #[arg(long, env = "TICKWIRE_BACKOFF_MAX", value_parser = duration)]
+    backoff_max: Option<Duration>,
+    /// Relative jitter on every delay, 0 to 1.
+    #[arg(long, env = "TICKWIRE_JITTER")]
+    jitter: Option<f64>,
+    /// Failures in a row that open the circuit breaker.
+    #[arg(long, env = "TICKWIRE_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// How long the open circuit waits before probing.
+    #[arg(long, env = "TICKWIRE_BREAKER_RECOVERY", value_parser = duration)]
+    breaker_recovery: Option<Duration>,
+    /// Commands per minute sent to the server.
+    #[arg(long, env = "TICKWIRE_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Commands that may go at once.
+    #[arg(long, env = "TICKWIRE_BURST")]
+    burst: Option<u32>,
+}
+
+impl FeedArgs {
+    /// The core configuration: defaults, then the other `TICKWIRE_*` variables, then these flags.
+    pub(crate) fn config(&self) -> Result<Config, Failure> {
+        let mut config = Config::from_env().map_err(|error| Failure::Message(error.to_string()))?;
+        config.url = self.url.clone();
+        if let Some(token) = &self.auth_token {
+            config.auth_token = token.clone();
+        }
+        let durations = [
+            (&mut config.connect_timeout, self.connect_timeout),
+            (&mut config.read_timeout, self.read_timeout),
+            (&mut config.data_silence, self.data_silence),
+            (&mut config.health_interval, self.health_interval),
+            (&mut config.grace, self.grace),
+            (&mut config.backoff_initial, self.backoff_initial),
+            (&mut config.backoff_max, self.backoff_max),
+            (&mut config.breaker_recovery, self.breaker_recovery),
+        ];
+        for (slot, value) in durations {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
+        if let Some(value) = self.idle_heartbeats {
+            config.idle_heartbeats = value;
+        }
+        if let Some(value) = self.jitter {
+            config.jitter = value;
+        }
+        if let Some(value) = self.max_attempts {
+            config.max_attempts = value;
+        }
+        if let Some(value) = self.rate_limit {
+            config.rate_limit_per_minute = value;
+        }
+        if let Some(value) = self.burst {
+            config.burst = value;
+        }
+        if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+            return Err(Failure::Message(format!(
+                "--url {:?}: expected a ws:// or wss:// URL",
+                config.url
+            )));
+        }
+        config
+            .validate()
+            .map_err(|error| Failure::Message(error.to_string()))?;
+        Ok(config)
+    }
+
+    /// Starts a feed on the chosen runtime (within the CLI's tokio runtime either way).
+    pub(crate) fn connect(&self, config: Config, options: Options) -> Feed {
+        match self.runtime {
+            RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, options),
+            RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, options),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! How events are printed: one JSON object per line, or a line for people.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
+use tickwire_core::client::{BarEvent, QuoteEvent, Source, StateChange};
+use tickwire_driver::Event;
+
+/// A JSON object that keeps its keys in insertion order, so `type`/`kind` come first.
+#[derive(Debug, Default)]
+pub(crate) struct Object(Vec<(String, Value)>);
+
+impl Object {
+    pub(crate) fn new(kind_key: &str, kind: &str) -> Object {
+        let mut object = Object::default();
+        object.insert(kind_key, kind);
+        object
+    }
+
+    pub(crate) fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.0.push((key.into(), value.into()));
+    }
+}
+
+impl Serialize for Object {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        formatter.write_str(&text)
+    }
+}
+
+/// `HH:MM:SS.mmm` UTC of now.
+pub(crate) fn clock() -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let millis = since_epoch.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1_000 % 60,
+        millis % 1_000
+    )
+}
+
+fn source(source: Source) -> &'static str {
+    match source {
+        Source::Stream => "stream",
+        Source::Poll => "poll",
+    }
+}
+
+pub(crate) fn quote_json(event: &QuoteEvent) -> Object {
+    let quote = &event.quote;
+    let mut object = Object::new("type", "quote");
+    object.insert("symbol", quote.symbol.as_ref());
+    object.insert("price", quote.last_price);
+    object.insert("bid", quote.bid);
+    object.insert("ask", quote.ask);
+    object.insert("volume", quote.volume);
+    object.insert("change", quote.change);
+    object.insert("change_pct", quote.change_percent);
+    object.insert("time", quote.last_price_time);
+    object.insert("source", source(event.source));
+    object.insert("changed", event.changed.names().collect::<Vec<_>>());
+    object
+}
+
+pub(crate) fn bar_json(event: &BarEvent) -> Object {
+    let bar = &event.bar;
+    let mut object = Object::new("type", "bar");
+    object.insert("symbol", event.symbol.as_ref());
+    object.insert("timeframe", event.timeframe.as_ref());
+    object.insert("time", bar.time);
+    object.insert("open", bar.open);
+    object.insert("high", bar.high);
+    object.insert("low", bar.low);
+    object.insert("close", bar.close);
+    object.insert("volume", bar.volume);
+    object.insert("closed", event.closed);
+    object
+}
+
+pub(crate) fn status_json(change: &StateChange) -> Object {
+    let mut object = Object::new("type", "status");
+    object.insert("state", change.state.as_str());
+    object.insert("mode", change.mode.as_str());
+    object.insert("attempt", change.consecutive_failures);
+    object.insert("cause", change.cause.map(|cause| cause.as_str()));
+    let retry_in = change
+        .next_attempt
+        .map(|at| at.saturating_duration_since(Instant::now()).as_millis() as u64);
+    object.insert("retry_in_ms", retry_in);
+    object
+}
+
+fn error_json(code: &str, symbol: Option<&str>, message: String) -> Object {
+    let mut object = Object::new("type", "error");
+    object.insert("code", code);
+    if let Some(symbol) = symbol {
+        object.insert("symbol", symbol);
+    }
+    object.insert("message", message);
+    object
+}
+
+/// The JSON line for an event, or `None` for events the stream does not show.
+pub(crate) fn event_json(event: &Event) -> Option<Object> {
+    Some(match event {
+        Event::Quote(quote) => quote_json(quote),
+        Event::Bar(bar) => bar_json(bar),
+        Event::State(change) => status_json(change),
+        Event::QuoteError { symbol, reason } => error_json("symbol", Some(symbol), reason.clone()),
+        Event::SeriesError { symbol, reason, .. } => {
+            error_json("series", Some(symbol), reason.clone())
+        }
+        Event::CriticalError {
+            session,
+            name,
+            detail,
+        } => error_json(
+            "critical",
+            None,
+            format!(
+                "{name} ({session}){}",
+                detail.as_ref().map_or(String::new(), |d| format!(": {d}"))
+            ),
+        ),
+        Event::ProtocolError { text } => error_json("protocol", None, text.clone()),
+        Event::CommandsDropped { count, bound } => error_json(
+            "commands_dropped",
+            None,
+            format!("{count} commands dropped: the queue of {bound} was full"),
+        ),
+        Event::History(_) => return None,
+    })
+}
+
+fn number(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{value}"))
+}
+
+/// The line a person reads for an event.
+pub(crate) fn event_text(event: &Event) -> Option<String> {
+    let time = clock();
+    Some(match event {
+        Event::Quote(event) => {
+            let quote = &event.quote;
+            let change = quote
+                .change_percent
+                .map_or_else(String::new, |pct| format!(" ({pct:+.2}%)"));
+            let poll = if event.source == Source::Poll {
+                " [poll]"
+            } else {
+                ""
+            };
+            format!(
+                "{time} {:<18} {:>12}{change}  bid {} ask {} vol {}{poll}",
+                quote.symbol,
+                number(quote.last_price),
+                number(quote.bid),
+                number(quote.ask),
+                number(quote.volume)
+            )
+        }
+        Event::Bar(bar) => format!(
+            "{time} {:<18} bar {} @{} o {} h {} l {} c {} v {} {}",
+            bar.symbol,
+            bar.timeframe,
+            bar.bar.time,
+            bar.bar.open,
+            bar.bar.high,
+            bar.bar.low,
+            bar.bar.close,
+            number(bar.bar.volume),
+            if bar.closed { "closed" } else { "forming" }
+        ),
+        Event::State(change) => {
+            let cause = change.cause.map_or_else(String::new, |cause| {
+                format!(" after {}", cause.as_str().replace('_', " "))
+            });
+            let retry = change
+                .next_attempt
+                .map(|at| at.saturating_duration_since(Instant::now()))
+                .map_or_else(String::new, |wait| {
+                    format!(", retry in {}", human_duration(wait))
+                });
+            format!(
+                "{time} -- {}{cause}{retry} [{} failures, {}]",
+                change.state.as_str().replace('_', " "),
+                change.consecutive_failures,
+                change.mode.as_str()
+            )
+        }
+        other => {
+            let object = event_json(other)?;
+            format!(
+                "{time} !! {}",
+                object
+                    .0
+                    .iter()
+                    .skip(1)
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
+    })
+}
+
+/// `1.25s`, `340ms`.
+pub(crate) fn human_duration(duration: Duration) -> String {
+    if duration >= Duration::from_secs(1) {
+        format!("{:.2}s", duration.as_secs_f64())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}

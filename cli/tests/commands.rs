@@ -1,0 +1,348 @@
+//! `tickwire stream`, `history`, `emulate` and `demo` as a user runs them: the real binary
+//! against the emulator over loopback.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tickwire_emulator::{Emulator, EmulatorConfig};
+
+fn tickwire() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    // Nothing from the developer's environment leaks into the tests.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TICKWIRE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    emulator: Option<Emulator>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = EmulatorConfig {
+            rate_hz: 200.0,
+            symbols: 10,
+            ..EmulatorConfig::default()
+        };
+        let emulator = runtime.block_on(Emulator::start(config)).unwrap();
+        Server {
+            runtime,
+            emulator: Some(emulator),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.emulator.as_ref().unwrap().url()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            self.runtime.block_on(emulator.shutdown());
+        }
+    }
+}
+
+/// Runs `command`, collects stdout lines until `enough` says so (or 15 s pass), then kills it.
+fn lines_until(command: &mut Command, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    while !enough(&lines) && start.elapsed() < Duration::from_secs(15) {
+        if let Ok(line) = receiver.recv_timeout(Duration::from_millis(100)) {
+            lines.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn stream_json_prints_quotes_and_bars() {
+    let server = Server::start();
+    let lines = lines_until(
+        tickwire().args([
+            "stream",
+            "--json",
+            "--bars",
+            "1:5",
+            "--url",
+            &server.url(),
+            "BINANCE:BTCUSDT",
+            "NASDAQ:AAPL",
+        ]),
+        |lines| {
+            lines
+                .iter()
+                .filter(|line| line.contains("\"type\":\"quote\""))
+                .count()
+                >= 5
+        },
+    );
+    let objects: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let quote = objects
+        .iter()
+        .find(|object| object["type"] == "quote")
+        .expect("a quote");
+    for key in [
+        "symbol",
+        "price",
+        "bid",
+        "ask",
+        "volume",
+        "change",
+        "change_pct",
+        "time",
+        "source",
+    ] {
+        assert!(quote.get(key).is_some(), "{key} missing in {quote}");
+    }
+    let bar = objects
+        .iter()
+        .find(|object| object["type"] == "bar")
+        .expect("a bar");
+    for key in [
+        "symbol",
+        "timeframe",
+        "time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "closed",
+    ] {
+        assert!(bar.get(key).is_some(), "{key} missing in {bar}");
+    }
+    assert!(
+        objects
+            .iter()
+            .any(|object| object["type"] == "status" && object["state"] == "live")
+    );
+}
+
+#[test]
+fn stream_async_std_runtime_prints_text() {
+    let server = Server::start();
+    let lines = lines_until(
+        tickwire().args([
+            "stream",
+            "--runtime",
+            "async-std",
+            "--url",
+            &server.url(),
+            "FX:EURUSD",
+        ]),
+        |lines| lines.iter().any(|line| line.contains("FX:EURUSD")),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("FX:EURUSD") && line.contains("bid")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn history_prints_csv_and_fails_clearly_on_a_bad_symbol() {
+    let server = Server::start();
+    let output = tickwire()
+        .args([
+            "history",
+            "NASDAQ:AAPL",
+            "--timeframe",
+            "1D",
+            "--count",
+            "7",
+            "--csv",
+            "--url",
+            &server.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "time,open,high,low,close,volume");
+    assert_eq!(lines.len(), 8);
+
+    let output = tickwire()
+        .args(["history", "NOPE:NOPE", "-t", "1", "--url", &server.url()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("NOPE:NOPE") && stderr.contains("invalid symbol"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_hosts_and_tls_failures_are_one_line_and_a_failure() {
+    let fast = [
+        "--max-attempts",
+        "1",
+        "--connect-timeout",
+        "2s",
+        "--backoff-initial",
+        "100ms",
+    ];
+    let output = tickwire()
+        .args(["stream", "--url", "ws://127.0.0.1:1/x", "NASDAQ:AAPL"])
+        .args(fast)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("tickwire: cannot connect to ws://127.0.0.1:1/x"),
+        "{stderr}"
+    );
+
+    // TLS against a plain server: the handshake fails.
+    let server = Server::start();
+    let tls_url = server.url().replace("ws://", "wss://");
+    let output = tickwire()
+        .args(["history", "NASDAQ:AAPL", "-t", "1", "--url", &tls_url])
+        .args(fast)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to wss://"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn bad_command_lines_are_rejected_without_a_panic() {
+    for args in [
+        vec!["stream"],
+        vec!["stream", "--read-timeout", "soon", "X:Y"],
+        vec!["stream", "--url", "http://example.com", "X:Y"],
+        vec!["stream", "--jitter", "3", "X:Y"],
+        vec!["history", "X:Y"],
+        vec!["emulate", "--fault", "explode"],
+        vec!["stream", "--bars", "1:many", "X:Y"],
+    ] {
+        let output = tickwire().args(&args).output().unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.is_empty(),
+            "{args:?}: {stderr}"
+        );
+    }
+    let help = tickwire().args(["stream", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--connect-timeout",
+        "--read-timeout",
+        "--idle-heartbeats",
+        "--data-silence",
+        "--health-interval",
+        "--grace",
+        "--backoff-initial",
+        "--backoff-max",
+        "--jitter",
+        "--max-attempts",
+        "--breaker-recovery",
+        "--rate-limit",
+        "--burst",
+        "--auth-token",
+        "TICKWIRE_URL",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from stream --help");
+    }
+}
+
+#[test]
+fn emulate_serves_other_clients() {
+    let mut emulate = tickwire()
+        .args(["emulate", "--listen", "127.0.0.1:0", "--rate", "100"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(emulate.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{first}");
+    let output = tickwire()
+        .args([
+            "history",
+            "BINANCE:BTCUSDT",
+            "-t",
+            "5",
+            "-c",
+            "3",
+            "--json",
+            "--url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let _ = emulate.kill();
+    let _ = emulate.wait();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn demo_recovers_and_summarises() {
+    let output = tickwire()
+        .args(["demo", "--duration", "7s"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("++ recovered from remote closed"), "{text}");
+    assert!(text.contains("== summary"), "{text}");
+    assert!(text.contains("remote_closed          1"), "{text}");
+}
