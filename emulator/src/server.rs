@@ -44,6 +44,8 @@ pub struct EmulatorConfig {
     pub batch: bool,
     /// Faults to inject.
     pub faults: Vec<Fault>,
+    /// Add the send time to every quote delta as `emu_ns` (for latency benchmarks).
+    pub stamp_quotes: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -57,6 +59,7 @@ impl Default for EmulatorConfig {
             missed_heartbeats_allowed: 6,
             batch: true,
             faults: Vec::new(),
+            stamp_quotes: false,
         }
     }
 }
@@ -199,13 +202,20 @@ impl Emulator {
 }
 
 async fn run_market(shared: Arc<Shared>) {
-    let period = Duration::from_millis(5);
+    // Short enough that batching adds little latency, long enough to batch at high rates.
+    let period = Duration::from_millis(1);
     let mut ticker = interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut owed = 0.0f64;
+    let mut last = Instant::now();
     loop {
         ticker.tick().await;
-        owed += shared.config.rate_hz * period.as_secs_f64();
+        // Ticks owed for the time that really passed, so a late timer does not lower the rate.
+        let now = Instant::now();
+        owed += shared.config.rate_hz * now.duration_since(last).as_secs_f64();
+        last = now;
+        // A stalled market does not burst its whole backlog at once.
+        owed = owed.min(shared.config.rate_hz.max(1.0));
         let due = owed.floor();
         owed -= due;
         if due < 1.0 || shared.ticks.receiver_count() == 0 || shared.paused.load(Ordering::Relaxed)
@@ -438,7 +448,8 @@ impl Connection {
         }
         let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
         for tick in batch {
-            self.session.on_tick(tick, &market, &mut self.outbox);
+            self.session
+                .on_tick(tick, &market, shared.config.stamp_quotes, &mut self.outbox);
         }
     }
 
@@ -487,7 +498,16 @@ impl Connection {
             .fetch_add(quotes as u64, Ordering::Relaxed);
         let mut messages = Vec::new();
         let mut current = String::new();
-        for payload in self.outbox.drain(..) {
+        let stamp = shared.config.stamp_quotes.then(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos());
+            format!("{nanos:019}")
+        });
+        for mut payload in self.outbox.drain(..) {
+            if let Some(stamp) = &stamp {
+                payload = payload.replacen(session::STAMP_PLACEHOLDER, stamp, 1);
+            }
             if payload.starts_with('\u{0}') {
                 // Garbage goes out as its own message, unframed.
                 messages.push(payload);

@@ -9,6 +9,9 @@ use tickwire_core::json::to_ascii_string;
 
 use crate::market::{Instrument, Market, Tick, timeframe_seconds};
 
+/// Stands for the send time in stamped quotes: 19 digits, the width of Unix nanoseconds.
+pub const STAMP_PLACEHOLDER: &str = "0000000000000000000";
+
 /// Bars an anonymous user may load per series.
 pub const MAX_BARS: usize = 5_000;
 
@@ -92,6 +95,47 @@ fn symbol_name(key: &str) -> Option<String> {
             .and_then(Value::as_str)
             .map(str::to_owned),
     }
+}
+
+/// A `qsd` delta written straight into a string: it runs for every tick and subscriber, so it
+/// skips building a JSON tree. Numbers use Rust's shortest round-trip formatting, which is
+/// valid JSON for every finite value.
+fn quote_delta(
+    session: &str,
+    key: &str,
+    instrument: &Instrument,
+    fields: Option<&[String]>,
+    time: f64,
+    stamp: bool,
+) -> String {
+    use std::fmt::Write as _;
+    let wanted = |name: &str| fields.is_none_or(|fields| fields.iter().any(|field| field == name));
+    let mut values = String::with_capacity(160);
+    let mut put = |name: &str, value: &dyn std::fmt::Display| {
+        if wanted(name) {
+            let separator = if values.is_empty() { "" } else { "," };
+            let _ = write!(values, "{separator}\"{name}\":{value}");
+        }
+    };
+    let (bid, ask) = instrument.bid_ask();
+    put("lp", &instrument.price);
+    put("ch", &instrument.change());
+    put("chp", &instrument.change_percent());
+    put("lp_time", &(time.floor() as u64));
+    match instrument.kind {
+        crate::market::Kind::Index => put("volume", &"1e100"),
+        crate::market::Kind::Forex => {}
+        _ => put("volume", &instrument.volume),
+    }
+    put("bid", &bid);
+    put("ask", &ask);
+    if stamp {
+        let separator = if values.is_empty() { "" } else { "," };
+        let _ = write!(values, "{separator}\"emu_ns\":\"{STAMP_PLACEHOLDER}\"");
+    }
+    let session = to_ascii_string(session).unwrap_or_default();
+    let key = to_ascii_string(key).unwrap_or_default();
+    format!(r#"{{"m":"qsd","p":[{session},{{"n":{key},"s":"ok","v":{{{values}}}}}]}}"#)
 }
 
 fn quote_values(instrument: &Instrument, fields: Option<&[String]>, full: bool, now: f64) -> Value {
@@ -417,7 +461,11 @@ impl Session {
 
     /// A market tick: a `qsd` delta for every quote session that has the symbol, a `du` for
     /// every series of it.
-    pub fn on_tick(&mut self, tick: &Tick, market: &Market, out: &mut Vec<String>) {
+    ///
+    /// With `stamp`, each quote gets an `emu_ns` field holding [`STAMP_PLACEHOLDER`], which the
+    /// server replaces with the Unix nanoseconds of the write, so a benchmark can measure
+    /// latency from the emulator's send to the application.
+    pub fn on_tick(&mut self, tick: &Tick, market: &Market, stamp: bool, out: &mut Vec<String>) {
         let Some(instrument) = market.instrument(tick.symbol) else {
             return;
         };
@@ -427,10 +475,13 @@ impl Session {
                 .iter()
                 .filter(|(_, index)| **index == tick.symbol)
             {
-                let values = quote_values(instrument, quotes.fields.as_deref(), false, tick.time);
-                out.push(message(
-                    "qsd",
-                    json!([session, {"n": key, "s": "ok", "v": values}]),
+                out.push(quote_delta(
+                    session,
+                    key,
+                    instrument,
+                    quotes.fields.as_deref(),
+                    tick.time,
+                    stamp,
                 ));
             }
         }
@@ -539,6 +590,7 @@ mod tests {
                 time: 1.0,
             },
             &market,
+            false,
             &mut ticks,
         );
         assert_eq!(ticks.len(), 1);
@@ -546,6 +598,25 @@ mod tests {
             ticks
                 .iter()
                 .all(|payload| payload.is_ascii() && !payload.contains(' '))
+        );
+        let ServerMessage::QuoteData(delta) = message::parse(ticks[0].as_bytes()).unwrap() else {
+            panic!("{}", ticks[0])
+        };
+        assert_eq!(
+            delta.symbol, r#"={"session":"regular","symbol":"NASDAQ:AAPL"}"#,
+            "spec keys are echoed exactly"
+        );
+        assert_eq!(
+            delta.values.last_price.value(),
+            market
+                .instrument(2)
+                .map(|instrument| instrument.price)
+                .as_ref()
+        );
+        assert!(delta.values.change.value().is_some() && delta.values.volume.value().is_some());
+        assert!(
+            delta.values.bid.is_unchanged(),
+            "bid was not among the requested fields"
         );
     }
 
@@ -596,6 +667,7 @@ mod tests {
                 time: 1_700_000_031.0,
             },
             &market,
+            false,
             &mut ticks,
         );
         assert!(matches!(
