@@ -52,8 +52,3 @@ pub mod codec;
 pub mod command;
 pub mod json;
 pub mod message;
-
-/// The README's Rust examples, compiled and run as doctests so they cannot drift.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
