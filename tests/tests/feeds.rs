@@ -404,6 +404,143 @@ async fn close_leaves_nothing_behind(connect: impl Fn(Config, Options) -> Feed) 
     handle.close().await;
 }
 
+async fn upgrade_refusals_and_slow_servers_are_survived(connect: impl Fn(Config, Options) -> Feed) {
+    // HTTP 429 on the first upgrade, a 300 ms delay on the second, then every write slowed.
+    let server = Server::with_faults(&["#1:http-429", "#2:delay/300ms", "#2:slow/2ms"]);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    let status = feed.status().client;
+    assert_eq!(status.counters.connection_attempts, 2);
+    assert_eq!(
+        status
+            .counters
+            .disconnects
+            .get(DisconnectCause::ConnectFailed),
+        1
+    );
+    assert!(
+        status.last_failure.unwrap_or_default().contains("429"),
+        "the refusal's reason is kept"
+    );
+    feed.close().await;
+}
+
+async fn a_rejected_token_is_replaced_by_the_provider(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(200.0);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    let provider: tickwire_driver::TokenProvider = std::sync::Arc::new(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Some("fresh-token".to_owned()) })
+    });
+    // The emulator rejects tokens starting with "bad".
+    let config = Config {
+        auth_token: "bad-expired".to_owned(),
+        ..config(&server)
+    };
+    let feed = connect(
+        config,
+        Options {
+            token_provider: Some(provider),
+            ..Options::default()
+        },
+    );
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        feed.status()
+            .client
+            .counters
+            .disconnects
+            .get(DisconnectCause::BadAuthToken),
+        1
+    );
+    feed.close().await;
+}
+
+struct FixedPoller;
+
+impl tickwire_driver::Poller for FixedPoller {
+    fn poll(
+        &self,
+        symbols: Vec<std::sync::Arc<str>>,
+    ) -> futures::future::BoxFuture<'static, Vec<tickwire_driver::PolledQuote>> {
+        let quotes = symbols
+            .iter()
+            .map(|symbol| tickwire_driver::PolledQuote {
+                symbol: symbol.to_string(),
+                last_price: Some(42.0),
+                ..Default::default()
+            })
+            .collect();
+        Box::pin(async move { quotes })
+    }
+}
+
+async fn polling_fallback_serves_quotes_while_the_stream_is_down(
+    connect: impl Fn(Config, Options) -> Feed,
+) {
+    let polling = tickwire_core::client::PollingConfig {
+        interval: Duration::from_millis(200),
+        unavailable_after: Duration::from_secs(60),
+    };
+    let config = Config {
+        url: "ws://127.0.0.1:1/".to_owned(),
+        polling: Some(polling),
+        max_attempts: 2,
+        ..Config::default()
+    };
+    let config = Config {
+        backoff_initial: Duration::from_millis(50),
+        connect_timeout: Duration::from_secs(1),
+        ..config
+    };
+    let feed = connect(
+        config,
+        Options {
+            poller: Some(std::sync::Arc::new(FixedPoller)),
+            ..Options::default()
+        },
+    );
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    let mut polled = std::collections::BTreeSet::new();
+    let reading = async {
+        while polled.len() < SYMBOLS.len() {
+            if let Some(Event::Quote(quote)) = events.next().await {
+                assert_eq!(quote.source, tickwire_core::client::Source::Poll);
+                assert_eq!(quote.quote.last_price, Some(42.0));
+                polled.insert(quote.quote.symbol.to_string());
+            }
+        }
+    };
+    let timer = sleep(Duration::from_secs(5));
+    futures::pin_mut!(reading, timer);
+    assert!(
+        matches!(
+            futures::future::select(reading, timer).await,
+            futures::future::Either::Left(_)
+        ),
+        "polled quotes"
+    );
+    assert_eq!(
+        feed.status().client.mode,
+        tickwire_core::client::Mode::Polling
+    );
+    feed.close().await;
+}
+
+#[test]
+fn the_feed_handle_is_clone_send_and_sync() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<Feed>();
+    assert_handle::<tickwire_driver::Events>();
+}
+
 // ----- runtimes ---------------------------------------------------------------------------------
 
 fn on_tokio<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
@@ -447,6 +584,9 @@ on_both_runtimes! {
     history => history_with_and_without_faults;
     slow_consumer => slow_consumer_is_conflated_with_bounded_memory;
     clean_close => close_leaves_nothing_behind;
+    upgrade_refusal_delay_and_slow_writes => upgrade_refusals_and_slow_servers_are_survived;
+    token_provider => a_rejected_token_is_replaced_by_the_provider;
+    polling_fallback => polling_fallback_serves_quotes_while_the_stream_is_down;
 }
 
 #[test]
