@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let decoder = Decoder::with_max_packet_size(1 << 16);
     let results: Vec<_> = decoder.decode(&message).collect();
     assert!(results.len() <= data.len() + 1, "more items than bytes");
-    let payloads: Vec<String> = results.iter().filter_map(|result| result.as_ref().ok()).map(payload_text).collect();
+    let payloads: Vec<String> = results
+        .iter()
+        .filter_map(|result| result.as_ref().ok())
+        .map(payload_text)
+        .collect();
     if payloads.is_empty() {
         return;
     }

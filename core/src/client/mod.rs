@@ -249,6 +249,7 @@ impl Client {
                 self.send(now, Command::quote_add_symbols(session.clone(), symbols));
             }
         }
+        self.after_step(now);
     }
 
     /// Removes quote symbols from the desired set.
@@ -273,6 +274,7 @@ impl Client {
                 );
             }
         }
+        self.after_step(now);
     }
 
     /// Subscribes to the bars of `symbol` at `timeframe` (`1`, `60`, `1D`…), loading `count`
@@ -294,6 +296,7 @@ impl Client {
             ChartKind::Subscription(SeriesState::default()),
         );
         self.send_chart_request(now, key);
+        self.after_step(now);
         Some(SeriesId(key))
     }
 
@@ -310,6 +313,7 @@ impl Client {
             self.charts.remove(&series.0);
             self.send_remove_series(now, series.0);
         }
+        self.after_step(now);
     }
 
     /// Fetches `count` bars of `symbol` at `timeframe`. The answer is one
@@ -337,6 +341,7 @@ impl Client {
         } else {
             self.send_chart_request(now, key);
         }
+        self.after_step(now);
         HistoryId(key)
     }
 
@@ -352,7 +357,15 @@ impl Client {
         if self.is_closed() {
             return;
         }
-        if let Some(id) = self.current_connection() {
+        // Requests the driver has not collected yet are withdrawn: after close the client asks
+        // for nothing. Events already decided stay, so the application still sees them.
+        let undrained_connect = self
+            .outputs
+            .iter()
+            .any(|output| matches!(output, Output::Connect(_)));
+        self.outputs
+            .retain(|output| matches!(output, Output::Event(_)));
+        if let Some(id) = self.current_connection().filter(|_| !undrained_connect) {
             self.outputs.push_back(Output::Close {
                 id,
                 cause: DisconnectCause::ClientClosed,

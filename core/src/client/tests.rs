@@ -1027,3 +1027,58 @@ fn max_age_rotates_the_connection() {
     assert_eq!(closes(&h.at(60 * SECOND)), [DisconnectCause::MaxAge]);
     assert!(connect_id(&h.at(62 * SECOND)).is_some());
 }
+
+/// Found by the `client` fuzz target: a connect decided but not yet collected by the driver
+/// came out after `close()`.
+#[test]
+fn close_withdraws_requests_the_driver_has_not_collected() {
+    let mut h = Harness::new(no_jitter());
+    h.client.handle_timeout(h.now);
+    h.client.close();
+    let outputs = h.drain();
+    assert!(connect_id(&outputs).is_none(), "{outputs:?}");
+    assert!(
+        closes(&outputs).is_empty(),
+        "nothing was opened, so nothing to close"
+    );
+
+    let mut h = Harness::new(no_jitter());
+    let id = h.go_live();
+    h.client.subscribe_quotes(h.now, ["A"]);
+    h.client.close();
+    let outputs = h.drain();
+    assert!(
+        transmits(&outputs).is_empty(),
+        "queued sends are withdrawn: {outputs:?}"
+    );
+    assert!(matches!(outputs.first(), Some(Output::Close { id: closed, .. }) if *closed == id));
+}
+
+/// Found by the `client` fuzz target: a subscription made after the polling threshold had
+/// passed left `poll_timeout` in the past until the next timer call.
+#[test]
+fn app_commands_leave_no_timer_in_the_past() {
+    let polling = PollingConfig {
+        interval: SECOND,
+        unavailable_after: 5 * SECOND,
+    };
+    let mut h = Harness::new(Config {
+        polling: Some(polling),
+        ..no_jitter()
+    });
+    let id = h.expect_connect();
+    h.input(Input::ConnectFailed {
+        id,
+        reason: "refused".into(),
+    });
+    // The driver runs what is due (the next attempt), then the application subscribes.
+    h.at(30 * SECOND);
+    h.client.subscribe_quotes(h.now, ["A"]);
+    assert!(h.client.poll_timeout().is_some_and(|due| due >= h.now));
+    assert_eq!(h.client.status(h.now).mode, Mode::Polling);
+    assert!(
+        h.drain()
+            .iter()
+            .any(|output| matches!(output, Output::Poll(_)))
+    );
+}
