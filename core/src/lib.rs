@@ -34,6 +34,23 @@
 //!     }
 //! }
 //! ```
+//!
+//! # Resource bounds
+//!
+//! Nothing that arrives from the network can make the core allocate without a bound. Every
+//! limit, its default and what happens at it:
+//!
+//! | what | bound (default) | at the limit |
+//! | --- | --- | --- |
+//! | packet | `Config::max_packet_size` (32 MiB, UTF-16 units) | `FrameError::TooLarge` for that packet, counted in `decode_errors`; decoding goes on at the next header. Resynchronised spans obey it too. |
+//! | message | the WebSocket layer's limit (tungstenite: 64 MiB message, 16 MiB frame) | the driver reports the socket failed: reconnect |
+//! | packets per message | the message's length (at least 7 bytes each) | — |
+//! | quote symbols, bar series | `Config::max_subscriptions` (10 000 each) | `subscribe_quotes` returns how many it added; `subscribe_bars` returns `None` |
+//! | bars per history request | `Config::max_history_bars` (100 000) | `HistoryError::TooManyBars`, the series is removed |
+//! | history requests | each ends within `Config::history_timeout` (30 s) | `HistoryError::Timeout` |
+//! | commands waiting for the rate limit | `Config::max_queued_commands` (1 024) | dropped and reported (`Event::CommandsDropped`, `commands_dropped`); the desired state keeps them, the next connection replays them |
+//! | client outputs | drained by the driver after every input | proportional to the input just handled |
+//! | events waiting for the application (driver) | `Options::event_capacity` (10 000) | quotes conflate per symbol, forming bars per series (`events_conflated`); closed bars and errors are kept |
 #![cfg_attr(
     not(test),
     warn(

@@ -157,16 +157,18 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    /// Adds quote symbols.
-    pub fn subscribe<I, S>(&self, symbols: I)
+    /// Adds quote symbols; returns how many were new (see `Config::max_subscriptions`).
+    pub fn subscribe<I, S>(&self, symbols: I) -> usize
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.shared
+        let added = self
+            .shared
             .client()
             .subscribe_quotes(Instant::now(), symbols);
         self.shared.wake();
+        added
     }
 
     /// Removes quote symbols.

@@ -286,7 +286,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 }
             }
             Op::Subscribe(symbol) => {
-                client.subscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]])
+                let _ = client.subscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]]);
             }
             Op::Unsubscribe(symbol) => {
                 client.unsubscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]])

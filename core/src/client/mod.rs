@@ -219,15 +219,16 @@ impl Client {
 
     // ----- application commands ------------------------------------------------------------
 
-    /// Adds quote symbols (`EXCH:TICKER` or `=`+JSON specs) to the desired set. Symbols already
-    /// subscribed are ignored; past [`Config::max_subscriptions`] the rest are ignored too.
-    pub fn subscribe_quotes<I, S>(&mut self, now: Instant, symbols: I)
+    /// Adds quote symbols (`EXCH:TICKER` or `=`+JSON specs) to the desired set and returns how
+    /// many were new. Symbols already subscribed, empty ones, and any past
+    /// [`Config::max_subscriptions`] are not added (so the count tells the caller).
+    pub fn subscribe_quotes<I, S>(&mut self, now: Instant, symbols: I) -> usize
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         if self.is_closed() {
-            return;
+            return 0;
         }
         let mut added = Vec::new();
         for symbol in symbols {
@@ -250,6 +251,7 @@ impl Client {
             }
         }
         self.after_step(now);
+        added.len()
     }
 
     /// Removes quote symbols from the desired set.

@@ -1082,3 +1082,42 @@ fn app_commands_leave_no_timer_in_the_past() {
             .any(|output| matches!(output, Output::Poll(_)))
     );
 }
+
+#[test]
+fn subscriptions_and_history_have_bounds_with_clear_outcomes() {
+    let mut h = Harness::new(Config {
+        max_subscriptions: 2,
+        max_history_bars: 3,
+        burst: 100,
+        ..no_jitter()
+    });
+    assert_eq!(
+        h.client.subscribe_quotes(h.now, ["A", "B", "C"]),
+        2,
+        "the third is refused"
+    );
+    assert_eq!(
+        h.client.subscribe_quotes(h.now, ["A"]),
+        0,
+        "already subscribed"
+    );
+    assert!(h.client.subscribe_bars(h.now, "A", "1", 5).is_some());
+    assert!(h.client.subscribe_bars(h.now, "B", "1", 5).is_some());
+    assert!(
+        h.client.subscribe_bars(h.now, "C", "1", 5).is_none(),
+        "past the bound"
+    );
+    let request = h.client.request_history(h.now, "A", "1D", 10);
+    let id = h.go_live();
+    let outputs = h.bars(
+        id,
+        "timescale_update",
+        request.0,
+        &[(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (4.0, 4.0)],
+    );
+    assert!(events(&outputs).iter().any(|event| matches!(
+        event,
+        Event::History(HistoryEvent { id, result: Err(HistoryError::TooManyBars(3)), .. }) if *id == request
+    )));
+    assert!(methods(&outputs).contains(&"remove_series".to_owned()));
+}
