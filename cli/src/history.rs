@@ -9,7 +9,7 @@ use tickwire_driver::{Options, State};
 
 use crate::Failure;
 use crate::feed_args::FeedArgs;
-use crate::output::Object;
+use crate::output::bar_object;
 use crate::stream::unreachable;
 
 /// Fetch bars of one symbol and exit.
@@ -72,17 +72,7 @@ fn print(args: &HistoryArgs, bars: &[Bar]) -> Result<(), Failure> {
                     bar.time, bar.open, bar.high, bar.low, bar.close
                 )
             } else if args.json {
-                let mut object = Object::new("type", "bar");
-                object.insert("symbol", args.symbol.as_str());
-                object.insert("timeframe", args.timeframe.as_str());
-                object.insert("time", bar.time);
-                object.insert("open", bar.open);
-                object.insert("high", bar.high);
-                object.insert("low", bar.low);
-                object.insert("close", bar.close);
-                object.insert("volume", bar.volume);
-                object.insert("closed", true);
-                object.to_string()
+                bar_object(&args.symbol, &args.timeframe, bar, true).to_string()
             } else {
                 format!(
                     "{:>14} o {:>12} h {:>12} l {:>12} c {:>12} v {}",

@@ -79,17 +79,26 @@ pub(crate) fn quote_json(event: &QuoteEvent) -> Object {
 }
 
 pub(crate) fn bar_json(event: &BarEvent) -> Object {
-    let bar = &event.bar;
+    bar_object(&event.symbol, &event.timeframe, &event.bar, event.closed)
+}
+
+/// `{"type":"bar","symbol","timeframe","time","open","high","low","close","volume","closed"}`.
+pub(crate) fn bar_object(
+    symbol: &str,
+    timeframe: &str,
+    bar: &tickwire_core::message::Bar,
+    closed: bool,
+) -> Object {
     let mut object = Object::new("type", "bar");
-    object.insert("symbol", event.symbol.as_ref());
-    object.insert("timeframe", event.timeframe.as_ref());
+    object.insert("symbol", symbol);
+    object.insert("timeframe", timeframe);
     object.insert("time", bar.time);
     object.insert("open", bar.open);
     object.insert("high", bar.high);
     object.insert("low", bar.low);
     object.insert("close", bar.close);
     object.insert("volume", bar.volume);
-    object.insert("closed", event.closed);
+    object.insert("closed", closed);
     object
 }
 

@@ -8,6 +8,7 @@
 //! Applications use `tickwire-tokio` or `tickwire-async-std`; this crate is what they share.
 
 mod events;
+mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{Sink, SinkExt, Stream};
 
 pub use events::{EventQueue, Events};
+pub use socket::TungsteniteSocket;
 use tickwire_core::client::{Client, Output};
 pub use tickwire_core::client::{
     Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote, SeriesId, State,

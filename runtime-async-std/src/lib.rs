@@ -32,24 +32,20 @@
 //! ```
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
-use async_tungstenite::tungstenite::{Message, Utf8Bytes};
-use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 
 pub use tickwire_core as core;
 pub use tickwire_driver::{
     Bar, Config, Event, Events, Feed, FeedStatus, HistoryError, Options, PolledQuote, Poller,
     SeriesId, State, TokenProvider,
 };
-use tickwire_driver::{ConnectRequest, Runtime, SocketEvent};
+use tickwire_driver::{ConnectRequest, Runtime, TungsteniteSocket};
 
 type Transport = async_tungstenite::smol::ConnectStream;
 
@@ -77,7 +73,7 @@ impl Runtime for AsyncIoRuntime {
             let (ws, _) = async_tungstenite::smol::connect_async(http)
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(AsyncIoSocket { ws })
+            Ok(TungsteniteSocket(ws))
         }
         .boxed()
     }
@@ -90,67 +86,8 @@ impl Runtime for AsyncIoRuntime {
     }
 }
 
-/// An async-tungstenite WebSocket as the driver sees it.
-#[derive(Debug)]
-pub struct AsyncIoSocket {
-    ws: WebSocketStream<Transport>,
-}
-
-impl Stream for AsyncIoSocket {
-    type Item = SocketEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
-        loop {
-            return match self.ws.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(Message::Text(text)))) => {
-                    Poll::Ready(Some(SocketEvent::Text(Bytes::from(text))))
-                }
-                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                    let reason = frame.map_or_else(
-                        || "closed".to_owned(),
-                        |frame| format!("closed: {} {}", frame.code, frame.reason),
-                    );
-                    Poll::Ready(Some(SocketEvent::Closed(reason)))
-                }
-                // Pings are answered by tungstenite; pongs and binary frames carry nothing for us.
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(error))) => {
-                    Poll::Ready(Some(SocketEvent::Closed(error.to_string())))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
-impl Sink<String> for AsyncIoSocket {
-    type Error = String;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_ready_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, text: String) -> Result<(), String> {
-        self.ws
-            .start_send_unpin(Message::Text(Utf8Bytes::from(text)))
-            .map_err(|error| error.to_string())
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_flush_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_close_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-}
+/// The driver's view of this runtime's WebSocket.
+pub type AsyncIoSocket = TungsteniteSocket<WebSocketStream<Transport>>;
 
 /// Creates a feed and its driver future for any executor (smol, async-std, …).
 pub fn start(

@@ -23,15 +23,11 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tickwire_core as core;
@@ -39,7 +35,7 @@ pub use tickwire_driver::{
     Bar, Config, Event, Events, Feed, FeedStatus, HistoryError, Options, PolledQuote, Poller,
     SeriesId, State, TokenProvider,
 };
-use tickwire_driver::{ConnectRequest, Runtime, SocketEvent};
+use tickwire_driver::{ConnectRequest, Runtime, TungsteniteSocket};
 
 /// Opens sockets and sleeps on tokio.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,7 +61,7 @@ impl Runtime for TokioRuntime {
             if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
                 let _ = tcp.set_nodelay(true);
             }
-            Ok(TokioSocket { ws })
+            Ok(TungsteniteSocket(ws))
         }
         .boxed()
     }
@@ -75,67 +71,8 @@ impl Runtime for TokioRuntime {
     }
 }
 
-/// A tokio-tungstenite WebSocket as the driver sees it.
-#[derive(Debug)]
-pub struct TokioSocket {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Stream for TokioSocket {
-    type Item = SocketEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
-        loop {
-            return match self.ws.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(Message::Text(text)))) => {
-                    Poll::Ready(Some(SocketEvent::Text(Bytes::from(text))))
-                }
-                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                    let reason = frame.map_or_else(
-                        || "closed".to_owned(),
-                        |frame| format!("closed: {} {}", frame.code, frame.reason),
-                    );
-                    Poll::Ready(Some(SocketEvent::Closed(reason)))
-                }
-                // Pings are answered by tungstenite; pongs and binary frames carry nothing for us.
-                Poll::Ready(Some(Ok(_))) => continue,
-                Poll::Ready(Some(Err(error))) => {
-                    Poll::Ready(Some(SocketEvent::Closed(error.to_string())))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
-impl Sink<String> for TokioSocket {
-    type Error = String;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_ready_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, text: String) -> Result<(), String> {
-        self.ws
-            .start_send_unpin(Message::Text(Utf8Bytes::from(text)))
-            .map_err(|error| error.to_string())
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_flush_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        self.ws
-            .poll_close_unpin(cx)
-            .map_err(|error| error.to_string())
-    }
-}
+/// The driver's view of this runtime's WebSocket.
+pub type TokioSocket = TungsteniteSocket<WebSocketStream<MaybeTlsStream<TcpStream>>>;
 
 /// Starts a feed on the current tokio runtime with default [`Options`].
 ///

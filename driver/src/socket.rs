@@ -1,0 +1,77 @@
+//! Any tungstenite WebSocket stream (tokio-tungstenite, async-tungstenite) as a [`Socket`].
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tungstenite::{Error, Message, Utf8Bytes};
+
+use crate::SocketEvent;
+
+/// Wraps a tungstenite WebSocket stream: text messages become [`SocketEvent::Text`] (the
+/// received bytes, not copied), a close frame or error becomes [`SocketEvent::Closed`], and
+/// pings, pongs and binary frames are skipped (tungstenite answers pings itself).
+#[derive(Debug)]
+pub struct TungsteniteSocket<W>(pub W);
+
+impl<W> Stream for TungsteniteSocket<W>
+where
+    W: Stream<Item = Result<Message, Error>> + Unpin,
+{
+    type Item = SocketEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
+        loop {
+            return match self.0.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Message::Text(text)))) => {
+                    Poll::Ready(Some(SocketEvent::Text(Bytes::from(text))))
+                }
+                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                    let reason = frame.map_or_else(
+                        || "closed".to_owned(),
+                        |frame| format!("closed: {} {}", frame.code, frame.reason),
+                    );
+                    Poll::Ready(Some(SocketEvent::Closed(reason)))
+                }
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(error))) => {
+                    Poll::Ready(Some(SocketEvent::Closed(error.to_string())))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl<W> Sink<String> for TungsteniteSocket<W>
+where
+    W: Sink<Message, Error = Error> + Unpin,
+{
+    type Error = String;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.0
+            .poll_ready_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, text: String) -> Result<(), String> {
+        self.0
+            .start_send_unpin(Message::Text(Utf8Bytes::from(text)))
+            .map_err(|error| error.to_string())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.0
+            .poll_flush_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.0
+            .poll_close_unpin(cx)
+            .map_err(|error| error.to_string())
+    }
+}
