@@ -147,6 +147,19 @@ impl Shared {
 #[derive(Clone)]
 pub struct Feed {
     shared: Arc<Shared>,
+    /// Shared by every clone; when the last one is dropped, the feed closes itself.
+    _owner: Arc<Owner>,
+}
+
+/// Closes the client when the application drops its last [`Feed`] without calling
+/// [`Feed::close`], so the driver task and its socket never outlive every handle.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.client().close();
+        self.0.wake();
+    }
 }
 
 impl std::fmt::Debug for Feed {
@@ -288,7 +301,14 @@ pub fn start<R: Runtime>(
         driver.run(wakeups).await;
         let _ = done.send(());
     };
-    (Feed { shared }, future)
+    let owner = Arc::new(Owner(Arc::clone(&shared)));
+    (
+        Feed {
+            shared,
+            _owner: owner,
+        },
+        future,
+    )
 }
 
 type Connecting<S> =

@@ -534,6 +534,51 @@ async fn polling_fallback_serves_quotes_while_the_stream_is_down(
     feed.close().await;
 }
 
+async fn dropping_every_handle_closes_the_feed(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(100.0);
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    let clone = feed.clone();
+    drop(feed);
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server
+            .emulator()
+            .stats()
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "a clone keeps it open"
+    );
+    drop(clone);
+    eventually(
+        Duration::from_secs(3),
+        "the socket to close once every handle is gone",
+        || {
+            server
+                .emulator()
+                .stats()
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        },
+    )
+    .await;
+    // The event stream, which outlived the handles, ends.
+    let drained = async { while events.next().await.is_some() {} };
+    let timer = sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, timer);
+    assert!(
+        matches!(
+            futures::future::select(drained, timer).await,
+            futures::future::Either::Left(_)
+        ),
+        "stream ends"
+    );
+}
+
 #[test]
 fn the_feed_handle_is_clone_send_and_sync() {
     fn assert_handle<T: Clone + Send + Sync + 'static>() {}
@@ -587,6 +632,7 @@ on_both_runtimes! {
     upgrade_refusal_delay_and_slow_writes => upgrade_refusals_and_slow_servers_are_survived;
     token_provider => a_rejected_token_is_replaced_by_the_provider;
     polling_fallback => polling_fallback_serves_quotes_while_the_stream_is_down;
+    dropped_handles => dropping_every_handle_closes_the_feed;
 }
 
 #[test]
