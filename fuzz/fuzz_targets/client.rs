@@ -75,6 +75,8 @@ struct World {
     chart_session: String,
     closed: bool,
     poll_round: Option<u64>,
+    /// When each command (not heartbeat echo) was sent, for the rate-limit window.
+    command_times: std::collections::VecDeque<Instant>,
 }
 
 fn session_of(text: &str, method: &str) -> Option<String> {
@@ -288,7 +290,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 }
             }
             Op::Subscribe(symbol) => {
-                let _ = client.subscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]]);
+                let _ =
+                    client.subscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]]);
             }
             Op::Unsubscribe(symbol) => {
                 client.unsubscribe_quotes(now, [SYMBOLS[usize::from(symbol) % SYMBOLS.len()]])
@@ -371,6 +374,9 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         world.current,
                         "transmit on a connection that is gone"
                     );
+                    if !text.contains("~h~") {
+                        world.command_times.push_back(now);
+                    }
                     if text.contains("~h~") {
                         echoes.push(text);
                     } else {
@@ -383,6 +389,31 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     }
                 }
                 Output::Poll(request) => world.poll_round = Some(request.round),
+                Output::Event(Event::State(change)) => {
+                    // Backoff within bounds (default config: grace 2 s, 1 s doubling to 60 s, ±20 %).
+                    if let (Some(next), Some(_), false) =
+                        (change.next_attempt, change.cause, world.closed)
+                    {
+                        if change.state == tickwire_core::client::State::BackingOff {
+                            let delay = next.saturating_duration_since(now);
+                            let base = if change.consecutive_failures == 0 {
+                                Duration::from_secs(2)
+                            } else {
+                                Duration::from_secs(
+                                    1u64 << (change.consecutive_failures - 1).min(6),
+                                )
+                                .min(Duration::from_secs(60))
+                            };
+                            // A bad token also waits for the token timeout (10 s).
+                            let high = base.mul_f64(1.2).max(Duration::from_secs(10))
+                                + Duration::from_millis(1);
+                            assert!(
+                                delay >= base.mul_f64(0.8) && delay <= high,
+                                "delay {delay:?} for base {base:?}"
+                            );
+                        }
+                    }
+                }
                 Output::RequestAuthToken | Output::Event(_) => {}
             }
         }
@@ -400,6 +431,25 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             "{outputs} outputs for {sent_bytes} bytes"
         );
         let status = client.status(now);
+        // No more than burst + rate commands in any 60 s window (defaults: 10 + 60).
+        while world
+            .command_times
+            .front()
+            .is_some_and(|&at| at + Duration::from_secs(60) <= now)
+        {
+            world.command_times.pop_front();
+        }
+        assert!(
+            world.command_times.len() <= 70,
+            "{} commands within 60 s",
+            world.command_times.len()
+        );
+        // Polling and a live stream never at once.
+        assert!(
+            !(status.mode == tickwire_core::client::Mode::Polling
+                && status.state == tickwire_core::client::State::Live),
+            "polling while live"
+        );
         assert!(
             status.counters.commands_queued <= queue_bound,
             "queue over its bound"
