@@ -428,6 +428,9 @@ impl Client {
                     self.auth_token = token;
                 }
                 self.awaiting_token_until = None;
+                // The attempt that waited for this token may be due now: run it in this step.
+                self.handle_timeout(now);
+                return;
             }
         }
         self.after_step(now);

@@ -531,8 +531,13 @@ fn bad_auth_token_asks_for_a_fresh_one_before_the_next_attempt() {
     assert_eq!(closes(&outputs), [DisconnectCause::BadAuthToken]);
     // The grace delay passes, but the client waits for the token.
     assert!(connect_id(&h.at(5 * SECOND)).is_none());
-    h.input(Input::AuthToken(Some("fresh.jwt".into())));
-    let id = h.expect_connect();
+    // The attempt that waited for the token starts in the same step.
+    let outputs = h.input(Input::AuthToken(Some("fresh.jwt".into())));
+    let id = connect_id(&outputs).expect("the attempt starts with the token");
+    assert!(
+        h.client.poll_timeout().is_some_and(|due| due >= h.now),
+        "found by the client fuzz target"
+    );
     let outputs = h.input(Input::Connected(id));
     assert!(transmits(&outputs)[0].contains(r#"["fresh.jwt"]"#));
 
