@@ -143,6 +143,34 @@ async fn quotes_for_every_symbol(
     }
 }
 
+/// Waits for the server to see the socket gone, then for the event stream to end.
+async fn socket_gone_and_stream_ends(
+    server: &Server,
+    events: &mut tickwire_driver::Events,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || {
+        server
+            .emulator()
+            .stats()
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+    })
+    .await;
+    let drained = async { while events.next().await.is_some() {} };
+    let timer = sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, timer);
+    assert!(
+        matches!(
+            futures::future::select(drained, timer).await,
+            futures::future::Either::Left(_)
+        ),
+        "stream ends"
+    );
+}
+
 // ----- scenarios --------------------------------------------------------------------------------
 
 async fn steady_streaming_loses_nothing(connect: impl Fn(Config, Options) -> Feed) {
@@ -376,30 +404,13 @@ async fn close_leaves_nothing_behind(connect: impl Fn(Config, Options) -> Feed) 
     let handle = feed.clone();
     feed.close().await;
     assert_eq!(handle.status().client.state, State::Closed);
-    eventually(
+    socket_gone_and_stream_ends(
+        &server,
+        &mut events,
         Duration::from_secs(2),
         "the server to see the socket gone",
-        || {
-            server
-                .emulator()
-                .stats()
-                .open
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-        },
     )
     .await;
-    // The stream ends once drained; later calls are harmless.
-    let drained = async { while events.next().await.is_some() {} };
-    let timer = sleep(Duration::from_secs(2));
-    futures::pin_mut!(drained, timer);
-    assert!(
-        matches!(
-            futures::future::select(drained, timer).await,
-            futures::future::Either::Left(_)
-        ),
-        "stream ends"
-    );
     handle.subscribe(["NASDAQ:MSFT"]);
     handle.close().await;
 }
@@ -553,30 +564,13 @@ async fn dropping_every_handle_closes_the_feed(connect: impl Fn(Config, Options)
         "a clone keeps it open"
     );
     drop(clone);
-    eventually(
+    socket_gone_and_stream_ends(
+        &server,
+        &mut events,
         Duration::from_secs(3),
         "the socket to close once every handle is gone",
-        || {
-            server
-                .emulator()
-                .stats()
-                .open
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-        },
     )
     .await;
-    // The event stream, which outlived the handles, ends.
-    let drained = async { while events.next().await.is_some() {} };
-    let timer = sleep(Duration::from_secs(2));
-    futures::pin_mut!(drained, timer);
-    assert!(
-        matches!(
-            futures::future::select(drained, timer).await,
-            futures::future::Either::Left(_)
-        ),
-        "stream ends"
-    );
 }
 
 #[test]
