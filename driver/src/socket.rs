@@ -75,3 +75,22 @@ where
             .map_err(|error| error.to_string())
     }
 }
+
+/// The HTTP upgrade request for a connection: the URL, plus the `Origin` header the core asks for.
+///
+/// # Errors
+/// A URL that is not a valid WebSocket URL.
+pub fn upgrade_request(
+    request: &crate::ConnectRequest,
+) -> Result<tungstenite::handshake::client::Request, String> {
+    use tungstenite::client::IntoClientRequest;
+    let mut http = request
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|error| format!("bad URL {}: {error}", request.url))?;
+    if let Ok(origin) = tungstenite::http::HeaderValue::from_str(&request.origin) {
+        http.headers_mut().insert("Origin", origin);
+    }
+    Ok(http)
+}

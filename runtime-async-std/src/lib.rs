@@ -35,8 +35,6 @@ use std::future::Future;
 use std::time::Instant;
 
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::client::IntoClientRequest;
-use async_tungstenite::tungstenite::http::HeaderValue;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -60,16 +58,9 @@ impl Runtime for AsyncIoRuntime {
         &self,
         request: &ConnectRequest,
     ) -> BoxFuture<'static, Result<AsyncIoSocket, String>> {
-        let url = request.url.clone();
-        let origin = request.origin.clone();
+        let http = tickwire_driver::upgrade_request(request);
         async move {
-            let mut http = url
-                .as_str()
-                .into_client_request()
-                .map_err(|error| format!("bad URL {url}: {error}"))?;
-            if let Ok(origin) = HeaderValue::from_str(&origin) {
-                http.headers_mut().insert("Origin", origin);
-            }
+            let http = http?;
             let (ws, _) = async_tungstenite::smol::connect_async(http)
                 .await
                 .map_err(|error| error.to_string())?;

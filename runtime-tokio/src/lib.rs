@@ -26,8 +26,6 @@ use std::time::Instant;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tickwire_core as core;
@@ -45,16 +43,9 @@ impl Runtime for TokioRuntime {
     type Socket = TokioSocket;
 
     fn connect(&self, request: &ConnectRequest) -> BoxFuture<'static, Result<TokioSocket, String>> {
-        let url = request.url.clone();
-        let origin = request.origin.clone();
+        let http = tickwire_driver::upgrade_request(request);
         async move {
-            let mut http = url
-                .as_str()
-                .into_client_request()
-                .map_err(|error| format!("bad URL {url}: {error}"))?;
-            if let Ok(origin) = HeaderValue::from_str(&origin) {
-                http.headers_mut().insert("Origin", origin);
-            }
+            let http = http?;
             let (ws, _) = tokio_tungstenite::connect_async(http)
                 .await
                 .map_err(|error| error.to_string())?;
