@@ -67,5 +67,6 @@
 pub mod client;
 pub mod codec;
 pub mod command;
+pub mod hub;
 pub mod json;
 pub mod message;

@@ -1,0 +1,112 @@
+//! Every limit of the hub, with defaults sized for thousands of browser and bot consumers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Hub configuration. `HubConfig::default()` is ready to use.
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_core::hub::HubConfig;
+///
+/// let config = HubConfig { linger: Duration::from_secs(5), ..HubConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubConfig {
+    /// Downstream connections held at once; one more is refused with `CONNECTION_LIMIT`.
+    pub max_connections: usize,
+    /// Symbols one connection may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+    /// Distinct symbols the hub carries upstream at once (subscribed or lingering).
+    pub max_upstream_symbols: usize,
+    /// Largest client message, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest symbol accepted, in bytes.
+    pub max_symbol_bytes: usize,
+    /// Client messages per second per connection (sustained).
+    pub messages_per_second: u32,
+    /// Client messages a connection may send in one burst.
+    pub message_burst: u32,
+    /// Frames a connection may have waiting (queued plus handed to the socket) before it is
+    /// conflated to the latest value per symbol.
+    pub queue_capacity: usize,
+    /// Frames handed to one connection's socket writer at a time.
+    pub send_window: usize,
+    /// A connection still behind this long after it fell behind is disconnected.
+    pub slow_consumer_deadline: Duration,
+    /// A connection that sends nothing (no message, no ping) for this long is closed.
+    pub keepalive_timeout: Duration,
+    /// How long a symbol stays subscribed upstream after its last subscriber left.
+    pub linger: Duration,
+    /// Only these symbols may be subscribed; `None` allows any.
+    pub whitelist: Option<BTreeSet<Arc<str>>>,
+    /// Bar timeframe the upstream carries per symbol (e.g. `"1"`); `None` carries quotes only.
+    pub bar_timeframe: Option<Arc<str>>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_connections: 16_384,
+            max_subscriptions_per_connection: 200,
+            max_upstream_symbols: 2_000,
+            max_message_bytes: 16 * 1024,
+            max_symbol_bytes: 128,
+            messages_per_second: 20,
+            message_burst: 40,
+            queue_capacity: 512,
+            send_window: 32,
+            slow_consumer_deadline: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(90),
+            linger: Duration::from_secs(30),
+            whitelist: None,
+            bar_timeframe: Some(Arc::from("1")),
+        }
+    }
+}
+
+/// A setting the hub cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HubConfigError {
+    /// A count that must be at least 1 is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+}
+
+impl HubConfig {
+    /// Checks that every limit is usable.
+    pub fn validate(&self) -> Result<(), HubConfigError> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+            ("max_upstream_symbols", self.max_upstream_symbols),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_symbol_bytes", self.max_symbol_bytes),
+            ("messages_per_second", self.messages_per_second as usize),
+            ("message_burst", self.message_burst as usize),
+            ("queue_capacity", self.queue_capacity),
+            ("send_window", self.send_window),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(HubConfigError::Zero(name));
+        }
+        let durations = [
+            ("slow_consumer_deadline", self.slow_consumer_deadline),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
+            return Err(HubConfigError::ZeroDuration(name));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1039 @@
+//! The relay's fan-out hub: one upstream feed, many downstream consumers, no I/O.
+//!
+//! The hub maps downstream connections to symbol subscriptions and decides, for every update
+//! from upstream, what each connection is sent. It owns each connection's bounded queue, so
+//! backpressure, conflation and the slow-consumer deadline are decided here; the server only
+//! moves frames between sockets and the hub and reports when frames were written.
+//!
+//! - Downstream protocol (JSON text): `{"action":"subscribe","symbols":[…]}`,
+//!   `{"action":"unsubscribe","symbols":[…]}`, `{"action":"ping"}`; the hub answers with
+//!   `snapshot`, `quote`, `bar`, `unsubscribed`, `status`, `pong`, `warning` and `error` messages.
+//! - Only changes go out: an update equal to the last one broadcast for its symbol is dropped.
+//! - Upstream follows demand: the first subscriber of a symbol yields
+//!   [`HubOutput::SubscribeUpstream`], the last one leaving yields
+//!   [`HubOutput::UnsubscribeUpstream`] once the linger delay passes with nobody back.
+//! - A connection with `queue_capacity` frames waiting is conflated: it owes only the latest
+//!   state per symbol (sent as a `snapshot`), gets one `SLOW_CONSUMER` warning, and is closed if
+//!   still behind after `slow_consumer_deadline`. Other connections are never held up.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use tickwire_core::client::Quote;
+//! use tickwire_core::hub::{Hub, HubConfig, HubOutput};
+//!
+//! let now = Instant::now();
+//! let mut hub = Hub::new(HubConfig::default()).unwrap();
+//! let conn = hub.connect(now).unwrap();
+//! hub.handle_text(now, conn, r#"{"action":"subscribe","symbols":["FX:EURUSD"]}"#);
+//! let mut upstream = Vec::new();
+//! let mut frames = Vec::new();
+//! while let Some(output) = hub.poll_output() {
+//!     match output {
+//!         HubOutput::SubscribeUpstream(symbol) => upstream.push(symbol),
+//!         HubOutput::Transmit { frame, .. } => frames.push(frame.as_str().to_owned()),
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(upstream, [Arc::from("FX:EURUSD")]);
+//! // The status, then the (still empty) snapshot.
+//! assert!(frames[1].starts_with(r#"{"type":"snapshot","symbol":"FX:EURUSD""#));
+//!
+//! let quote = Quote { last_price: Some(1.08), ..Quote::new(Arc::from("FX:EURUSD")) };
+//! hub.handle_quote(now, &quote);
+//! let Some(HubOutput::Transmit { frame, .. }) = hub.poll_output() else { panic!() };
+//! assert_eq!(frame.as_str(), r#"{"type":"quote","symbol":"FX:EURUSD","data":{"lp":1.08}}"#);
+//! // The same quote again changes nothing, so nothing is sent.
+//! hub.handle_quote(now, &quote);
+//! assert!(hub.poll_output().is_none());
+//! ```
+
+mod config;
+mod render;
+mod request;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::client::policy::TokenBucket;
+use crate::client::{Quote, State};
+use crate::message::Bar;
+
+pub use config::{HubConfig, HubConfigError};
+use render::BarState;
+use request::Request;
+
+/// Control frames (replies, warnings, status) a connection may have waiting beyond its data
+/// capacity before further ones are dropped.
+const CONTROL_HEADROOM: usize = 64;
+/// Deadline checks run at most this often, however many connections move their deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A downstream connection, numbered by the hub in order of arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "#{}", self.0)
+    }
+}
+
+/// What a frame carries: market data (its latency matters) or a control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// `snapshot`, `quote` or `bar`.
+    Data,
+    /// `status`, `pong`, `unsubscribed`, `warning` or `error`.
+    Control,
+}
+
+/// One JSON text message for a downstream connection. Cheap to clone: every recipient of an
+/// update shares the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    text: Bytes,
+    kind: FrameKind,
+    origin: Instant,
+}
+
+impl Frame {
+    fn new(text: Vec<u8>, kind: FrameKind, origin: Instant) -> Frame {
+        Frame {
+            text: Bytes::from(text),
+            kind,
+            origin,
+        }
+    }
+
+    /// The JSON text (always ASCII).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+
+    /// The JSON text as shared bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.text
+    }
+
+    /// Data or control.
+    pub fn kind(&self) -> FrameKind {
+        self.kind
+    }
+
+    /// When the update behind this frame reached the hub (for latency measurements).
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+}
+
+/// Why a downstream connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloseReason {
+    /// The client closed it.
+    ClientClosed,
+    /// The socket failed (reset, protocol error, oversized frame at the WebSocket layer).
+    SocketError,
+    /// It stayed behind past the slow-consumer deadline.
+    SlowConsumer,
+    /// It sent nothing within the keepalive timeout.
+    KeepaliveTimeout,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics.
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::ClientClosed,
+        CloseReason::SocketError,
+        CloseReason::SlowConsumer,
+        CloseReason::KeepaliveTimeout,
+        CloseReason::Shutdown,
+    ];
+
+    /// Lower-case name, as used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::SocketError => "socket_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The WebSocket close code the server sends for a close the hub decided.
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::ClientClosed => 1000,
+            CloseReason::SocketError => 1011,
+            // Application codes (4000-4999) so clients can tell why.
+            CloseReason::SlowConsumer => 4001,
+            CloseReason::KeepaliveTimeout => 4002,
+            CloseReason::Shutdown => 1001,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            CloseReason::ClientClosed => 0,
+            CloseReason::SocketError => 1,
+            CloseReason::SlowConsumer => 2,
+            CloseReason::KeepaliveTimeout => 3,
+            CloseReason::Shutdown => 4,
+        }
+    }
+}
+
+/// What the hub asks of the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubOutput {
+    /// Send `frame` to `conn`, then report it with [`Hub::handle_written`] once written.
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// The text.
+        frame: Frame,
+    },
+    /// Close `conn` (a close frame with [`CloseReason::close_code`] if the socket takes it,
+    /// else drop it). The hub has already forgotten the connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Subscribe upstream to quotes (and bars, if configured) of this symbol.
+    SubscribeUpstream(Arc<str>),
+    /// Nobody wants this symbol any more: unsubscribe upstream.
+    UnsubscribeUpstream(Arc<str>),
+}
+
+/// A refused connection: send `frame`, then close with code 1013 (try again later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The `CONNECTION_LIMIT` error message.
+    pub frame: Frame,
+}
+
+/// Counters of everything the hub did, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubCounters {
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections refused at the connection limit.
+    pub connections_refused: u64,
+    /// Frames handed to sockets.
+    pub frames_sent: u64,
+    /// Bytes of those frames.
+    pub bytes_sent: u64,
+    /// Frames the server reported written.
+    pub frames_written: u64,
+    /// Quote and bar updates received from upstream.
+    pub updates_received: u64,
+    /// Updates dropped because nothing changed.
+    pub updates_unchanged: u64,
+    /// Per-connection deliveries replaced by a later value (conflation).
+    pub deliveries_conflated: u64,
+    /// SLOW_CONSUMER warnings sent.
+    pub slow_consumer_warnings: u64,
+    /// Control frames dropped because the connection's queue was full.
+    pub control_frames_dropped: u64,
+    /// Client messages received.
+    pub requests: u64,
+    /// Error replies sent.
+    pub errors_sent: u64,
+    /// Upstream subscribe decisions.
+    pub upstream_subscribes: u64,
+    /// Upstream unsubscribe decisions.
+    pub upstream_unsubscribes: u64,
+    /// Connections ended, by [`CloseReason`] (see [`HubCounters::disconnects`]).
+    disconnects: [u64; 5],
+}
+
+impl HubCounters {
+    /// Connections ended for `reason`.
+    pub fn disconnects(&self, reason: CloseReason) -> u64 {
+        self.disconnects.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    fn count_disconnect(&mut self, reason: CloseReason) {
+        if let Some(count) = self.disconnects.get_mut(reason.index()) {
+            *count = count.saturating_add(1);
+        }
+    }
+}
+
+/// One symbol's subscribers and latest broadcast state.
+#[derive(Debug)]
+struct SymbolState {
+    subscribers: BTreeSet<ConnId>,
+    /// Subscribed upstream (a subscribe went out and no unsubscribe since).
+    upstream: bool,
+    /// Without subscribers: when the upstream subscription ends.
+    linger_until: Option<Instant>,
+    quote: Option<Quote>,
+    bar: Option<BarState>,
+    /// The snapshot of the current state, rendered once for however many need it.
+    snapshot: Option<Frame>,
+}
+
+#[derive(Debug)]
+struct Connection {
+    symbols: BTreeSet<Arc<str>>,
+    /// Frames waiting for the socket, oldest first.
+    backlog: VecDeque<Frame>,
+    /// Frames handed to the socket writer and not yet reported written.
+    in_flight: usize,
+    /// While behind: symbols whose latest state is owed, as a snapshot, after the backlog.
+    owed: BTreeSet<Arc<str>>,
+    behind_since: Option<Instant>,
+    last_warning: Option<Instant>,
+    last_heard: Instant,
+    requests: TokenBucket,
+    last_rate_error: Option<Instant>,
+}
+
+impl Connection {
+    fn waiting(&self) -> usize {
+        self.backlog.len().saturating_add(self.in_flight)
+    }
+}
+
+/// The fan-out state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    connections: HashMap<ConnId, Connection>,
+    symbols: BTreeMap<Arc<str>, SymbolState>,
+    next_id: u64,
+    upstream_state: State,
+    status_frame: Bytes,
+    outputs: VecDeque<HubOutput>,
+    /// The earliest deadline known (keepalive, slow consumer, linger); may be early.
+    next_check: Option<Instant>,
+    last_sweep: Option<Instant>,
+    counters: HubCounters,
+    shut_down: bool,
+}
+
+impl Hub {
+    /// A hub with no connections.
+    pub fn new(config: HubConfig) -> Result<Hub, HubConfigError> {
+        config.validate()?;
+        let upstream_state = State::Idle;
+        Ok(Hub {
+            config,
+            connections: HashMap::new(),
+            symbols: BTreeMap::new(),
+            next_id: 0,
+            upstream_state,
+            status_frame: Bytes::from(render::status(upstream_state.as_str())),
+            outputs: VecDeque::new(),
+            next_check: None,
+            last_sweep: None,
+            counters: HubCounters::default(),
+            shut_down: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Counters since the start.
+    pub fn counters(&self) -> &HubCounters {
+        &self.counters
+    }
+
+    /// Connections held.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Every symbol the hub carries: its subscriber count and whether it is subscribed upstream.
+    pub fn symbols(&self) -> impl Iterator<Item = (&Arc<str>, usize, bool)> {
+        self.symbols
+            .iter()
+            .map(|(symbol, state)| (symbol, state.subscribers.len(), state.upstream))
+    }
+
+    /// The symbols `conn` is subscribed to (empty for an unknown connection).
+    pub fn subscriptions(&self, conn: ConnId) -> impl Iterator<Item = &Arc<str>> {
+        self.connections
+            .get(&conn)
+            .into_iter()
+            .flat_map(|connection| connection.symbols.iter())
+    }
+
+    /// The upstream state last reported.
+    pub fn upstream_state(&self) -> State {
+        self.upstream_state
+    }
+
+    /// The next thing the server must do, if any. Drain after every call.
+    pub fn poll_output(&mut self) -> Option<HubOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Hub::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let check = self.next_check?;
+        Some(match self.last_sweep {
+            Some(last) => check.max(last.checked_add(SWEEP_INTERVAL).unwrap_or(last)),
+            None => check,
+        })
+    }
+
+    fn schedule(&mut self, deadline: Instant) {
+        self.next_check = Some(self.next_check.map_or(deadline, |next| next.min(deadline)));
+    }
+
+    fn later(now: Instant, delay: Duration) -> Instant {
+        now.checked_add(delay).unwrap_or(now)
+    }
+
+    /// A new downstream connection, or a refusal at the connection limit.
+    pub fn connect(&mut self, now: Instant) -> Result<ConnId, Refused> {
+        if self.shut_down || self.connections.len() >= self.config.max_connections {
+            self.counters.connections_refused = self.counters.connections_refused.saturating_add(1);
+            let message = format!(
+                "the relay holds its limit of {} connections; try again later",
+                self.config.max_connections
+            );
+            return Err(Refused {
+                frame: Frame::new(
+                    render::error("CONNECTION_LIMIT", &message, None),
+                    FrameKind::Control,
+                    now,
+                ),
+            });
+        }
+        let conn = ConnId(self.next_id);
+        self.next_id = self.next_id.saturating_add(1);
+        let period = Duration::from_secs(1)
+            .checked_div(self.config.messages_per_second)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_nanos(1));
+        self.connections.insert(
+            conn,
+            Connection {
+                symbols: BTreeSet::new(),
+                backlog: VecDeque::new(),
+                in_flight: 0,
+                owed: BTreeSet::new(),
+                behind_since: None,
+                last_warning: None,
+                last_heard: now,
+                requests: TokenBucket::new(self.config.message_burst, period, now),
+                last_rate_error: None,
+            },
+        );
+        self.counters.connections_accepted = self.counters.connections_accepted.saturating_add(1);
+        self.schedule(Self::later(now, self.config.keepalive_timeout));
+        let status = Frame {
+            text: self.status_frame.clone(),
+            kind: FrameKind::Control,
+            origin: now,
+        };
+        self.send_control(conn, status);
+        Ok(conn)
+    }
+
+    /// The socket of `conn` ended (the client closed it, or it failed).
+    pub fn disconnect(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        if self.remove(now, conn) {
+            self.counters.count_disconnect(reason);
+        }
+    }
+
+    /// A control frame or ping from the client: it is alive.
+    pub fn handle_activity(&mut self, now: Instant, conn: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.last_heard = connection.last_heard.max(now);
+        }
+    }
+
+    /// `frames` frames of `conn` were written to its socket.
+    pub fn handle_written(&mut self, now: Instant, conn: ConnId, frames: usize) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let written = frames.min(connection.in_flight);
+        connection.in_flight = connection.in_flight.saturating_sub(written);
+        self.counters.frames_written = self.counters.frames_written.saturating_add(written as u64);
+        self.pump(now, conn);
+    }
+
+    /// Counts a client message against the rate and size limits; false (after an error reply
+    /// where one is due) if it must be ignored.
+    fn admit(&mut self, now: Instant, conn: ConnId, bytes: usize) -> bool {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return false;
+        };
+        connection.last_heard = connection.last_heard.max(now);
+        self.counters.requests = self.counters.requests.saturating_add(1);
+        if !connection.requests.try_take(now) {
+            // One error per second at most: a flood must not turn into a flood of replies.
+            let due = connection
+                .last_rate_error
+                .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1));
+            if due {
+                connection.last_rate_error = Some(now);
+                let message = format!(
+                    "more than {} messages per second; this one was ignored",
+                    self.config.messages_per_second
+                );
+                self.send_error(now, conn, "RATE_LIMITED", &message, None);
+            }
+            return false;
+        }
+        if bytes > self.config.max_message_bytes {
+            let message = format!(
+                "message of {bytes} bytes; the limit is {}",
+                self.config.max_message_bytes
+            );
+            self.send_error(now, conn, "MESSAGE_TOO_LARGE", &message, None);
+            return false;
+        }
+        true
+    }
+
+    /// A text message from `conn`.
+    pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
+        if !self.admit(now, conn, text.len()) {
+            return;
+        }
+        match request::parse(text) {
+            Ok(Request::Subscribe(symbols)) => self.subscribe(now, conn, symbols),
+            Ok(Request::Unsubscribe(symbols)) => self.unsubscribe(now, conn, symbols),
+            Ok(Request::Ping) => {
+                let pong = Frame {
+                    text: Bytes::from_static(b"{\"type\":\"pong\"}"),
+                    kind: FrameKind::Control,
+                    origin: now,
+                };
+                self.send_control(conn, pong);
+            }
+            Err(rejection) => self.send_error(now, conn, rejection.code, &rejection.message, None),
+        }
+    }
+
+    /// A binary message of `bytes` bytes from `conn`: not part of the protocol.
+    pub fn handle_binary(&mut self, now: Instant, conn: ConnId, bytes: usize) {
+        if self.admit(now, conn, bytes) {
+            let message = "binary messages are not supported; send JSON text";
+            self.send_error(now, conn, "BAD_REQUEST", message, None);
+        }
+    }
+
+    fn check_symbol(&self, symbol: &str) -> Result<(), (&'static str, String)> {
+        if symbol.is_empty()
+            || symbol.len() > self.config.max_symbol_bytes
+            || symbol.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err((
+                "INVALID_SYMBOL",
+                format!(
+                    "a symbol is 1 to {} bytes without spaces or control characters",
+                    self.config.max_symbol_bytes
+                ),
+            ));
+        }
+        if let Some(whitelist) = &self.config.whitelist
+            && !whitelist.contains(symbol)
+        {
+            return Err((
+                "SYMBOL_NOT_ALLOWED",
+                "this relay does not carry that symbol".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, now: Instant, conn: ConnId, symbols: Vec<String>) {
+        for symbol in symbols {
+            if let Err((code, message)) = self.check_symbol(&symbol) {
+                let shown: String = symbol.chars().take(self.config.max_symbol_bytes).collect();
+                self.send_error(now, conn, code, &message, Some(&shown));
+                continue;
+            }
+            let Some(connection) = self.connections.get(&conn) else {
+                return;
+            };
+            let symbol: Arc<str> = match self.symbols.get_key_value(symbol.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::from(symbol),
+            };
+            let already = connection.symbols.contains(&symbol);
+            if !already && connection.symbols.len() >= self.config.max_subscriptions_per_connection
+            {
+                let message = format!(
+                    "a connection may hold {} subscriptions",
+                    self.config.max_subscriptions_per_connection
+                );
+                self.send_error(now, conn, "SUBSCRIPTION_LIMIT", &message, Some(&symbol));
+                continue;
+            }
+            if !self.symbols.contains_key(&symbol) && !self.make_room_upstream() {
+                let message = format!(
+                    "the relay carries at most {} symbols",
+                    self.config.max_upstream_symbols
+                );
+                self.send_error(now, conn, "SYMBOL_LIMIT", &message, Some(&symbol));
+                continue;
+            }
+            let state = self
+                .symbols
+                .entry(symbol.clone())
+                .or_insert_with(|| SymbolState {
+                    subscribers: BTreeSet::new(),
+                    upstream: false,
+                    linger_until: None,
+                    quote: None,
+                    bar: None,
+                    snapshot: None,
+                });
+            state.subscribers.insert(conn);
+            state.linger_until = None;
+            if !state.upstream {
+                state.upstream = true;
+                self.counters.upstream_subscribes =
+                    self.counters.upstream_subscribes.saturating_add(1);
+                self.outputs
+                    .push_back(HubOutput::SubscribeUpstream(symbol.clone()));
+            }
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.symbols.insert(symbol.clone());
+            }
+            // Also on a repeated subscribe: the client asked for the current state.
+            self.send_snapshot(now, conn, &symbol);
+        }
+    }
+
+    /// Frees a slot for a new symbol by ending the lingering subscription that would end
+    /// first; false if every carried symbol has subscribers.
+    fn make_room_upstream(&mut self) -> bool {
+        if self.symbols.len() < self.config.max_upstream_symbols {
+            return true;
+        }
+        let victim = self
+            .symbols
+            .iter()
+            .filter(|(_, state)| state.subscribers.is_empty())
+            .min_by_key(|(_, state)| state.linger_until)
+            .map(|(symbol, _)| symbol.clone());
+        match victim {
+            Some(symbol) => {
+                self.drop_symbol(&symbol);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn drop_symbol(&mut self, symbol: &Arc<str>) {
+        if let Some(state) = self.symbols.remove(symbol)
+            && state.upstream
+        {
+            self.counters.upstream_unsubscribes =
+                self.counters.upstream_unsubscribes.saturating_add(1);
+            self.outputs
+                .push_back(HubOutput::UnsubscribeUpstream(symbol.clone()));
+        }
+    }
+
+    fn unsubscribe(&mut self, now: Instant, conn: ConnId, symbols: Vec<String>) {
+        for symbol in symbols {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            if let Some(shared) = connection.symbols.take(symbol.as_str()) {
+                connection.owed.remove(&shared);
+                self.release(now, conn, &shared);
+            }
+            if symbol.len() <= self.config.max_symbol_bytes {
+                let frame = Frame::new(render::unsubscribed(&symbol), FrameKind::Control, now);
+                self.send_control(conn, frame);
+            }
+        }
+    }
+
+    /// `conn` no longer wants `symbol`: the symbol lingers if it was the last subscriber.
+    fn release(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        state.subscribers.remove(&conn);
+        if state.subscribers.is_empty() {
+            if self.config.linger.is_zero() {
+                self.drop_symbol(symbol);
+            } else {
+                let until = Self::later(now, self.config.linger);
+                state.linger_until = Some(until);
+                self.schedule(until);
+            }
+        }
+    }
+
+    fn remove(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(connection) = self.connections.remove(&conn) else {
+            return false;
+        };
+        for symbol in &connection.symbols {
+            self.release(now, conn, symbol);
+        }
+        true
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        if self.remove(now, conn) {
+            self.counters.count_disconnect(reason);
+            self.outputs.push_back(HubOutput::Close { conn, reason });
+        }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shut_down = true;
+        let mut all: Vec<ConnId> = self.connections.keys().copied().collect();
+        all.sort_unstable();
+        for conn in all {
+            self.close(now, conn, CloseReason::Shutdown);
+        }
+    }
+
+    fn send_error(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        code: &str,
+        message: &str,
+        symbol: Option<&str>,
+    ) {
+        self.counters.errors_sent = self.counters.errors_sent.saturating_add(1);
+        let frame = Frame::new(
+            render::error(code, message, symbol),
+            FrameKind::Control,
+            now,
+        );
+        self.send_control(conn, frame);
+    }
+
+    fn send_control(&mut self, conn: ConnId, frame: Frame) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let bound = self.config.queue_capacity.saturating_add(CONTROL_HEADROOM);
+        if connection.waiting() >= bound {
+            self.counters.control_frames_dropped =
+                self.counters.control_frames_dropped.saturating_add(1);
+            return;
+        }
+        connection.backlog.push_back(frame);
+        self.pump_connection(conn);
+    }
+
+    fn snapshot_frame(&mut self, now: Instant, symbol: &Arc<str>) -> Option<Frame> {
+        let state = self.symbols.get_mut(symbol)?;
+        if let Some(frame) = &state.snapshot {
+            return Some(frame.clone());
+        }
+        let frame = Frame::new(
+            render::snapshot(symbol, state.quote.as_ref(), state.bar.as_ref()),
+            FrameKind::Data,
+            now,
+        );
+        state.snapshot = Some(frame.clone());
+        Some(frame)
+    }
+
+    fn send_snapshot(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
+        let Some(frame) = self.snapshot_frame(now, symbol) else {
+            return;
+        };
+        self.deliver(now, conn, symbol, frame);
+    }
+
+    /// Queues a data frame for `conn`, or, if it is behind, records that it owes the latest
+    /// state of `symbol`.
+    fn deliver(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>, frame: Frame) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        if connection.behind_since.is_some() {
+            connection.owed.insert(symbol.clone());
+            self.counters.deliveries_conflated =
+                self.counters.deliveries_conflated.saturating_add(1);
+            return;
+        }
+        if connection.waiting() < self.config.queue_capacity {
+            connection.backlog.push_back(frame);
+            self.pump_connection(conn);
+            return;
+        }
+        // Fell behind: from now on it is owed the latest state per symbol, not every update.
+        connection.behind_since = Some(now);
+        connection.owed.insert(symbol.clone());
+        self.counters.deliveries_conflated = self.counters.deliveries_conflated.saturating_add(1);
+        let warn = connection.last_warning.is_none_or(|last| {
+            now.saturating_duration_since(last) >= self.config.slow_consumer_deadline
+        });
+        if warn {
+            connection.last_warning = Some(now);
+            self.counters.slow_consumer_warnings =
+                self.counters.slow_consumer_warnings.saturating_add(1);
+            let message = format!(
+                "this connection reads too slowly: updates are conflated to the latest value per \
+                 symbol, and it is closed if still behind in {} ms",
+                self.config.slow_consumer_deadline.as_millis()
+            );
+            // Ahead of the queued data: the warning is news, the backlog is already stale.
+            connection.backlog.push_front(Frame::new(
+                render::warning("SLOW_CONSUMER", &message),
+                FrameKind::Control,
+                now,
+            ));
+        }
+        self.schedule(Self::later(now, self.config.slow_consumer_deadline));
+        self.pump_connection(conn);
+    }
+
+    fn pump(&mut self, now: Instant, conn: ConnId) {
+        self.pump_connection(conn);
+        self.flush_owed(now, conn);
+    }
+
+    /// Hands queued frames to the socket writer, up to the send window.
+    fn pump_connection(&mut self, conn: ConnId) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        while connection.in_flight < self.config.send_window {
+            let Some(frame) = connection.backlog.pop_front() else {
+                break;
+            };
+            connection.in_flight = connection.in_flight.saturating_add(1);
+            self.counters.frames_sent = self.counters.frames_sent.saturating_add(1);
+            self.counters.bytes_sent = self
+                .counters
+                .bytes_sent
+                .saturating_add(frame.text.len() as u64);
+            self.outputs.push_back(HubOutput::Transmit { conn, frame });
+        }
+    }
+
+    /// Once a lagging connection's backlog is out, sends the latest state of each symbol it is
+    /// owed; when nothing is owed any more it has caught up.
+    fn flush_owed(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(connection) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            if connection.behind_since.is_none()
+                || !connection.backlog.is_empty()
+                || connection.in_flight >= self.config.send_window
+            {
+                return;
+            }
+            let Some(symbol) = connection.owed.pop_first() else {
+                connection.behind_since = None;
+                return;
+            };
+            if !connection.symbols.contains(&symbol) {
+                continue;
+            }
+            if let Some(frame) = self.snapshot_frame(now, &symbol)
+                && let Some(connection) = self.connections.get_mut(&conn)
+            {
+                connection.backlog.push_back(frame);
+                self.pump_connection(conn);
+            }
+        }
+    }
+
+    /// The latest merged quote of a symbol from upstream. Subscribers get the fields that
+    /// differ from what was last broadcast; nothing is sent if none does.
+    pub fn handle_quote(&mut self, now: Instant, quote: &Quote) {
+        self.counters.updates_received = self.counters.updates_received.saturating_add(1);
+        let Some(state) = self.symbols.get_mut(quote.symbol.as_ref()) else {
+            return;
+        };
+        let symbol = &quote.symbol;
+        let fields = render::changed_fields(state.quote.as_ref(), quote);
+        if fields.is_empty() {
+            self.counters.updates_unchanged = self.counters.updates_unchanged.saturating_add(1);
+            return;
+        }
+        let frame = Frame::new(
+            render::quote_update(symbol, quote, fields, state.quote.as_ref()),
+            FrameKind::Data,
+            now,
+        );
+        state.quote = Some(quote.clone());
+        state.snapshot = None;
+        self.broadcast(now, &quote.symbol, frame);
+    }
+
+    /// A bar of `symbol`'s series (the configured timeframe), forming or closed.
+    pub fn handle_bar(
+        &mut self,
+        now: Instant,
+        symbol: &str,
+        timeframe: &Arc<str>,
+        bar: &Bar,
+        closed: bool,
+    ) {
+        self.counters.updates_received = self.counters.updates_received.saturating_add(1);
+        let Some((symbol, _)) = self.symbols.get_key_value(symbol) else {
+            return;
+        };
+        let symbol = symbol.clone();
+        let Some(state) = self.symbols.get_mut(&symbol) else {
+            return;
+        };
+        let new = BarState {
+            timeframe: timeframe.clone(),
+            bar: *bar,
+            closed,
+        };
+        // The bar's position in the series moves on every reload; it says nothing new.
+        let unchanged = state.bar.as_ref().is_some_and(|old| {
+            old.timeframe == new.timeframe
+                && old.closed == new.closed
+                && Bar {
+                    index: 0,
+                    ..old.bar
+                } == Bar {
+                    index: 0,
+                    ..new.bar
+                }
+        });
+        if unchanged {
+            self.counters.updates_unchanged = self.counters.updates_unchanged.saturating_add(1);
+            return;
+        }
+        // A closed bar never replaces a newer one as "the latest bar".
+        let older = state
+            .bar
+            .as_ref()
+            .is_some_and(|old| old.bar.time > new.bar.time);
+        let frame = Frame::new(render::bar_update(&symbol, &new), FrameKind::Data, now);
+        if !older {
+            state.bar = Some(new);
+            state.snapshot = None;
+        }
+        self.broadcast(now, &symbol, frame);
+    }
+
+    fn broadcast(&mut self, now: Instant, symbol: &Arc<str>, frame: Frame) {
+        let Some(state) = self.symbols.get(symbol) else {
+            return;
+        };
+        let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
+        for conn in subscribers {
+            self.deliver(now, conn, symbol, frame.clone());
+        }
+    }
+
+    /// Upstream rejected `symbol` (e.g. no such symbol): its subscribers get an
+    /// `UNKNOWN_SYMBOL` error and lose the subscription. Upstream has already dropped it.
+    pub fn handle_symbol_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        let Some(state) = self.symbols.remove(symbol) else {
+            return;
+        };
+        let message = format!("upstream rejected the symbol: {reason}");
+        for conn in state.subscribers {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                connection.symbols.remove(symbol);
+                connection.owed.remove(symbol);
+            }
+            self.send_error(now, conn, "UNKNOWN_SYMBOL", &message, Some(symbol));
+        }
+    }
+
+    /// The upstream connection's state changed: every connection is told.
+    pub fn handle_upstream_state(&mut self, now: Instant, state: State) {
+        if state == self.upstream_state {
+            return;
+        }
+        self.upstream_state = state;
+        self.status_frame = Bytes::from(render::status(state.as_str()));
+        let mut all: Vec<ConnId> = self.connections.keys().copied().collect();
+        all.sort_unstable();
+        for conn in all {
+            let frame = Frame {
+                text: self.status_frame.clone(),
+                kind: FrameKind::Control,
+                origin: now,
+            };
+            self.send_control(conn, frame);
+        }
+    }
+
+    /// Time passed: closes connections past their keepalive or slow-consumer deadline and
+    /// ends lingering upstream subscriptions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_none_or(|due| due > now) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        let keepalive = self.config.keepalive_timeout;
+        let deadline = self.config.slow_consumer_deadline;
+        for (conn, connection) in &self.connections {
+            let silent_until = Self::later(connection.last_heard, keepalive);
+            if silent_until <= now {
+                expired.push((*conn, CloseReason::KeepaliveTimeout));
+                continue;
+            }
+            let mut earliest = silent_until;
+            if let Some(since) = connection.behind_since {
+                let cut_at = Self::later(since, deadline);
+                if cut_at <= now {
+                    expired.push((*conn, CloseReason::SlowConsumer));
+                    continue;
+                }
+                earliest = earliest.min(cut_at);
+            }
+            next = Some(next.map_or(earliest, |next| next.min(earliest)));
+        }
+        let mut ended = Vec::new();
+        for (symbol, state) in &self.symbols {
+            if let Some(until) = state.linger_until
+                && state.subscribers.is_empty()
+            {
+                if until <= now {
+                    ended.push(symbol.clone());
+                } else {
+                    next = Some(next.map_or(until, |next| next.min(until)));
+                }
+            }
+        }
+        // Set before closing: a closed connection's symbols start lingering and schedule that.
+        self.next_check = next;
+        expired.sort_unstable();
+        for (conn, reason) in expired {
+            self.close(now, conn, reason);
+        }
+        for symbol in ended {
+            self.drop_symbol(&symbol);
+        }
+    }
+}

@@ -1,0 +1,765 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A hub, a clock, and everything each connection was sent.
+struct Harness {
+    hub: Hub,
+    now: Instant,
+    received: BTreeMap<ConnId, Vec<Value>>,
+    /// Frames handed to each connection's socket and not yet reported written.
+    unwritten: BTreeMap<ConnId, usize>,
+    /// Connections whose socket writes everything at once.
+    reading: BTreeSet<ConnId>,
+    upstream: BTreeSet<Arc<str>>,
+    upstream_log: Vec<HubOutput>,
+    closed: BTreeMap<ConnId, CloseReason>,
+}
+
+impl Harness {
+    fn new(config: HubConfig) -> Harness {
+        Harness {
+            hub: Hub::new(config).unwrap(),
+            now: Instant::now(),
+            received: BTreeMap::new(),
+            unwritten: BTreeMap::new(),
+            reading: BTreeSet::new(),
+            upstream: BTreeSet::new(),
+            upstream_log: Vec::new(),
+            closed: BTreeMap::new(),
+        }
+    }
+
+    fn connect(&mut self) -> ConnId {
+        let conn = self.hub.connect(self.now).unwrap();
+        self.reading.insert(conn);
+        self.drain();
+        conn
+    }
+
+    /// Collects outputs; reading connections write (and report) everything at once.
+    fn drain(&mut self) {
+        loop {
+            while let Some(output) = self.hub.poll_output() {
+                match output {
+                    HubOutput::Transmit { conn, frame } => {
+                        assert!(!self.closed.contains_key(&conn), "{conn} sent after close");
+                        let value: Value = serde_json::from_str(frame.as_str())
+                            .unwrap_or_else(|error| panic!("{error}: {}", frame.as_str()));
+                        self.received.entry(conn).or_default().push(value);
+                        *self.unwritten.entry(conn).or_default() += 1;
+                    }
+                    HubOutput::Close { conn, reason } => {
+                        self.closed.insert(conn, reason);
+                        self.unwritten.remove(&conn);
+                    }
+                    HubOutput::SubscribeUpstream(symbol) => {
+                        assert!(self.upstream.insert(symbol.clone()), "{symbol} twice");
+                        self.upstream_log.push(HubOutput::SubscribeUpstream(symbol));
+                    }
+                    HubOutput::UnsubscribeUpstream(symbol) => {
+                        assert!(self.upstream.remove(&symbol), "{symbol} not subscribed");
+                        self.upstream_log
+                            .push(HubOutput::UnsubscribeUpstream(symbol));
+                    }
+                }
+            }
+            let ready: Vec<(ConnId, usize)> = self
+                .unwritten
+                .iter()
+                .filter(|(conn, count)| **count > 0 && self.reading.contains(conn))
+                .map(|(conn, count)| (*conn, *count))
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            for (conn, count) in ready {
+                self.unwritten.insert(conn, 0);
+                self.hub.handle_written(self.now, conn, count);
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, text: &str) {
+        self.hub.handle_text(self.now, conn, text);
+        self.drain();
+    }
+
+    fn subscribe(&mut self, conn: ConnId, symbols: &[&str]) {
+        self.send(
+            conn,
+            &json!({"action": "subscribe", "symbols": symbols}).to_string(),
+        );
+    }
+
+    fn quote(&mut self, symbol: &str, price: f64) {
+        let quote = Quote {
+            last_price: Some(price),
+            ..Quote::new(Arc::from(symbol))
+        };
+        self.hub.handle_quote(self.now, &quote);
+        self.drain();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.hub.handle_timeout(self.now);
+        self.drain();
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        std::mem::take(self.received.entry(conn).or_default())
+    }
+
+    fn types(&mut self, conn: ConnId) -> Vec<String> {
+        self.take(conn)
+            .iter()
+            .map(|value| value["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn errors(&mut self, conn: ConnId) -> Vec<String> {
+        self.take(conn)
+            .iter()
+            .filter(|value| value["type"] == "error")
+            .map(|value| value["code"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn config() -> HubConfig {
+    HubConfig {
+        linger: 5 * SECOND,
+        bar_timeframe: None,
+        ..HubConfig::default()
+    }
+}
+
+#[test]
+fn a_new_connection_hears_the_upstream_status_and_a_snapshot_per_subscription() {
+    let mut h = Harness::new(config());
+    h.hub.handle_upstream_state(h.now, State::Live);
+    let first = h.connect();
+    assert_eq!(
+        h.take(first),
+        [json!({"type": "status", "upstream": "live"})]
+    );
+    h.subscribe(first, &["A"]);
+    assert_eq!(
+        h.take(first),
+        [json!({"type": "snapshot", "symbol": "A", "quote": null, "bar": null})]
+    );
+    h.quote("A", 1.5);
+    assert_eq!(
+        h.take(first),
+        [json!({"type": "quote", "symbol": "A", "data": {"lp": 1.5}})]
+    );
+    // A later subscriber sees the state at once.
+    let second = h.connect();
+    h.take(second);
+    h.subscribe(second, &["A"]);
+    assert_eq!(
+        h.take(second),
+        [json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.5}, "bar": null})]
+    );
+    assert_eq!(
+        h.upstream_log,
+        [HubOutput::SubscribeUpstream(Arc::from("A"))]
+    );
+}
+
+#[test]
+fn only_changes_are_broadcast() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.subscribe(conn, &["A"]);
+    h.quote("A", 1.0);
+    h.quote("A", 1.0);
+    h.quote("A", 1.0);
+    let mut quote = Quote {
+        last_price: Some(1.0),
+        volume: Some(7.0),
+        ..Quote::new(Arc::from("A"))
+    };
+    h.hub.handle_quote(h.now, &quote);
+    quote.volume = None;
+    h.hub.handle_quote(h.now, &quote);
+    h.drain();
+    let quotes: Vec<Value> = h
+        .take(conn)
+        .into_iter()
+        .filter(|value| value["type"] == "quote")
+        .map(|value| value["data"].clone())
+        .collect();
+    assert_eq!(
+        quotes,
+        [
+            json!({"lp": 1.0}),
+            json!({"volume": 7.0}),
+            json!({"volume": null})
+        ]
+    );
+    assert_eq!(h.hub.counters().updates_unchanged, 2);
+    // Bars too: the same bar again is not news, a moved close is.
+    h.hub.symbols.get_mut("A").unwrap();
+    let timeframe: Arc<str> = Arc::from("1");
+    let bar = Bar {
+        index: 5,
+        time: 60.0,
+        open: 1.0,
+        high: 1.0,
+        low: 1.0,
+        close: 1.0,
+        volume: None,
+    };
+    h.hub.handle_bar(h.now, "A", &timeframe, &bar, false);
+    h.hub
+        .handle_bar(h.now, "A", &timeframe, &Bar { index: 9, ..bar }, false);
+    h.hub.handle_bar(
+        h.now,
+        "A",
+        &timeframe,
+        &Bar {
+            close: 1.5,
+            high: 1.5,
+            ..bar
+        },
+        false,
+    );
+    h.drain();
+    assert_eq!(h.types(conn), ["bar", "bar"]);
+}
+
+#[test]
+fn upstream_follows_demand_with_a_linger() {
+    let mut h = Harness::new(config());
+    let first = h.connect();
+    let second = h.connect();
+    h.subscribe(first, &["A", "B"]);
+    h.subscribe(second, &["A"]);
+    let subscribed: BTreeSet<Arc<str>> = [Arc::from("A"), Arc::from("B")].into();
+    assert_eq!(h.upstream, subscribed);
+    assert_eq!(h.upstream_log.len(), 2, "one subscribe per symbol");
+
+    h.send(first, r#"{"action":"unsubscribe","symbols":["A","B"]}"#);
+    assert_eq!(
+        h.take(first)
+            .into_iter()
+            .filter(|value| value["type"] == "unsubscribed")
+            .count(),
+        2
+    );
+    // B has nobody left, but lingers; A still has a subscriber.
+    assert_eq!(h.upstream, subscribed);
+    assert_eq!(h.hub.poll_timeout(), Some(h.now + 5 * SECOND));
+    h.advance(4 * SECOND);
+    assert!(h.upstream.contains("B"));
+    // Coming back within the linger keeps the upstream subscription: no new subscribe.
+    h.subscribe(first, &["B"]);
+    h.advance(2 * SECOND);
+    assert_eq!(h.upstream, subscribed);
+    assert_eq!(h.upstream_log.len(), 2);
+
+    h.hub.disconnect(h.now, first, CloseReason::ClientClosed);
+    h.hub.disconnect(h.now, second, CloseReason::ClientClosed);
+    h.drain();
+    h.advance(4 * SECOND);
+    assert_eq!(h.upstream, subscribed);
+    h.advance(SECOND);
+    assert!(h.upstream.is_empty());
+    assert_eq!(h.hub.symbols().count(), 0);
+    assert_eq!(h.hub.counters().disconnects(CloseReason::ClientClosed), 2);
+}
+
+#[test]
+fn zero_linger_unsubscribes_at_once() {
+    let mut h = Harness::new(HubConfig {
+        linger: Duration::ZERO,
+        ..config()
+    });
+    let conn = h.connect();
+    h.subscribe(conn, &["A"]);
+    h.send(conn, r#"{"action":"unsubscribe","symbols":["A"]}"#);
+    assert!(h.upstream.is_empty());
+}
+
+#[test]
+fn whitelist_and_symbol_shape_are_enforced() {
+    let mut h = Harness::new(HubConfig {
+        whitelist: Some([Arc::from("A"), Arc::from("B")].into()),
+        ..config()
+    });
+    let conn = h.connect();
+    h.take(conn);
+    h.subscribe(conn, &["A", "Z", "", "has space", &"x".repeat(500)]);
+    let replies = h.take(conn);
+    assert_eq!(replies[0]["type"], "snapshot");
+    assert_eq!(replies[1]["code"], "SYMBOL_NOT_ALLOWED");
+    assert_eq!(replies[1]["symbol"], "Z");
+    assert_eq!(replies[2]["code"], "INVALID_SYMBOL");
+    assert_eq!(replies[3]["code"], "INVALID_SYMBOL");
+    assert_eq!(replies[4]["code"], "INVALID_SYMBOL");
+    assert!(replies[4]["symbol"].as_str().unwrap().len() <= 128);
+    assert_eq!(replies.len(), 5);
+    assert_eq!(h.upstream.len(), 1);
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_connection_stays() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.take(conn);
+    for text in [
+        "not json",
+        "{\"action\":\"dance\"}",
+        "[]",
+        "{\"action\":\"subscribe\"}",
+    ] {
+        h.send(conn, text);
+    }
+    h.hub.handle_binary(h.now, conn, 10);
+    h.drain();
+    assert_eq!(
+        h.errors(conn),
+        [
+            "BAD_REQUEST",
+            "UNKNOWN_ACTION",
+            "BAD_REQUEST",
+            "BAD_REQUEST",
+            "BAD_REQUEST"
+        ]
+    );
+    h.send(conn, r#"{"action":"ping"}"#);
+    assert_eq!(h.take(conn), [json!({"type": "pong"})]);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn limits_on_connections_subscriptions_size_and_rate() {
+    let mut h = Harness::new(HubConfig {
+        max_connections: 2,
+        max_subscriptions_per_connection: 2,
+        max_message_bytes: 100,
+        messages_per_second: 2,
+        message_burst: 3,
+        ..config()
+    });
+    let conn = h.connect();
+    h.connect();
+    let refused = h.hub.connect(h.now).unwrap_err();
+    let error: Value = serde_json::from_str(refused.frame.as_str()).unwrap();
+    assert_eq!(error["code"], "CONNECTION_LIMIT");
+    assert_eq!(h.hub.counters().connections_refused, 1);
+    h.take(conn);
+
+    h.subscribe(conn, &["A", "B", "C"]);
+    assert_eq!(h.errors(conn), ["SUBSCRIPTION_LIMIT"]);
+    assert_eq!(h.hub.subscriptions(conn).count(), 2);
+
+    h.send(
+        conn,
+        &format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(200)),
+    );
+    assert_eq!(h.errors(conn), ["MESSAGE_TOO_LARGE"]);
+
+    // Two messages so far, a burst of three: one more passes, the rest are refused with one
+    // error a second.
+    for _ in 0..5 {
+        h.send(conn, r#"{"action":"ping"}"#);
+    }
+    assert_eq!(h.types(conn), ["pong", "error"]);
+    h.now += SECOND;
+    h.send(conn, r#"{"action":"ping"}"#);
+    h.send(conn, r#"{"action":"ping"}"#);
+    h.send(conn, r#"{"action":"ping"}"#);
+    assert_eq!(h.types(conn), ["pong", "pong", "error"]);
+}
+
+#[test]
+fn upstream_symbol_limit_evicts_lingering_symbols_first() {
+    let mut h = Harness::new(HubConfig {
+        max_upstream_symbols: 2,
+        ..config()
+    });
+    let conn = h.connect();
+    h.take(conn);
+    h.subscribe(conn, &["A", "B"]);
+    h.subscribe(conn, &["C"]);
+    assert_eq!(h.errors(conn), ["SYMBOL_LIMIT"]);
+    h.send(conn, r#"{"action":"unsubscribe","symbols":["A"]}"#);
+    h.subscribe(conn, &["C"]);
+    assert_eq!(h.errors(conn), Vec::<String>::new());
+    let expected: BTreeSet<Arc<str>> = [Arc::from("B"), Arc::from("C")].into();
+    assert_eq!(h.upstream, expected);
+}
+
+#[test]
+fn a_slow_consumer_is_conflated_warned_once_and_cut_off_while_others_get_everything() {
+    let mut h = Harness::new(HubConfig {
+        queue_capacity: 8,
+        send_window: 2,
+        slow_consumer_deadline: 3 * SECOND,
+        ..config()
+    });
+    let slow = h.connect();
+    let fast = h.connect();
+    h.subscribe(slow, &["A", "B"]);
+    h.subscribe(fast, &["A", "B"]);
+    h.take(slow);
+    h.take(fast);
+    h.reading.remove(&slow);
+    for step in 1..=100 {
+        h.quote("A", f64::from(step));
+        h.quote("B", f64::from(step) + 1000.0);
+        h.advance(Duration::from_millis(10));
+    }
+    // The reader got every update, in order.
+    let fast_prices: Vec<f64> = h
+        .take(fast)
+        .iter()
+        .filter(|value| value["symbol"] == "A")
+        .map(|value| value["data"]["lp"].as_f64().unwrap())
+        .collect();
+    assert_eq!(fast_prices, (1..=100).map(f64::from).collect::<Vec<_>>());
+    // The stalled one holds at most its window; the rest waits, bounded.
+    let connection = &h.hub.connections[&slow];
+    assert!(connection.waiting() <= 8 + CONTROL_HEADROOM);
+    assert_eq!(connection.owed.len(), 2, "owes the latest A and B only");
+    assert_eq!(h.hub.counters().slow_consumer_warnings, 1);
+    // It got its window's worth; the warning is first in line for the socket.
+    assert_eq!(h.take(slow).len(), 2);
+    h.reading.insert(slow);
+    h.hub.handle_written(h.now, slow, 0);
+    h.reading.remove(&slow);
+    // Nothing written yet: still stalled. Past the deadline it is closed; the reader is not.
+    h.advance(2 * SECOND);
+    assert!(h.closed.is_empty());
+    h.advance(SECOND);
+    assert_eq!(h.closed.get(&slow), Some(&CloseReason::SlowConsumer));
+    assert!(!h.closed.contains_key(&fast));
+    assert_eq!(h.hub.counters().disconnects(CloseReason::SlowConsumer), 1);
+    // Its subscriptions went with it; the reader's remain.
+    assert_eq!(h.hub.symbols().map(|(_, count, _)| count).sum::<usize>(), 2);
+}
+
+#[test]
+fn a_consumer_that_catches_up_gets_the_latest_state_and_stays() {
+    let mut h = Harness::new(HubConfig {
+        queue_capacity: 4,
+        send_window: 1,
+        slow_consumer_deadline: 3 * SECOND,
+        ..config()
+    });
+    let conn = h.connect();
+    h.subscribe(conn, &["A", "B"]);
+    h.take(conn);
+    h.reading.remove(&conn);
+    for step in 1..=20 {
+        h.quote("A", f64::from(step));
+    }
+    h.quote("B", 7.0);
+    h.advance(SECOND);
+    // It reads again: the backlog, the warning, then one snapshot per owed symbol.
+    h.reading.insert(conn);
+    let pending = h.unwritten.insert(conn, 0).unwrap();
+    h.hub.handle_written(h.now, conn, pending);
+    h.drain();
+    let received = h.take(conn);
+    let types: Vec<&str> = received
+        .iter()
+        .map(|value| value["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "quote", "warning", "quote", "quote", "quote", "snapshot", "snapshot"
+        ]
+    );
+    assert_eq!(received[1]["code"], "SLOW_CONSUMER");
+    assert_eq!(received[5]["quote"], json!({"lp": 20.0}));
+    assert_eq!(received[6]["quote"], json!({"lp": 7.0}));
+    // Caught up: past the deadline nothing happens, and updates flow one by one again.
+    h.advance(5 * SECOND);
+    assert!(h.closed.is_empty());
+    h.quote("A", 21.0);
+    assert_eq!(h.types(conn), ["quote"]);
+}
+
+#[test]
+fn silent_connections_are_closed_at_the_keepalive_deadline() {
+    let mut h = Harness::new(HubConfig {
+        keepalive_timeout: 10 * SECOND,
+        ..config()
+    });
+    let silent = h.connect();
+    let pinging = h.connect();
+    let active = h.connect();
+    h.subscribe(silent, &["A"]);
+    for _ in 0..4 {
+        h.advance(3 * SECOND);
+        h.send(pinging, r#"{"action":"ping"}"#);
+        h.hub.handle_activity(h.now, active);
+    }
+    assert_eq!(h.closed.get(&silent), Some(&CloseReason::KeepaliveTimeout));
+    assert_eq!(h.closed.len(), 1);
+    assert_eq!(h.hub.connection_count(), 2);
+    // Its subscription lingers, then goes.
+    h.advance(5 * SECOND);
+    assert!(h.upstream.is_empty());
+}
+
+#[test]
+fn deadline_checks_are_spaced_however_often_they_move() {
+    let mut h = Harness::new(HubConfig {
+        keepalive_timeout: 10 * SECOND,
+        ..config()
+    });
+    h.connect();
+    assert_eq!(h.hub.poll_timeout(), Some(h.now + 10 * SECOND));
+    h.advance(10 * SECOND);
+    // Closed; nothing else is due.
+    assert_eq!(h.hub.poll_timeout(), None);
+    let conn = h.connect();
+    h.advance(5 * SECOND);
+    h.hub.handle_activity(h.now, conn);
+    // The known deadline is early (the ping moved it): a check then finds the real one.
+    assert_eq!(h.hub.poll_timeout(), Some(h.now + 5 * SECOND));
+    h.advance(5 * SECOND);
+    assert!(h.closed.len() == 1);
+    assert_eq!(h.hub.poll_timeout(), Some(h.now + 5 * SECOND));
+}
+
+#[test]
+fn an_upstream_symbol_error_reaches_its_subscribers_and_ends_their_subscription() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.subscribe(conn, &["BAD", "A"]);
+    h.take(conn);
+    h.hub.handle_symbol_error(h.now, "BAD", "no_such_symbol");
+    h.drain();
+    let replies = h.take(conn);
+    assert_eq!(replies[0]["code"], "UNKNOWN_SYMBOL");
+    assert_eq!(replies[0]["symbol"], "BAD");
+    assert_eq!(
+        h.hub.subscriptions(conn).cloned().collect::<Vec<_>>(),
+        [Arc::from("A")]
+    );
+    // Upstream already dropped it: no unsubscribe goes out, now or after a linger.
+    h.advance(60 * SECOND);
+    assert!(
+        !h.upstream_log
+            .iter()
+            .any(|output| matches!(output, HubOutput::UnsubscribeUpstream(_)))
+    );
+}
+
+#[test]
+fn status_changes_reach_everyone_once() {
+    let mut h = Harness::new(config());
+    let first = h.connect();
+    let second = h.connect();
+    h.take(first);
+    h.take(second);
+    h.hub.handle_upstream_state(h.now, State::Live);
+    h.hub.handle_upstream_state(h.now, State::Live);
+    h.hub.handle_upstream_state(h.now, State::BackingOff);
+    h.drain();
+    for conn in [first, second] {
+        let states: Vec<Value> = h.take(conn).iter().map(|v| v["upstream"].clone()).collect();
+        assert_eq!(states, [json!("live"), json!("backing_off")]);
+    }
+}
+
+#[test]
+fn shutdown_closes_everyone_and_refuses_newcomers() {
+    let mut h = Harness::new(config());
+    let first = h.connect();
+    let second = h.connect();
+    h.hub.shutdown(h.now);
+    h.drain();
+    assert_eq!(h.closed.get(&first), Some(&CloseReason::Shutdown));
+    assert_eq!(h.closed.get(&second), Some(&CloseReason::Shutdown));
+    assert!(h.hub.connect(h.now).is_err());
+    assert_eq!(CloseReason::Shutdown.close_code(), 1001);
+}
+
+#[test]
+fn inputs_for_unknown_connections_are_ignored() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.hub.disconnect(h.now, conn, CloseReason::SocketError);
+    h.hub.disconnect(h.now, conn, CloseReason::SocketError);
+    h.hub.handle_text(h.now, conn, r#"{"action":"ping"}"#);
+    h.hub.handle_written(h.now, conn, 5);
+    h.hub.handle_activity(h.now, conn);
+    assert!(h.hub.poll_output().is_none());
+    assert_eq!(h.hub.counters().disconnects(CloseReason::SocketError), 1);
+}
+
+/// What a consumer knows: snapshots replace, quotes merge.
+fn apply(view: &mut BTreeMap<String, Value>, message: &Value) {
+    let Some(symbol) = message["symbol"].as_str() else {
+        return;
+    };
+    match message["type"].as_str() {
+        Some("snapshot") => {
+            view.insert(symbol.to_owned(), message["quote"].clone());
+        }
+        Some("quote") => {
+            let entry = view.entry(symbol.to_owned()).or_insert(Value::Null);
+            if entry.is_null() {
+                *entry = json!({});
+            }
+            for (key, value) in message["data"].as_object().unwrap() {
+                entry[key] = value.clone();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Update(usize),
+    Write(usize, usize),
+    Tick(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3usize).prop_map(Step::Update),
+        2 => (0..3usize, 0..6usize).prop_map(|(conn, count)| Step::Write(conn, count)),
+        1 => (0..400u64).prop_map(Step::Tick),
+    ]
+}
+
+proptest! {
+    /// Whatever the consumers' pace, each sees every symbol's prices only rise (no reordering),
+    /// holds a bounded queue, and once it drains knows the latest price of every symbol.
+    #[test]
+    fn conflation_never_reorders_or_loses_the_latest_value(
+        steps in proptest::collection::vec(step(), 1..300),
+        capacity in 1usize..6,
+        window in 1usize..4,
+    ) {
+        let mut h = Harness::new(HubConfig {
+            queue_capacity: capacity,
+            send_window: window,
+            slow_consumer_deadline: Duration::from_secs(3600),
+            ..config()
+        });
+        let symbols = ["A", "B", "C"];
+        let conns: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
+        for conn in &conns {
+            h.subscribe(*conn, &symbols);
+            h.reading.remove(conn);
+        }
+        let mut latest = [0.0f64; 3];
+        let mut views: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); 3];
+        let mut last_seen: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); 3];
+        let check = |h: &mut Harness, views: &mut Vec<BTreeMap<String, Value>>, last_seen: &mut Vec<BTreeMap<String, f64>>| -> Result<(), TestCaseError> {
+            for (index, conn) in conns.iter().enumerate() {
+                for message in h.take(*conn) {
+                    apply(&mut views[index], &message);
+                    if let Some(symbol) = message["symbol"].as_str()
+                        && let Some(price) = views[index][symbol]["lp"].as_f64()
+                    {
+                        let before = last_seen[index].insert(symbol.to_owned(), price);
+                        prop_assert!(before.is_none_or(|before| before <= price),
+                            "{symbol}: {before:?} then {price}");
+                    }
+                }
+                let connection = &h.hub.connections[conn];
+                prop_assert!(connection.waiting() <= capacity + CONTROL_HEADROOM);
+                prop_assert!(connection.in_flight <= window);
+            }
+            Ok(())
+        };
+        for step in steps {
+            match step {
+                Step::Update(symbol) => {
+                    latest[symbol] += 1.0;
+                    h.quote(symbols[symbol], latest[symbol]);
+                }
+                Step::Write(conn, count) => {
+                    let unwritten = h.unwritten.entry(conns[conn]).or_default();
+                    let count = count.min(*unwritten);
+                    *unwritten -= count;
+                    h.hub.handle_written(h.now, conns[conn], count);
+                    h.drain();
+                }
+                Step::Tick(ms) => h.advance(Duration::from_millis(ms)),
+            }
+            check(&mut h, &mut views, &mut last_seen)?;
+        }
+        for conn in &conns {
+            h.reading.insert(*conn);
+            let unwritten = h.unwritten.insert(*conn, 0).unwrap_or(0);
+            h.hub.handle_written(h.now, *conn, unwritten);
+            h.drain();
+        }
+        check(&mut h, &mut views, &mut last_seen)?;
+        for view in &views {
+            for (index, symbol) in symbols.iter().enumerate() {
+                let expected = (latest[index] > 0.0).then_some(latest[index]);
+                prop_assert_eq!(view.get(*symbol).and_then(|quote| quote["lp"].as_f64()), expected);
+            }
+        }
+        prop_assert!(h.closed.is_empty());
+    }
+
+    /// Subscriptions match a plain model after any sequence of subscribes, unsubscribes and
+    /// disconnects, and the upstream set is exactly the symbols someone wants once lingers end.
+    #[test]
+    fn subscription_bookkeeping_matches_a_model(
+        ops in proptest::collection::vec((0..4usize, 0..3u8, 0..5usize), 1..200),
+    ) {
+        let mut h = Harness::new(config());
+        let symbols = ["A", "B", "C", "D", "E"];
+        let mut conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
+        let mut model: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+        for (slot, op, symbol) in ops {
+            let name = symbols[symbol];
+            match op {
+                0 => {
+                    h.subscribe(conns[slot], &[name]);
+                    model.entry(slot).or_default().insert(name);
+                }
+                1 => {
+                    h.send(conns[slot], &json!({"action":"unsubscribe","symbols":[name]}).to_string());
+                    model.entry(slot).or_default().remove(name);
+                }
+                _ => {
+                    h.hub.disconnect(h.now, conns[slot], CloseReason::ClientClosed);
+                    conns[slot] = h.connect();
+                    model.remove(&slot);
+                }
+            }
+            h.advance(Duration::from_millis(700));
+            for (slot, conn) in conns.iter().enumerate() {
+                let held: BTreeSet<&str> = h.hub.subscriptions(*conn).map(|s| s.as_ref()).collect();
+                prop_assert_eq!(&held, &model.get(&slot).cloned().unwrap_or_default());
+            }
+            for (symbol, count, upstream) in h.hub.symbols() {
+                let wanted = model.values().filter(|set| set.contains(symbol.as_ref())).count();
+                prop_assert_eq!(count, wanted);
+                prop_assert!(upstream);
+                prop_assert!(h.upstream.contains(symbol));
+            }
+            // Everything wanted is subscribed upstream.
+            for set in model.values() {
+                for symbol in set {
+                    prop_assert!(h.upstream.contains(*symbol));
+                }
+            }
+        }
+        h.advance(6 * SECOND);
+        let wanted: BTreeSet<Arc<str>> = model.values().flatten().map(|s| Arc::from(*s)).collect();
+        prop_assert_eq!(&h.upstream, &wanted);
+    }
+}
