@@ -31,6 +31,14 @@ pub(crate) struct FeedArgs {
     /// Which async runtime drives the connection.
     #[arg(long, value_enum, env = "TICKWIRE_RUNTIME", default_value = "tokio")]
     pub(crate) runtime: RuntimeChoice,
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
+}
+
+/// How to stay connected: timeouts, backoff, breaker and rate limit. Every flag also reads an
+/// environment variable.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TuningArgs {
     /// Auth token (a JWT); anonymous by default.
     #[arg(long, env = "TICKWIRE_AUTH_TOKEN")]
     auth_token: Option<String>,
@@ -78,8 +86,24 @@ pub(crate) struct FeedArgs {
 impl FeedArgs {
     /// The core configuration: defaults, then the other `TICKWIRE_*` variables, then these flags.
     pub(crate) fn config(&self) -> Result<Config, Failure> {
+        self.tuning.config(&self.url, "--url")
+    }
+
+    /// Starts a feed on the chosen runtime (within the CLI's tokio runtime either way).
+    pub(crate) fn connect(&self, config: Config, options: Options) -> Feed {
+        match self.runtime {
+            RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, options),
+            RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, options),
+        }
+    }
+}
+
+impl TuningArgs {
+    /// Defaults, then the `TICKWIRE_*` variables, then these flags, for the feed at `url`
+    /// (named `flag` in errors).
+    pub(crate) fn config(&self, url: &str, flag: &str) -> Result<Config, Failure> {
         let mut config = Config::from_env().map_err(|error| Failure::Message(error.to_string()))?;
-        config.url = self.url.clone();
+        config.url = url.to_owned();
         if let Some(token) = &self.auth_token {
             config.auth_token = token.clone();
         }
@@ -115,7 +139,7 @@ impl FeedArgs {
         }
         if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
             return Err(Failure::Message(format!(
-                "--url {:?}: expected a ws:// or wss:// URL",
+                "{flag} {:?}: expected a ws:// or wss:// URL",
                 config.url
             )));
         }
@@ -123,13 +147,5 @@ impl FeedArgs {
             .validate()
             .map_err(|error| Failure::Message(error.to_string()))?;
         Ok(config)
-    }
-
-    /// Starts a feed on the chosen runtime (within the CLI's tokio runtime either way).
-    pub(crate) fn connect(&self, config: Config, options: Options) -> Feed {
-        match self.runtime {
-            RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, options),
-            RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, options),
-        }
     }
 }

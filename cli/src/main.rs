@@ -6,6 +6,7 @@ mod emulate;
 mod feed_args;
 mod history;
 mod output;
+mod relay;
 mod stream;
 
 use std::fs::File;
@@ -48,6 +49,8 @@ enum Command {
     /// The emulator misbehaves on a schedule while the client streams through it: every
     /// recovery live, then a summary. No network needed; under a minute.
     Demo(demo::DemoArgs),
+    /// Fan live data out to many WebSocket clients, with a live page, metrics and health.
+    Relay(relay::RelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::History(args) => history::run(args).await,
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Relay(args) => relay::run(args).await,
             Command::Decode { .. } => Ok(()),
         }
     });

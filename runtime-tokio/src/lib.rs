@@ -23,6 +23,8 @@
 
 use std::time::Instant;
 
+pub mod relay;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::net::TcpStream;

@@ -44,8 +44,6 @@ pub struct HubConfig {
     pub linger: Duration,
     /// Only these symbols may be subscribed; `None` allows any.
     pub whitelist: Option<BTreeSet<Arc<str>>>,
-    /// Bar timeframe the upstream carries per symbol (e.g. `"1"`); `None` carries quotes only.
-    pub bar_timeframe: Option<Arc<str>>,
 }
 
 impl Default for HubConfig {
@@ -64,7 +62,6 @@ impl Default for HubConfig {
             keepalive_timeout: Duration::from_secs(90),
             linger: Duration::from_secs(30),
             whitelist: None,
-            bar_timeframe: Some(Arc::from("1")),
         }
     }
 }

@@ -135,7 +135,6 @@ impl Harness {
 fn config() -> HubConfig {
     HubConfig {
         linger: 5 * SECOND,
-        bar_timeframe: None,
         ..HubConfig::default()
     }
 }

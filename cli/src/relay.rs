@@ -1,0 +1,231 @@
+//! `tickwire relay`: one resilient upstream connection fanned out to many WebSocket clients.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tickwire_core::client::parse_duration;
+use tickwire_core::hub::HubConfig;
+use tickwire_emulator::{Emulator, EmulatorConfig};
+use tickwire_tokio::relay::{Relay, RelayConfig};
+
+use crate::Failure;
+use crate::feed_args::TuningArgs;
+
+/// What the page shows when the relay runs on its embedded emulator.
+const EMULATOR_PAGE_SYMBOLS: &[&str] = &[
+    "BINANCE:BTCUSDT",
+    "BINANCE:ETHUSDT",
+    "NASDAQ:AAPL",
+    "NASDAQ:MSFT",
+    "FX:EURUSD",
+    "FX:GBPUSD",
+    "SP:SPX",
+    "TVC:GOLD",
+];
+
+/// Relay live data to many WebSocket clients: `/ws` (JSON protocol), `/` (live page),
+/// `/metrics` (Prometheus), `/healthz`. Without --upstream it runs on the embedded emulator, so
+/// it works with no network. Ctrl-C (or SIGTERM) closes every client cleanly.
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Address to serve HTTP and WebSocket clients on.
+    #[arg(long, env = "TICKWIRE_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// WebSocket URL of the upstream feed; the embedded emulator when omitted.
+    #[arg(long, env = "TICKWIRE_RELAY_UPSTREAM")]
+    upstream: Option<String>,
+    /// Symbols clients may subscribe to: a comma-separated list, or a file with one symbol per
+    /// line (# starts a comment). Any symbol when omitted.
+    #[arg(long, env = "TICKWIRE_RELAY_WHITELIST")]
+    whitelist: Option<String>,
+    /// Symbols the live page shows by default (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    symbols: Vec<String>,
+    /// Also relay bars of this timeframe (e.g. 1, 5, 1D); "none" relays quotes only.
+    #[arg(long, default_value = "none")]
+    bars: String,
+    /// Downstream connections held at once.
+    #[arg(long, default_value_t = HubConfig::default().max_connections)]
+    max_connections: usize,
+    /// Subscriptions per connection.
+    #[arg(long, default_value_t = HubConfig::default().max_subscriptions_per_connection)]
+    max_subscriptions: usize,
+    /// Distinct symbols carried upstream at once.
+    #[arg(long, default_value_t = HubConfig::default().max_upstream_symbols)]
+    max_upstream_symbols: usize,
+    /// Largest client message, in bytes.
+    #[arg(long, default_value_t = HubConfig::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Client messages per second per connection.
+    #[arg(long, default_value_t = HubConfig::default().messages_per_second)]
+    messages_per_second: u32,
+    /// Client messages allowed in one burst.
+    #[arg(long, default_value_t = HubConfig::default().message_burst)]
+    message_burst: u32,
+    /// Messages a client may have waiting before it is conflated and warned.
+    #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
+    queue: usize,
+    /// A client still behind this long after falling behind is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    slow_deadline: Duration,
+    /// A client silent (no message, no ping) this long is disconnected.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    keepalive: Duration,
+    /// How long a symbol stays subscribed upstream after its last subscriber left.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    linger: Duration,
+    /// Embedded emulator only: number of symbols in its market.
+    #[arg(long, default_value_t = 50)]
+    emulator_symbols: usize,
+    /// Embedded emulator only: market ticks per second over all symbols.
+    #[arg(long, default_value_t = 20.0)]
+    emulator_rate: f64,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+/// A comma-separated list, or a file of symbols when `value` names one.
+fn whitelist(value: &str) -> Result<BTreeSet<Arc<str>>, Failure> {
+    let path = Path::new(value);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|error| {
+            Failure::Message(format!("cannot read --whitelist {value}: {error}"))
+        })?
+    } else if value.contains('/') || value.ends_with(".txt") {
+        return Err(Failure::Message(format!(
+            "--whitelist {value}: no such file (give a file or a comma-separated list)"
+        )));
+    } else {
+        value.replace(',', "\n")
+    };
+    let symbols: BTreeSet<Arc<str>> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|symbol| !symbol.is_empty())
+        .map(Arc::from)
+        .collect();
+    if symbols.is_empty() {
+        return Err(Failure::Message(format!(
+            "--whitelist {value}: no symbols in it"
+        )));
+    }
+    Ok(symbols)
+}
+
+fn hub_config(args: &RelayArgs) -> Result<HubConfig, Failure> {
+    let hub = HubConfig {
+        max_connections: args.max_connections,
+        max_subscriptions_per_connection: args.max_subscriptions,
+        max_upstream_symbols: args.max_upstream_symbols,
+        max_message_bytes: args.max_message_bytes,
+        messages_per_second: args.messages_per_second,
+        message_burst: args.message_burst,
+        queue_capacity: args.queue,
+        slow_consumer_deadline: args.slow_deadline,
+        keepalive_timeout: args.keepalive,
+        linger: args.linger,
+        whitelist: args.whitelist.as_deref().map(whitelist).transpose()?,
+        ..HubConfig::default()
+    };
+    hub.validate()
+        .map_err(|error| Failure::Message(format!("relay limits: {error}")))?;
+    Ok(hub)
+}
+
+fn bars(value: &str) -> Result<Option<String>, Failure> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    crate::stream::parse_bars(value)
+        .map(|(timeframe, _)| Some(timeframe))
+        .map_err(|error| Failure::Message(format!("--bars: {error}")))
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
+    let hub = hub_config(&args)?;
+    let bars = bars(&args.bars)?;
+    if !(args.emulator_rate >= 0.0 && args.emulator_rate.is_finite()) {
+        return Err(Failure::Message(format!(
+            "--emulator-rate {}: expected ticks per second, 0 or more",
+            args.emulator_rate
+        )));
+    }
+    let (emulator, url, mut page_symbols) = match &args.upstream {
+        Some(url) => (None, url.clone(), Vec::new()),
+        None => {
+            let emulator = Emulator::start(EmulatorConfig {
+                symbols: args.emulator_symbols.max(1),
+                rate_hz: args.emulator_rate,
+                ..EmulatorConfig::default()
+            })
+            .await
+            .map_err(|error| Failure::Message(format!("cannot start the emulator: {error}")))?;
+            let url = emulator.url();
+            let symbols = EMULATOR_PAGE_SYMBOLS
+                .iter()
+                .take(args.emulator_symbols.max(1))
+                .map(|symbol| (*symbol).to_owned())
+                .collect();
+            (Some(emulator), url, symbols)
+        }
+    };
+    if !args.symbols.is_empty() {
+        page_symbols = args.symbols.clone();
+    }
+    let upstream = args.tuning.config(&url, "--upstream")?;
+    let config = RelayConfig {
+        listen: args.listen,
+        upstream,
+        hub,
+        bars,
+        page_symbols,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config)
+        .await
+        .map_err(|error| Failure::Message(format!("cannot listen on {}: {error}", args.listen)))?;
+    let addr = relay.local_addr();
+    // The first line is the address, for scripts and benchmarks that start the relay on port 0.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on http://{addr}");
+    let source = if emulator.is_some() {
+        " (embedded emulator)"
+    } else {
+        ""
+    };
+    let _ = writeln!(stdout, "upstream: {url}{source}");
+    let _ = writeln!(
+        stdout,
+        "live page: http://{addr}/   websocket: ws://{addr}/ws   metrics: http://{addr}/metrics"
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+    stop_signal().await;
+    relay.shutdown().await;
+    if let Some(emulator) = emulator {
+        emulator.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! One downstream WebSocket: its reader forwards what the client says to the hub task, its
+//! writer sends what the hub hands it and reports each written batch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tickwire_core::hub::{CloseReason, ConnId, Frame, FrameKind};
+use tokio::sync::{mpsc, oneshot};
+
+use super::metrics::LatencyHistogram;
+use super::{AppState, Command};
+
+/// What the hub task hands a connection's writer.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Frame(Frame),
+    Close(CloseReason),
+}
+
+/// Frames written per flush at most, so a written batch is reported while the next fills.
+const WRITE_BATCH: usize = 256;
+/// Code for a refused connection: try again later.
+const TRY_AGAIN_LATER: u16 = 1013;
+/// Code for a message over the WebSocket layer's limit.
+const MESSAGE_TOO_BIG: u16 = 1009;
+
+fn text(frame: &Frame) -> Utf8Bytes {
+    // Frames are ASCII JSON, so this check never fails; it only costs a scan.
+    Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_else(|_| Utf8Bytes::from(frame.as_str()))
+}
+
+async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+/// Runs one upgraded socket: registers it with the hub, then serves it until either side ends.
+pub(crate) async fn accept(socket: WebSocket, state: Arc<AppState>) {
+    let (outbound, outbound_rx) = mpsc::unbounded_channel();
+    let (started, start) = oneshot::channel::<Result<ConnId, tickwire_core::hub::Refused>>();
+    let commands = state.commands.clone();
+    let latency = state.latency.clone();
+    // The serving task is spawned first so the hub can hold its abort handle from the start.
+    let task = tokio::spawn(async move {
+        let Ok(registered) = start.await else { return };
+        serve(socket, registered, outbound_rx, commands, latency).await;
+    });
+    let connect = Command::Connect {
+        outbound,
+        task: task.abort_handle(),
+        reply: started,
+    };
+    if state.commands.send(connect).await.is_err() {
+        task.abort();
+    }
+}
+
+async fn serve(
+    socket: WebSocket,
+    registered: Result<ConnId, tickwire_core::hub::Refused>,
+    mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    commands: mpsc::Sender<Command>,
+    latency: Arc<LatencyHistogram>,
+) {
+    let (mut sink, stream) = socket.split();
+    let conn = match registered {
+        Ok(conn) => conn,
+        Err(refused) => {
+            let _ = sink.send(Message::Text(text(&refused.frame))).await;
+            close_with(&mut sink, TRY_AGAIN_LATER, "connection limit").await;
+            return;
+        }
+    };
+    let ended = {
+        let reading = read(stream, conn, &commands);
+        let writing = write(&mut sink, conn, &mut outbound, &commands, &latency);
+        tokio::select! {
+            ended = reading => Some(ended),
+            () = writing => None,
+        }
+    };
+    if let Some((reason, code)) = ended {
+        if let Some(code) = code {
+            close_with(&mut sink, code, "message too big").await;
+        }
+        let _ = commands.send(Command::Disconnected { conn, reason }).await;
+    }
+}
+
+/// Forwards client messages until the client leaves; says why, and which close code to send.
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    conn: ConnId,
+    commands: &mpsc::Sender<Command>,
+) -> (CloseReason, Option<u16>) {
+    loop {
+        let command = match stream.next().await {
+            Some(Ok(Message::Text(text))) => Command::Text { conn, text },
+            Some(Ok(Message::Binary(bytes))) => Command::Binary {
+                conn,
+                bytes: bytes.len(),
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Command::Activity { conn },
+            Some(Ok(Message::Close(_))) | None => return (CloseReason::ClientClosed, None),
+            Some(Err(error)) => {
+                // axum hides tungstenite's error type; its text names the capacity error.
+                let described = format!("{error} {:?}", std::error::Error::source(&error));
+                let too_big = described.contains("too long") || described.contains("Capacity");
+                return (CloseReason::SocketError, too_big.then_some(MESSAGE_TOO_BIG));
+            }
+        };
+        // Waiting here when the hub is busy stops this client's reads: TCP pushes back on it.
+        if commands.send(command).await.is_err() {
+            return (CloseReason::SocketError, None);
+        }
+    }
+}
+
+/// Sends what the hub hands over, in batches, reporting each batch once written; returns when
+/// the hub closes the connection or the socket fails.
+async fn write(
+    sink: &mut SplitSink<WebSocket, Message>,
+    conn: ConnId,
+    outbound: &mut mpsc::UnboundedReceiver<Outbound>,
+    commands: &mpsc::Sender<Command>,
+    latency: &LatencyHistogram,
+) {
+    let mut origins: Vec<Instant> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let Some(first) = outbound.recv().await else {
+            return;
+        };
+        let mut next = Some(first);
+        let mut frames = 0usize;
+        let mut close = None;
+        origins.clear();
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Frame(frame) => {
+                    if frame.kind() == FrameKind::Data {
+                        origins.push(frame.origin());
+                    }
+                    if sink.feed(Message::Text(text(&frame))).await.is_err() {
+                        let _ = commands
+                            .send(Command::Disconnected {
+                                conn,
+                                reason: CloseReason::SocketError,
+                            })
+                            .await;
+                        return;
+                    }
+                    frames += 1;
+                }
+                Outbound::Close(reason) => {
+                    close = Some(reason);
+                    break;
+                }
+            }
+            if frames < WRITE_BATCH {
+                next = outbound.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            let _ = commands
+                .send(Command::Disconnected {
+                    conn,
+                    reason: CloseReason::SocketError,
+                })
+                .await;
+            return;
+        }
+        let now = Instant::now();
+        for origin in &origins {
+            latency.observe(now.saturating_duration_since(*origin));
+        }
+        if let Some(reason) = close {
+            close_with(sink, reason.close_code(), reason.as_str()).await;
+            return;
+        }
+        if frames > 0
+            && commands
+                .send(Command::Written { conn, frames })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}

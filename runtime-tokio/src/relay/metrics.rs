@@ -1,0 +1,277 @@
+//! The relay's `/metrics` page (Prometheus text format) and its latency histogram.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tickwire_core::hub::{CloseReason, Hub};
+use tickwire_driver::FeedStatus;
+
+/// Upper bounds of the broadcast-latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Time from an update reaching the hub to its frame being written to a client socket.
+/// Written by every connection's writer without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    /// One counter per bucket, plus the overflow bucket.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        if let Some(count) = self.counts.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0u64;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative = cumulative.saturating_add(count.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        if let Some(overflow) = self.counts.last() {
+            cumulative = cumulative.saturating_add(overflow.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// Everything `/metrics` shows.
+pub(crate) fn render(hub: &Hub, latency: &LatencyHistogram, upstream: &FeedStatus) -> String {
+    let mut out = String::with_capacity(4096);
+    let counters = hub.counters();
+    single(
+        &mut out,
+        "tickwire_relay_connections",
+        "gauge",
+        "Downstream connections open now.",
+        hub.connection_count(),
+    );
+    single(
+        &mut out,
+        "tickwire_relay_connections_accepted_total",
+        "counter",
+        "Downstream connections accepted.",
+        counters.connections_accepted,
+    );
+    single(
+        &mut out,
+        "tickwire_relay_connections_refused_total",
+        "counter",
+        "Downstream connections refused at the connection limit.",
+        counters.connections_refused,
+    );
+    header(
+        &mut out,
+        "tickwire_relay_disconnects_total",
+        "counter",
+        "Downstream connections ended, by cause.",
+    );
+    for reason in CloseReason::ALL {
+        let _ = writeln!(
+            out,
+            "tickwire_relay_disconnects_total{{cause=\"{}\"}} {}",
+            reason.as_str(),
+            counters.disconnects(reason)
+        );
+    }
+    header(
+        &mut out,
+        "tickwire_relay_subscribers",
+        "gauge",
+        "Downstream subscribers per symbol.",
+    );
+    for (symbol, subscribers, _) in hub.symbols() {
+        let _ = writeln!(
+            out,
+            "tickwire_relay_subscribers{{symbol=\"{}\"}} {subscribers}",
+            label(symbol)
+        );
+    }
+    single(
+        &mut out,
+        "tickwire_relay_upstream_symbols",
+        "gauge",
+        "Symbols subscribed upstream (including lingering ones).",
+        hub.symbols().filter(|(_, _, upstream)| *upstream).count(),
+    );
+    let totals = [
+        (
+            "tickwire_relay_messages_sent_total",
+            "Messages handed to client sockets.",
+            counters.frames_sent,
+        ),
+        (
+            "tickwire_relay_bytes_sent_total",
+            "Bytes of messages handed to client sockets.",
+            counters.bytes_sent,
+        ),
+        (
+            "tickwire_relay_updates_received_total",
+            "Quote and bar updates from upstream.",
+            counters.updates_received,
+        ),
+        (
+            "tickwire_relay_updates_unchanged_total",
+            "Upstream updates not broadcast because nothing changed.",
+            counters.updates_unchanged,
+        ),
+        (
+            "tickwire_relay_deliveries_conflated_total",
+            "Deliveries to slow consumers replaced by a later value.",
+            counters.deliveries_conflated,
+        ),
+        (
+            "tickwire_relay_slow_consumers_total",
+            "SLOW_CONSUMER warnings sent.",
+            counters.slow_consumer_warnings,
+        ),
+        (
+            "tickwire_relay_control_messages_dropped_total",
+            "Replies dropped because the client's queue was full.",
+            counters.control_frames_dropped,
+        ),
+        (
+            "tickwire_relay_requests_total",
+            "Messages received from clients.",
+            counters.requests,
+        ),
+        (
+            "tickwire_relay_errors_sent_total",
+            "Error replies sent to clients.",
+            counters.errors_sent,
+        ),
+    ];
+    for (name, help, value) in totals {
+        single(&mut out, name, "counter", help, value);
+    }
+    header(
+        &mut out,
+        "tickwire_relay_broadcast_latency_seconds",
+        "histogram",
+        "Time from an upstream update reaching the relay to its message being written to a client socket.",
+    );
+    latency.render(&mut out, "tickwire_relay_broadcast_latency_seconds");
+
+    let client = &upstream.client;
+    header(
+        &mut out,
+        "tickwire_relay_upstream_state",
+        "gauge",
+        "1 for the upstream connection's current state.",
+    );
+    for state in [
+        "idle",
+        "connecting",
+        "live",
+        "backing_off",
+        "circuit_open",
+        "closed",
+    ] {
+        let value = u8::from(client.state.as_str() == state);
+        let _ = writeln!(
+            out,
+            "tickwire_relay_upstream_state{{state=\"{state}\"}} {value}"
+        );
+    }
+    single(
+        &mut out,
+        "tickwire_relay_upstream_connections_total",
+        "counter",
+        "Upstream connections opened (the first one plus every reconnect).",
+        client.counters.connections,
+    );
+    single(
+        &mut out,
+        "tickwire_relay_upstream_reconnects_total",
+        "counter",
+        "Upstream connections opened after the first.",
+        client.counters.connections.saturating_sub(1),
+    );
+    single(
+        &mut out,
+        "tickwire_relay_upstream_connection_attempts_total",
+        "counter",
+        "Upstream connection attempts.",
+        client.counters.connection_attempts,
+    );
+    single(
+        &mut out,
+        "tickwire_relay_upstream_consecutive_failures",
+        "gauge",
+        "Upstream attempts failed in a row.",
+        client.consecutive_failures,
+    );
+    single(
+        &mut out,
+        "tickwire_relay_upstream_packets_total",
+        "counter",
+        "Packets received from upstream.",
+        client.counters.packets,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let histogram = LatencyHistogram::default();
+        histogram.observe(Duration::from_micros(50));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        histogram.render(&mut out, "x");
+        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

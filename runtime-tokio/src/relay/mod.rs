@@ -1,0 +1,530 @@
+//! The relay: one resilient upstream feed fanned out to many downstream WebSocket clients.
+//!
+//! Every decision (who gets what, conflation, limits, deadlines, which symbols the upstream
+//! carries) is the core's [`Hub`](tickwire_core::hub::Hub); this module moves bytes between
+//! sockets and the hub, tells it the time, and serves:
+//!
+//! - `/ws`: the downstream protocol (see [`tickwire_core::hub`]),
+//! - `/`: a live page (table, sparklines, connection indicator),
+//! - `/symbols`: the symbols the page shows by default (JSON array),
+//! - `/metrics`: Prometheus text format,
+//! - `/healthz`: the upstream state (200 when live, 503 otherwise).
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use tickwire_tokio::relay::{Relay, RelayConfig};
+//!
+//! let mut config = RelayConfig::default();
+//! config.upstream.url = "ws://127.0.0.1:8765/socket.io/websocket".to_owned();
+//! let relay = Relay::start(config).await?;
+//! println!("open http://{}/", relay.local_addr());
+//! tokio::signal::ctrl_c().await?;
+//! relay.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod connection;
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{FutureExt, StreamExt};
+use tickwire_core::hub::{ConnId, Hub, HubConfig, HubOutput, Refused};
+use tickwire_driver::{Config, Event, Feed, Options, SeriesId};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use connection::Outbound;
+use metrics::LatencyHistogram;
+
+/// Relay settings. `RelayConfig::default()` listens on 127.0.0.1:8080 and relays the real feed.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where to listen for HTTP and WebSocket clients.
+    pub listen: SocketAddr,
+    /// The upstream feed client's settings (URL, timeouts, backoff…).
+    pub upstream: Config,
+    /// Downstream limits.
+    pub hub: HubConfig,
+    /// Bar timeframe carried per symbol (e.g. `"1"`); `None` relays quotes only. Each series
+    /// costs rate-limited upstream commands.
+    pub bars: Option<String>,
+    /// What `GET /symbols` returns: the page's default symbols.
+    pub page_symbols: Vec<String>,
+    /// Kernel send buffer of each client socket (`SO_SNDBUF`). Small buffers bound memory per
+    /// connection and let a stalled reader show up as backpressure quickly.
+    pub send_buffer_bytes: Option<u32>,
+    /// Largest WebSocket message read at all; bigger ones end the connection (close code
+    /// 1009). Messages between the hub's `max_message_bytes` and this get an error reply.
+    pub max_websocket_message_bytes: usize,
+    /// Time a client gets to take a close frame before its socket is dropped.
+    pub close_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: Config::default(),
+            hub: HubConfig::default(),
+            bars: None,
+            page_symbols: Vec::new(),
+            send_buffer_bytes: Some(64 * 1024),
+            max_websocket_message_bytes: 256 * 1024,
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What connection tasks and HTTP handlers ask of the hub task.
+enum Command {
+    Connect {
+        outbound: mpsc::UnboundedSender<Outbound>,
+        task: AbortHandle,
+        reply: oneshot::Sender<Result<ConnId, Refused>>,
+    },
+    Text {
+        conn: ConnId,
+        text: axum::extract::ws::Utf8Bytes,
+    },
+    Binary {
+        conn: ConnId,
+        bytes: usize,
+    },
+    Activity {
+        conn: ConnId,
+    },
+    Written {
+        conn: ConnId,
+        frames: usize,
+    },
+    Disconnected {
+        conn: ConnId,
+        reason: tickwire_core::hub::CloseReason,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// State shared by the HTTP handlers.
+struct AppState {
+    commands: mpsc::Sender<Command>,
+    feed: Feed,
+    symbols_json: String,
+    connections: Arc<AtomicUsize>,
+    latency: Arc<LatencyHistogram>,
+    max_websocket_message_bytes: usize,
+}
+
+/// A running relay. Dropping it leaves it running until the runtime ends; call
+/// [`Relay::shutdown`] to close every client cleanly.
+#[derive(Debug)]
+pub struct Relay {
+    addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    hub_task: JoinHandle<()>,
+    feed: Feed,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Command")
+    }
+}
+
+fn listener(config: &RelayConfig) -> std::io::Result<TcpListener> {
+    let socket = match config.listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // A restarted relay must get its port back while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if let Some(bytes) = config.send_buffer_bytes {
+        // Accepted sockets inherit it.
+        socket.set_send_buffer_size(bytes)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(4096)
+}
+
+impl Relay {
+    /// Binds, connects upstream and starts serving.
+    ///
+    /// # Errors
+    /// The address cannot be bound, or the hub configuration is invalid.
+    pub async fn start(config: RelayConfig) -> std::io::Result<Relay> {
+        let hub = Hub::new(config.hub.clone())
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let listener = listener(&config)?;
+        let addr = listener.local_addr()?;
+        let feed = crate::connect_with(config.upstream.clone(), Options::default());
+        let (commands, command_rx) = mpsc::channel(8192);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let latency = Arc::new(LatencyHistogram::default());
+        let mut page_symbols = config.page_symbols.clone();
+        if page_symbols.is_empty()
+            && let Some(whitelist) = &config.hub.whitelist
+        {
+            page_symbols = whitelist.iter().take(20).map(|s| s.to_string()).collect();
+        }
+        let state = Arc::new(AppState {
+            commands: commands.clone(),
+            feed: feed.clone(),
+            symbols_json: serde_json::to_string(&page_symbols).unwrap_or_else(|_| "[]".into()),
+            connections: connections.clone(),
+            latency: latency.clone(),
+            max_websocket_message_bytes: config.max_websocket_message_bytes,
+        });
+        let hub_task = tokio::spawn(
+            HubTask {
+                hub,
+                feed: feed.clone(),
+                connections: HashMap::new(),
+                series: HashMap::new(),
+                bars: config.bars.clone(),
+                close_timeout: config.close_timeout,
+                open: connections,
+                latency,
+            }
+            .run(command_rx),
+        );
+        let router = Router::new()
+            .route("/", get(page))
+            .route("/ws", get(websocket))
+            .route("/symbols", get(symbols))
+            .route("/metrics", get(metrics_page))
+            .route("/healthz", get(health))
+            .with_state(state);
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            let _ = serve.await;
+        });
+        Ok(Relay {
+            addr,
+            commands,
+            stop_server: Some(stop_server),
+            server,
+            hub_task,
+            feed,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream feed (for its status).
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Closes every client with a close frame (1001, going away), stops listening and closes
+    /// the upstream connection. Returns when the port is free.
+    pub async fn shutdown(mut self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        self.hub_task.abort();
+        self.feed.close().await;
+    }
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+}
+
+async fn symbols(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.symbols_json.clone(),
+    )
+}
+
+async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
+    let (reply, rendered) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::Metrics { reply })
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    match rendered.await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let status = state.feed.status();
+    let upstream = status.client.state;
+    let live = upstream == tickwire_driver::State::Live;
+    let body = serde_json::json!({
+        "status": if live { "ok" } else { "degraded" },
+        "upstream": upstream.as_str(),
+        "mode": format!("{:?}", status.client.mode).to_lowercase(),
+        "consecutive_failures": status.client.consecutive_failures,
+        "last_failure": status.client.last_failure,
+        "connections": state.connections.load(Ordering::Relaxed),
+    });
+    let code = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    let limit = state.max_websocket_message_bytes;
+    upgrade
+        // Client messages are small; a large eager read buffer would cost every idle client.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(8 * 1024 * 1024)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection::accept(socket, state))
+}
+
+/// The one task that owns the hub: everything it decides is carried out here.
+struct HubTask {
+    hub: Hub,
+    feed: Feed,
+    connections: HashMap<ConnId, ConnectionHandle>,
+    series: HashMap<Arc<str>, SeriesId>,
+    bars: Option<String>,
+    close_timeout: Duration,
+    open: Arc<AtomicUsize>,
+    latency: Arc<LatencyHistogram>,
+}
+
+struct ConnectionHandle {
+    outbound: mpsc::UnboundedSender<Outbound>,
+    task: AbortHandle,
+}
+
+/// Commands handled per wake-up before outputs are flushed, so one busy moment cannot starve
+/// the timers and upstream events.
+const COMMAND_BATCH: usize = 1024;
+
+impl HubTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut events = self.feed.events();
+        loop {
+            let deadline = self.hub.poll_timeout();
+            let sleep = async move {
+                match deadline {
+                    Some(deadline) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    if self.handle(command) {
+                        return;
+                    }
+                    for _ in 1..COMMAND_BATCH {
+                        let Ok(command) = commands.try_recv() else { break };
+                        if self.handle(command) {
+                            return;
+                        }
+                    }
+                }
+                event = events.next() => {
+                    let Some(event) = event else { break };
+                    self.handle_event(event);
+                    while let Some(Some(event)) = events.next().now_or_never() {
+                        self.handle_event(event);
+                    }
+                }
+                () = sleep => self.hub.handle_timeout(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    /// Handles one command; true when the relay has shut down.
+    fn handle(&mut self, command: Command) -> bool {
+        let now = Instant::now();
+        match command {
+            Command::Connect {
+                outbound,
+                task,
+                reply,
+            } => {
+                let result = self.hub.connect(now);
+                if let Ok(conn) = result {
+                    self.connections
+                        .insert(conn, ConnectionHandle { outbound, task });
+                }
+                let _ = reply.send(result);
+            }
+            Command::Text { conn, text } => self.hub.handle_text(now, conn, text.as_str()),
+            Command::Binary { conn, bytes } => self.hub.handle_binary(now, conn, bytes),
+            Command::Activity { conn } => self.hub.handle_activity(now, conn),
+            Command::Written { conn, frames } => self.hub.handle_written(now, conn, frames),
+            Command::Disconnected { conn, reason } => {
+                self.hub.disconnect(now, conn, reason);
+                self.connections.remove(&conn);
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(metrics::render(
+                    &self.hub,
+                    &self.latency,
+                    &self.feed.status(),
+                ));
+            }
+            Command::Shutdown { reply } => {
+                self.hub.shutdown(now);
+                self.flush();
+                let tasks: Vec<AbortHandle> = self
+                    .connections
+                    .drain()
+                    .map(|(_, handle)| handle.task)
+                    .collect();
+                let close_timeout = self.close_timeout;
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + close_timeout;
+                    while tasks.iter().any(|task| !task.is_finished())
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    for task in &tasks {
+                        task.abort();
+                    }
+                    let _ = reply.send(());
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Quote(quote) => self.hub.handle_quote(now, &quote.quote),
+            Event::Bar(bar) => {
+                self.hub
+                    .handle_bar(now, &bar.symbol, &bar.timeframe, &bar.bar, bar.closed);
+            }
+            Event::QuoteError { symbol, reason } => {
+                self.hub.handle_symbol_error(now, &symbol, &reason);
+                if let Some(series) = self.series.remove(&symbol) {
+                    self.feed.unsubscribe_bars(series);
+                }
+            }
+            Event::State(change) => self.hub.handle_upstream_state(now, change.state),
+            _ => {}
+        }
+    }
+
+    /// Carries out everything the hub decided.
+    fn flush(&mut self) {
+        let mut subscribe = Vec::new();
+        let mut unsubscribe = Vec::new();
+        while let Some(output) = self.hub.poll_output() {
+            match output {
+                HubOutput::Transmit { conn, frame } => {
+                    if let Some(handle) = self.connections.get(&conn) {
+                        let _ = handle.outbound.send(Outbound::Frame(frame));
+                    }
+                }
+                HubOutput::Close { conn, reason } => {
+                    if let Some(handle) = self.connections.remove(&conn) {
+                        let _ = handle.outbound.send(Outbound::Close(reason));
+                        // A client that cannot take the close frame in time is dropped.
+                        let task = handle.task;
+                        let close_timeout = self.close_timeout;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(close_timeout).await;
+                            task.abort();
+                        });
+                    }
+                }
+                HubOutput::SubscribeUpstream(symbol) => subscribe.push(symbol),
+                HubOutput::UnsubscribeUpstream(symbol) => unsubscribe.push(symbol),
+            }
+        }
+        // One upstream command per batch of symbols, not one per symbol: commands are rate
+        // limited upstream.
+        if !unsubscribe.is_empty() {
+            self.feed.unsubscribe(unsubscribe.iter());
+            for symbol in &unsubscribe {
+                if let Some(series) = self.series.remove(symbol) {
+                    self.feed.unsubscribe_bars(series);
+                }
+            }
+        }
+        if !subscribe.is_empty() {
+            self.feed.subscribe(subscribe.iter());
+            if let Some(timeframe) = &self.bars {
+                for symbol in subscribe {
+                    if let Some(series) = self.feed.subscribe_bars(&symbol, timeframe, 2) {
+                        self.series.insert(symbol, series);
+                    }
+                }
+            }
+        }
+        self.open
+            .store(self.hub.connection_count(), Ordering::Relaxed);
+    }
+}
