@@ -1,0 +1,598 @@
+//! The relay over real loopback sockets: an emulator upstream, the relay, and many WebSocket
+//! clients. Every wait is bounded; limits are set small so each scenario takes a few seconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tickwire_core::hub::HubConfig;
+use tickwire_emulator::{Emulator, EmulatorConfig};
+use tickwire_tokio::relay::{Relay, RelayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn emulator(rate_hz: f64, stamp: bool) -> Emulator {
+    Emulator::start(EmulatorConfig {
+        rate_hz,
+        symbols: 40,
+        heartbeat_interval: Duration::from_millis(500),
+        stamp_quotes: stamp,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn relay_config(emulator: &Emulator, hub: HubConfig) -> RelayConfig {
+    let mut config = RelayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        hub,
+        ..RelayConfig::default()
+    };
+    config.upstream.url = emulator.url();
+    config
+}
+
+/// Symbols of the emulator's market: `EMU:S10` and up.
+fn symbols(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|index| format!("EMU:S{index}")).collect()
+}
+
+fn unix_ns() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap()
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the socket did instead of delivering a message.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Closed(Option<u16>),
+    Failed,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        Client { ws }
+    }
+
+    /// A client whose kernel receive buffer is tiny, so that not reading pushes back at once.
+    async fn connect_small_buffer(addr: SocketAddr) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+                .await
+                .unwrap();
+        Client { ws }
+    }
+
+    async fn send(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    async fn subscribe(&mut self, symbols: &[String]) {
+        self.send(json!({"action": "subscribe", "symbols": symbols}))
+            .await;
+    }
+
+    /// The next JSON message, or how the connection ended.
+    async fn next(&mut self) -> Result<Value, Ended> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("no message within {WAIT:?}"),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Ok(serde_json::from_str(text.as_str()).unwrap());
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Err(Ended::Closed(frame.map(|frame| u16::from(frame.code))));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Err(Ended::Failed),
+            }
+        }
+    }
+
+    /// Reads until `wanted` matches a message; panics on the end of the connection or after
+    /// the bound.
+    async fn until(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.next().await {
+                Ok(value) if wanted(&value) => return value,
+                Ok(_) => {}
+                Err(ended) => panic!("waiting for {what}, the connection ended: {ended:?}"),
+            }
+        }
+        panic!("no {what} within {WAIT:?}");
+    }
+
+    /// Reads until the connection ends, returning every message seen before.
+    async fn until_end(&mut self) -> (Vec<Value>, Ended) {
+        let mut seen = Vec::new();
+        loop {
+            match self.next().await {
+                Ok(value) => seen.push(value),
+                Err(ended) => return (seen, ended),
+            }
+        }
+    }
+}
+
+fn is_type(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |value| value["type"] == kind
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One metric's value from `/metrics` (the first line starting with `name`).
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {WAIT:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_get_snapshots_and_live_quotes_and_upstream_follows_demand() {
+    let emulator = emulator(400.0, false).await;
+    let relay = Relay::start(relay_config(
+        &emulator,
+        HubConfig {
+            linger: Duration::from_millis(300),
+            ..HubConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let addr = relay.local_addr();
+    let wanted = symbols(10..20);
+    let mut clients = Vec::new();
+    for index in 0..50 {
+        let mut client = Client::connect(addr).await;
+        // Each client takes three of the ten symbols.
+        let mine: Vec<String> = (0..3)
+            .map(|offset| wanted[(index + offset) % wanted.len()].clone())
+            .collect();
+        client.subscribe(&mine).await;
+        clients.push((client, mine));
+    }
+    for (client, mine) in &mut clients {
+        let status = client.until("status", is_type("status")).await;
+        assert!(status["upstream"].is_string());
+        let mut snapshots = BTreeSet::new();
+        let mut quoted = BTreeSet::new();
+        while quoted.len() < mine.len() {
+            let message = client.until("a quote", |_| true).await;
+            let symbol = message["symbol"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str() {
+                Some("snapshot") => {
+                    snapshots.insert(symbol);
+                }
+                Some("quote") => {
+                    assert!(snapshots.contains(&symbol), "quote before snapshot");
+                    assert!(message["data"].is_object());
+                    quoted.insert(symbol);
+                }
+                _ => {}
+            }
+        }
+        let mine: BTreeSet<String> = mine.iter().cloned().collect();
+        assert_eq!(snapshots, mine);
+        assert_eq!(quoted, mine);
+    }
+    assert_eq!(metric(addr, "tickwire_relay_connections ").await, 50.0);
+    assert_eq!(metric(addr, "tickwire_relay_upstream_symbols").await, 10.0);
+    assert!(
+        get(addr, "/metrics")
+            .await
+            .1
+            .contains("tickwire_relay_subscribers{symbol=\"EMU:S10\"} 15")
+    );
+    let (status, health) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["upstream"], "live");
+
+    // Everyone leaves: after the linger nothing is carried upstream.
+    drop(clients);
+    eventually("upstream empties after the linger", async || {
+        metric(addr, "tickwire_relay_upstream_symbols").await == 0.0
+    })
+    .await;
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+/// Latency of a stamped quote message, emulator write to now.
+fn latency(message: &Value) -> Option<Duration> {
+    let stamp: u64 = message["data"]["emu_ns"].as_str()?.parse().ok()?;
+    Some(Duration::from_nanos(unix_ns().saturating_sub(stamp)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_warned_conflated_and_cut_off_while_the_others_keep_their_latency() {
+    let emulator = emulator(2000.0, true).await;
+    let mut config = relay_config(
+        &emulator,
+        HubConfig {
+            queue_capacity: 64,
+            send_window: 8,
+            slow_consumer_deadline: Duration::from_secs(2),
+            ..HubConfig::default()
+        },
+    );
+    config.send_buffer_bytes = Some(4096);
+    let relay = Relay::start(config).await.unwrap();
+    let addr = relay.local_addr();
+    let wanted = symbols(10..50);
+
+    let mut slow = Client::connect_small_buffer(addr).await;
+    slow.subscribe(&wanted).await;
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let mut client = Client::connect(addr).await;
+        client.subscribe(&wanted).await;
+        readers.push(client);
+    }
+    // The readers keep reading for four seconds while the slow client reads nothing.
+    let reading = readers.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(4) {
+                match client.next().await {
+                    Ok(message) => latencies.extend(latency(&message)),
+                    Err(ended) => panic!("a reading client was disconnected: {ended:?}"),
+                }
+            }
+            (client, latencies)
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut clients = Vec::new();
+    for task in reading.collect::<Vec<_>>() {
+        let (client, seen) = task.await.unwrap();
+        latencies.extend(seen);
+        clients.push(client);
+    }
+    latencies.sort_unstable();
+    assert!(latencies.len() > 1000, "only {} quotes", latencies.len());
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(250),
+        "readers' p99 latency {p99:?} while one client stalls"
+    );
+    // A reader may lag for a moment on a loaded machine and be warned too, but only the
+    // stalled client stays behind long enough to be cut off.
+    assert!(metric(addr, "tickwire_relay_slow_consumers_total").await >= 1.0);
+    assert_eq!(
+        metric(
+            addr,
+            "tickwire_relay_disconnects_total{cause=\"slow_consumer\"}"
+        )
+        .await,
+        1.0
+    );
+    assert!(metric(addr, "tickwire_relay_deliveries_conflated_total").await > 0.0);
+    // The stalled client finds what fitted in its buffers, then the end.
+    let (_, ended) = slow.until_end().await;
+    assert!(
+        matches!(ended, Ended::Failed | Ended::Closed(Some(4001))),
+        "{ended:?}"
+    );
+    assert_eq!(metric(addr, "tickwire_relay_connections ").await, 5.0);
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_too_slowly_hears_slow_consumer_then_is_closed() {
+    let emulator = emulator(1000.0, false).await;
+    let mut config = relay_config(
+        &emulator,
+        HubConfig {
+            queue_capacity: 32,
+            send_window: 4,
+            slow_consumer_deadline: Duration::from_secs(2),
+            ..HubConfig::default()
+        },
+    );
+    config.send_buffer_bytes = Some(4096);
+    let relay = Relay::start(config).await.unwrap();
+    let mut client = Client::connect_small_buffer(relay.local_addr()).await;
+    client.subscribe(&symbols(10..50)).await;
+    // About 40 messages a second against about a thousand updates.
+    let mut seen = Vec::new();
+    let ended = loop {
+        match client.next().await {
+            Ok(message) => seen.push(message),
+            Err(ended) => break ended,
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let warning = seen
+        .iter()
+        .position(|message| message["type"] == "warning")
+        .expect("a SLOW_CONSUMER warning before the end");
+    assert_eq!(seen[warning]["code"], "SLOW_CONSUMER");
+    assert_eq!(
+        seen.iter()
+            .filter(|message| message["type"] == "warning")
+            .count(),
+        1
+    );
+    // After the warning it was owed the latest state per symbol: snapshots.
+    assert!(
+        seen[warning..]
+            .iter()
+            .any(|message| message["type"] == "snapshot"),
+        "no conflated snapshot after the warning"
+    );
+    assert!(
+        matches!(ended, Ended::Failed | Ended::Closed(Some(4001))),
+        "{ended:?}"
+    );
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_get_errors_and_never_hurt_the_relay() {
+    let emulator = emulator(50.0, false).await;
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.max_websocket_message_bytes = 64 * 1024;
+    let relay = Relay::start(config).await.unwrap();
+    let addr = relay.local_addr();
+    let mut client = Client::connect(addr).await;
+    client.until("status", is_type("status")).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::Text("not json".into()), "BAD_REQUEST"),
+        (
+            Message::Text("{\"action\":\"dance\"}".into()),
+            "UNKNOWN_ACTION",
+        ),
+        (Message::Text("[1,2]".into()), "BAD_REQUEST"),
+        (
+            Message::Text("{\"action\":\"subscribe\",\"symbols\":\"x\"}".into()),
+            "BAD_REQUEST",
+        ),
+        (Message::Binary(vec![0xff, 0, 1].into()), "BAD_REQUEST"),
+        (
+            Message::Text(
+                format!("{{\"action\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(20_000)).into(),
+            ),
+            "MESSAGE_TOO_LARGE",
+        ),
+        (
+            Message::Text("{\"action\":\"subscribe\",\"symbols\":[\"bad symbol\"]}".into()),
+            "INVALID_SYMBOL",
+        ),
+    ];
+    for (message, code) in cases {
+        client.ws.send(message).await.unwrap();
+        let error = client.until("an error", is_type("error")).await;
+        assert_eq!(error["code"], code, "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|text| !text.is_empty())
+        );
+    }
+    client.send(json!({"action": "ping"})).await;
+    client.until("pong", is_type("pong")).await;
+
+    // Beyond the WebSocket layer's limit the connection ends with 1009; others are unaffected.
+    let mut bystander = Client::connect(addr).await;
+    bystander.subscribe(&symbols(10..12)).await;
+    client.send_text("x".repeat(100_000)).await;
+    let (_, ended) = client.until_end().await;
+    assert!(
+        matches!(ended, Ended::Closed(Some(1009)) | Ended::Failed),
+        "{ended:?}"
+    );
+    bystander.until("a quote", is_type("quote")).await;
+
+    // Raw garbage instead of a WebSocket handshake.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut sink)).await;
+    let (status, _) = get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+    bystander.send(json!({"action": "ping"})).await;
+    bystander.until("pong", is_type("pong")).await;
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_connections_and_the_whitelist_are_enforced_over_the_wire() {
+    let emulator = emulator(50.0, false).await;
+    let relay = Relay::start(relay_config(
+        &emulator,
+        HubConfig {
+            max_connections: 2,
+            max_subscriptions_per_connection: 3,
+            whitelist: Some(symbols(10..20).into_iter().map(Into::into).collect()),
+            ..HubConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let addr = relay.local_addr();
+    let mut first = Client::connect(addr).await;
+    let _second = Client::connect(addr).await;
+    first.until("status", is_type("status")).await;
+    let mut third = Client::connect(addr).await;
+    let refusal = third.next().await.unwrap();
+    assert_eq!(refusal["code"], "CONNECTION_LIMIT");
+    assert_eq!(third.next().await, Err(Ended::Closed(Some(1013))));
+
+    first
+        .subscribe(&["EMU:S30".to_owned(), "EMU:S10".to_owned()])
+        .await;
+    let refused = first.until("an error", is_type("error")).await;
+    assert_eq!(refused["code"], "SYMBOL_NOT_ALLOWED");
+    assert_eq!(refused["symbol"], "EMU:S30");
+    first.subscribe(&symbols(11..14)).await;
+    let limit = first.until("an error", is_type("error")).await;
+    assert_eq!(limit["code"], "SUBSCRIPTION_LIMIT");
+    assert_eq!(limit["symbol"], "EMU:S13");
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_and_pinging_ones_stay() {
+    let emulator = emulator(50.0, false).await;
+    let relay = Relay::start(relay_config(
+        &emulator,
+        HubConfig {
+            keepalive_timeout: Duration::from_millis(800),
+            ..HubConfig::default()
+        },
+    ))
+    .await
+    .unwrap();
+    let addr = relay.local_addr();
+    let mut silent = Client::connect(addr).await;
+    let mut pinging = Client::connect(addr).await;
+    let started = Instant::now();
+    let pinger = tokio::spawn(async move {
+        while started.elapsed() < Duration::from_secs(2) {
+            pinging.send(json!({"action": "ping"})).await;
+            pinging.until("pong", is_type("pong")).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        pinging
+    });
+    let (_, ended) = silent.until_end().await;
+    assert_eq!(ended, Ended::Closed(Some(4002)));
+    let mut pinging = pinger.await.unwrap();
+    pinging.send(json!({"action": "ping"})).await;
+    pinging.until("pong", is_type("pong")).await;
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_closes_clients_cleanly_and_they_reconnect_on_the_same_port() {
+    let emulator = emulator(200.0, false).await;
+    let relay = Relay::start(relay_config(&emulator, HubConfig::default()))
+        .await
+        .unwrap();
+    let addr = relay.local_addr();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = Client::connect(addr).await;
+        client.subscribe(&symbols(10..13)).await;
+        client.until("a quote", is_type("quote")).await;
+        clients.push(client);
+    }
+    relay.shutdown().await;
+    for client in &mut clients {
+        let (_, ended) = client.until_end().await;
+        assert_eq!(ended, Ended::Closed(Some(u16::from(CloseCode::Away))));
+    }
+    // The port is free at once: a new relay takes it and the clients come back.
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.listen = addr;
+    let relay = Relay::start(config).await.unwrap();
+    let mut prices: BTreeMap<usize, usize> = BTreeMap::new();
+    for (index, _) in clients.iter().enumerate() {
+        let mut client = Client::connect(addr).await;
+        client.subscribe(&symbols(10..13)).await;
+        client.until("a snapshot", is_type("snapshot")).await;
+        client.until("a quote", is_type("quote")).await;
+        *prices.entry(index).or_default() += 1;
+    }
+    assert_eq!(prices.len(), 20);
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_an_unreachable_upstream_and_the_page_is_served() {
+    let mut config = RelayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        page_symbols: vec!["A:B".into()],
+        ..RelayConfig::default()
+    };
+    // Nothing listens on port 9 of loopback (discard is not run here).
+    config.upstream.url = "ws://127.0.0.1:9/socket.io/websocket".into();
+    let relay = Relay::start(config).await.unwrap();
+    let addr = relay.local_addr();
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded");
+    let (status, page) = get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"));
+    assert_eq!(get(addr, "/symbols").await, (200, "[\"A:B\"]".to_owned()));
+    assert_eq!(get(addr, "/nothing-here").await.0, 404);
+    // Clients still connect and hear that the upstream is down.
+    let mut client = Client::connect(addr).await;
+    let status = client.until("status", is_type("status")).await;
+    assert_ne!(status["upstream"], "live");
+    relay.shutdown().await;
+}
