@@ -47,4 +47,6 @@ for payload in payloads[:400] + extra:
     put("parse_structured", payload)
     put("client", b"\x00" + payload)
 PY
+# The hub target's input is a schedule of operations, which libFuzzer builds up from nothing.
+mkdir -p corpus/hub
 echo "corpora: $(ls corpus/codec | wc -l) codec, $(ls corpus/parse | wc -l) parse"
