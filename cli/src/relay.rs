@@ -229,3 +229,30 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(set: &BTreeSet<Arc<str>>) -> Vec<&str> {
+        set.iter().map(|symbol| symbol.as_ref()).collect()
+    }
+
+    #[test]
+    fn whitelist_reads_a_list_or_a_file_with_comments() {
+        let listed = whitelist("NASDAQ:AAPL, FX:EURUSD,,").unwrap();
+        assert_eq!(names(&listed), ["FX:EURUSD", "NASDAQ:AAPL"]);
+        let path = std::env::temp_dir().join(format!("tickwire-whitelist-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "# majors\nFX:EURUSD\n  NASDAQ:AAPL # tech\n\nA:B,C:D\n",
+        )
+        .unwrap();
+        let from_file = whitelist(path.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            names(&from_file),
+            ["A:B", "C:D", "FX:EURUSD", "NASDAQ:AAPL"]
+        );
+    }
+}

@@ -346,3 +346,105 @@ fn demo_recovers_and_summarises() {
     assert!(text.contains("== summary"), "{text}");
     assert!(text.contains("remote_closed          1"), "{text}");
 }
+
+/// A plain HTTP/1.0 GET against the relay: status code and body.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").ok()?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+#[test]
+fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
+    let mut relay = tickwire()
+        .args(["relay", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(relay.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("first line: {first:?}"))
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        match http_get(&addr, "/healthz") {
+            Some((200, body)) => break body,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("relay never healthy: {other:?}"),
+        }
+    };
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["upstream"], "live");
+    let (status, symbols) = http_get(&addr, "/symbols").unwrap();
+    assert_eq!(status, 200);
+    let symbols: Vec<String> = serde_json::from_str(&symbols).unwrap();
+    assert!(
+        symbols.contains(&"BINANCE:BTCUSDT".to_owned()),
+        "{symbols:?}"
+    );
+    let (status, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tickwire_relay_upstream_state{state=\"live\"} 1"));
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = relay.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+fn relay_rejects_bad_settings_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, expected) in [
+        (
+            vec!["relay", "--queue", "0"],
+            "queue_capacity must be at least 1",
+        ),
+        (
+            vec!["relay", "--whitelist", "/no/such/file"],
+            "--whitelist /no/such/file: no such file",
+        ),
+        (vec!["relay", "--whitelist", ", ,"], "no symbols in it"),
+        (vec!["relay", "--bars", "5 min"], "--bars"),
+        (
+            vec!["relay", "--upstream", "http://x"],
+            "expected a ws:// or wss:// URL",
+        ),
+        (vec!["relay", "--listen", &taken], "cannot listen on"),
+        (vec!["relay", "--keepalive", "often"], "often"),
+    ] {
+        let output = tickwire().args(&args).output().unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
