@@ -3,7 +3,7 @@
 //! The sans-IO core of tickwire: bytes and time in; packets, typed messages and decisions out.
 //! No sockets, no clocks, no async runtime.
 //!
-//! This crate currently provides the protocol layer:
+//! This crate provides:
 //!
 //! - [`codec`]: splits WebSocket text messages into `~m~<len>~m~<payload>` packets (zero-copy,
 //!   UTF-16 length counting with resynchronisation, typed errors for hostile input) and frames
@@ -13,6 +13,9 @@
 //! - [`command`]: builds the client commands a streaming client sends, encoded byte-for-byte as
 //!   the real clients send them.
 //! - [`json`]: the compact, ASCII-only JSON writer behind every payload tickwire emits.
+//! - [`client`]: the resilient streaming client as a state machine (time in, decisions out).
+//! - [`hub`]: the relay's fan-out: downstream subscriptions, change-only broadcast, per-connection
+//!   bounded queues with conflation, limits and deadlines.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -51,6 +54,15 @@
 //! | commands waiting for the rate limit | `Config::max_queued_commands` (1 024) | dropped and reported (`Event::CommandsDropped`, `commands_dropped`); the desired state keeps them, the next connection replays them |
 //! | client outputs | drained by the driver after every input | proportional to the input just handled |
 //! | events waiting for the application (driver) | `Options::event_capacity` (10 000) | quotes conflate per symbol, forming bars per series (`events_conflated`); closed bars and errors are kept |
+//! | relay: downstream connections | `HubConfig::max_connections` (16 384) | refused with a `CONNECTION_LIMIT` error, close code 1013 |
+//! | relay: subscriptions per connection | `HubConfig::max_subscriptions_per_connection` (200) | `SUBSCRIPTION_LIMIT` error for each symbol past it |
+//! | relay: symbols carried upstream | `HubConfig::max_upstream_symbols` (2 000), lingering ones included | the lingering symbol due first is dropped early; if none lingers, `SYMBOL_LIMIT` |
+//! | relay: client message size | `HubConfig::max_message_bytes` (16 KiB); the relay's WebSocket limit (256 KiB) | `MESSAGE_TOO_LARGE` error; past the WebSocket limit the connection ends (1009) |
+//! | relay: client message rate | `HubConfig::messages_per_second` (20, bursts of 40) | the message is ignored; one `RATE_LIMITED` error per second |
+//! | relay: frames waiting per connection | `HubConfig::queue_capacity` (512), plus 64 control frames | conflated to the latest state per symbol, one `SLOW_CONSUMER` warning, closed (4001) if still behind after `slow_consumer_deadline` (10 s); control frames past it are dropped and counted |
+//! | relay: frames handed to one socket writer | `HubConfig::send_window` (32) | the rest waits in the hub's queue |
+//! | relay: silent connection | `HubConfig::keepalive_timeout` (90 s) | closed (4002) |
+//! | relay: commands to the hub task | 8 192 | the connection's reader waits, so TCP pushes back on that client alone |
 #![cfg_attr(
     not(test),
     warn(
