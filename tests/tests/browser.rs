@@ -22,13 +22,17 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tickwire_emulator::{Emulator, EmulatorConfig};
+use tickwire_emulator::EmulatorConfig;
 use tickwire_tokio::relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+
+use support::Server;
 
 /// How long any one expectation may take to come true.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -794,50 +798,13 @@ async fn page_speaks_the_protocol() {
 
 const RELAY_SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
-/// The emulator on a runtime of its own (as in `feeds.rs`), so the relay under test and the
-/// market it reads do not share worker threads.
-struct Market {
-    runtime: Option<tokio::runtime::Runtime>,
-    emulator: Option<Emulator>,
-}
-
-impl Market {
-    fn start() -> Market {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let handle = runtime.handle().clone();
-        let config = EmulatorConfig {
-            rate_hz: 50.0,
-            symbols: 10,
-            ..EmulatorConfig::default()
-        };
-        // Started from a plain thread: the test calls this from inside its own runtime.
-        let emulator = std::thread::spawn(move || handle.block_on(Emulator::start(config)))
-            .join()
-            .unwrap()
-            .expect("start the emulator");
-        Market {
-            runtime: Some(runtime),
-            emulator: Some(emulator),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.emulator.as_ref().unwrap().url()
-    }
-}
-
-impl Drop for Market {
-    fn drop(&mut self) {
-        if let (Some(emulator), Some(runtime)) = (self.emulator.take(), self.runtime.take()) {
-            let handle = runtime.handle().clone();
-            let _ = std::thread::spawn(move || handle.block_on(emulator.shutdown())).join();
-            runtime.shutdown_background();
-        }
-    }
+/// The emulator the relay reads, on a runtime of its own.
+fn market() -> Server {
+    Server::start(EmulatorConfig {
+        rate_hz: 50.0,
+        symbols: 10,
+        ..EmulatorConfig::default()
+    })
 }
 
 /// A relay on `listen` in front of `upstream`, retrying for a while if the port is still taken
@@ -887,8 +854,12 @@ async fn page_follows_the_relay_through_a_restart() {
     let Some(exe) = chromium_or_skip() else {
         return;
     };
-    let market = Market::start();
-    let relay = start_relay(SocketAddr::from(([127, 0, 0, 1], 0)), &market.url()).await;
+    let market = market();
+    let relay = start_relay(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &market.emulator().url(),
+    )
+    .await;
     let addr = relay.local_addr();
     let url = format!("http://{addr}/?symbols={}", RELAY_SYMBOLS.join(","));
     let mut browser = Browser::launch(&exe, &url).await;
@@ -917,7 +888,7 @@ async fn page_follows_the_relay_through_a_restart() {
         .await;
     let reconnects = stat(&view, "reconnects");
 
-    let relay = start_relay(addr, &market.url()).await;
+    let relay = start_relay(addr, &market.emulator().url()).await;
     let view = browser
         .wait_until(
             "connected again to the new relay on the same port, with prices in all three rows",

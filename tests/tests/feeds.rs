@@ -10,35 +10,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tickwire_core::client::{Breaker, DisconnectCause};
 use tickwire_driver::{Config, Event, Feed, HistoryError, Options, State};
-use tickwire_emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
+use tickwire_emulator::{EmulatorConfig, Fault, FaultAction};
 
 const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
-/// An emulator on a runtime of its own.
-struct Server {
-    runtime: Option<tokio::runtime::Runtime>,
-    emulator: Option<Emulator>,
-}
+mod support;
+
+use support::Server;
 
 impl Server {
-    fn start(config: EmulatorConfig) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        // Started from a plain thread: scenarios call this from inside an async context.
-        let handle = runtime.handle().clone();
-        let emulator = std::thread::spawn(move || handle.block_on(Emulator::start(config)))
-            .join()
-            .unwrap()
-            .unwrap();
-        Server {
-            runtime: Some(runtime),
-            emulator: Some(emulator),
-        }
-    }
-
     fn quick(rate_hz: f64) -> Server {
         Server::start(EmulatorConfig {
             rate_hz,
@@ -59,22 +39,6 @@ impl Server {
                 .collect(),
             ..EmulatorConfig::default()
         })
-    }
-
-    fn emulator(&self) -> &Emulator {
-        self.emulator.as_ref().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Scenarios drop the server inside an async context, where blocking on a runtime is not
-        // allowed: shut the emulator down from a plain thread, then release the runtime.
-        if let (Some(emulator), Some(runtime)) = (self.emulator.take(), self.runtime.take()) {
-            let handle = runtime.handle().clone();
-            let _ = std::thread::spawn(move || handle.block_on(emulator.shutdown())).join();
-            runtime.shutdown_background();
-        }
     }
 }
 

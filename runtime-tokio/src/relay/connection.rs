@@ -122,6 +122,14 @@ async fn read(
     }
 }
 
+async fn report_failure(conn: ConnId, commands: &mpsc::Sender<Command>) {
+    let failed = Command::Disconnected {
+        conn,
+        reason: CloseReason::SocketError,
+    };
+    let _ = commands.send(failed).await;
+}
+
 /// Sends what the hub hands over, in batches, reporting each batch once written; returns when
 /// the hub closes the connection or the socket fails.
 async fn write(
@@ -147,13 +155,7 @@ async fn write(
                         origins.push(frame.origin());
                     }
                     if sink.feed(Message::Text(text(&frame))).await.is_err() {
-                        let _ = commands
-                            .send(Command::Disconnected {
-                                conn,
-                                reason: CloseReason::SocketError,
-                            })
-                            .await;
-                        return;
+                        return report_failure(conn, commands).await;
                     }
                     frames += 1;
                 }
@@ -167,13 +169,7 @@ async fn write(
             }
         }
         if sink.flush().await.is_err() {
-            let _ = commands
-                .send(Command::Disconnected {
-                    conn,
-                    reason: CloseReason::SocketError,
-                })
-                .await;
-            return;
+            return report_failure(conn, commands).await;
         }
         let now = Instant::now();
         for origin in &origins {

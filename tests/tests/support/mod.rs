@@ -1,0 +1,46 @@
+//! What several test binaries share.
+
+use tickwire_emulator::{Emulator, EmulatorConfig};
+
+/// An emulator on a tokio runtime of its own, so the code under test and the market it reads
+/// never share worker threads, and a test can drive it from any runtime.
+pub(crate) struct Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    emulator: Option<Emulator>,
+}
+
+impl Server {
+    pub(crate) fn start(config: EmulatorConfig) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Started from a plain thread: tests call this from inside an async context.
+        let handle = runtime.handle().clone();
+        let emulator = std::thread::spawn(move || handle.block_on(Emulator::start(config)))
+            .join()
+            .unwrap()
+            .unwrap();
+        Server {
+            runtime: Some(runtime),
+            emulator: Some(emulator),
+        }
+    }
+
+    pub(crate) fn emulator(&self) -> &Emulator {
+        self.emulator.as_ref().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Tests drop the server inside an async context, where blocking on a runtime is not
+        // allowed: shut the emulator down from a plain thread, then release the runtime.
+        if let (Some(emulator), Some(runtime)) = (self.emulator.take(), self.runtime.take()) {
+            let handle = runtime.handle().clone();
+            let _ = std::thread::spawn(move || handle.block_on(emulator.shutdown())).join();
+            runtime.shutdown_background();
+        }
+    }
+}
