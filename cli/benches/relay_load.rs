@@ -1,0 +1,1256 @@
+//! Load benchmark of `tickwire relay`: many loopback WebSocket clients on one relay process.
+//!
+//! Run: `cargo bench -p tickwire --bench relay_load`
+//!
+//! The bench process runs the feed emulator (stamping every quote delta with its write time as
+//! `emu_ns`) and the clients; the relay is a child process (`tickwire relay`), restarted for
+//! every connection count so its memory (VmRSS) is its own. For each connection count N:
+//!
+//! 1. start the relay, read its baseline VmRSS;
+//! 2. open N clients (at most 200 handshakes at once, a failed one retried) and wait for each
+//!    one's first `status` message: VmRSS then gives the memory per idle connection;
+//! 3. subscribe every client (symbols assigned round-robin over the 100 symbols), wait for all
+//!    snapshots, warm up, then measure: messages delivered per second, quote latency (client
+//!    receipt time minus `emu_ns`) p50/p99/max, `SLOW_CONSUMER` warnings, unexpected closes,
+//!    VmRSS and CPU time of the relay;
+//! 4. print a markdown row.
+//!
+//! Cross-checks printed with every row: the updates/s the emulator really sent (the expected
+//! deliveries are that times the subscribers per symbol); the relay's own `/metrics` counters
+//! and its broadcast-latency histogram (update reaching the relay to socket write) over the
+//! same window; a probe client on its own thread, subscribed to every symbol, whose latency is
+//! not inflated by queueing behind thousands of clients on the bench's runtime; and the CPU
+//! used by the relay, by the bench process and by the rest of the machine.
+//!
+//! Environment (all optional):
+//! - `TICKWIRE_LOAD_CONNECTIONS`: comma-separated connection counts, default `1000,10000`;
+//! - `TICKWIRE_LOAD_SECONDS`: measurement length, default 10;
+//! - `TICKWIRE_LOAD_SUBSCRIPTIONS`: symbols per client, default 1 (at most 100);
+//! - `TICKWIRE_LOAD_RATE`: updates per second over the 100 subscribed symbols, default 1000;
+//! - `TICKWIRE_LOAD_WARMUP_SECONDS`: warm-up once every symbol's quotes flow, default 2;
+//! - `TICKWIRE_LOAD_RELAY_ARGS`: extra `tickwire relay` flags, default
+//!   `--rate-limit 6000 --burst 200` (see [`DEFAULT_RELAY_ARGS`]).
+//!
+//! Everything (emulator, relay, clients) shares the machine's cores.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use tickwire_emulator::{Emulator, EmulatorConfig};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Symbols the clients subscribe to: `EMU:S10`..`EMU:S109` (the emulator names its first ten
+/// after real markets).
+const SYMBOLS: usize = 100;
+/// The emulator's market: the ten well-known names plus the 100 synthetic ones. Its ticks are
+/// spread uniformly over all of them, so the rate is scaled by 110 / 100.
+const MARKET_SYMBOLS: usize = 10 + SYMBOLS;
+/// Extra relay flags. The relay's upstream command rate limit defaults to 60 a minute (burst
+/// 10), which protects a real server but would take 90 s to subscribe 100 symbols on the local
+/// emulator.
+const DEFAULT_RELAY_ARGS: &str = "--rate-limit 6000 --burst 200";
+/// Handshakes in flight at once.
+const CONNECT_CONCURRENCY: usize = 200;
+/// Attempts per client before it counts as a connect failure.
+const CONNECT_ATTEMPTS: u32 = 4;
+/// Time allowed for one attempt: TCP, upgrade and the first `status` message.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Latency samples kept over all clients.
+const SAMPLE_BUDGET: usize = 4_000_000;
+/// Clients ping this often so the relay's keepalive (90 s by default) never closes them.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+
+const PHASE_IDLE: u8 = 0;
+const PHASE_WARMUP: u8 = 1;
+const PHASE_MEASURE: u8 = 2;
+const PHASE_AFTER: u8 = 3;
+
+fn phase_name(phase: u8) -> &'static str {
+    match phase {
+        PHASE_IDLE => "idle",
+        PHASE_WARMUP => "warm-up",
+        PHASE_MEASURE => "measuring",
+        PHASE_AFTER => "after",
+        _ => "?",
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, Clone)]
+struct Params {
+    connections: Vec<usize>,
+    seconds: u64,
+    subscriptions: usize,
+    rate: f64,
+    warmup: u64,
+    relay_args: Vec<String>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let connections = std::env::var("TICKWIRE_LOAD_CONNECTIONS")
+            .unwrap_or_else(|_| "1000,10000".to_owned())
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| {
+                part.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("TICKWIRE_LOAD_CONNECTIONS: bad count {part:?}"))
+            })
+            .collect();
+        Params {
+            connections,
+            seconds: env_or("TICKWIRE_LOAD_SECONDS", 10u64).max(1),
+            subscriptions: env_or("TICKWIRE_LOAD_SUBSCRIPTIONS", 1usize).clamp(1, SYMBOLS),
+            rate: env_or("TICKWIRE_LOAD_RATE", 1_000.0f64),
+            warmup: env_or("TICKWIRE_LOAD_WARMUP_SECONDS", 2u64),
+            relay_args: std::env::var("TICKWIRE_LOAD_RELAY_ARGS")
+                .unwrap_or_else(|_| DEFAULT_RELAY_ARGS.to_owned())
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay child process.
+
+/// The last lines of one of the relay's output streams, and how many there were.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: Mutex<VecDeque<String>>,
+    count: AtomicU64,
+}
+
+impl Tail {
+    fn push(&self, line: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() == 12 {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn drain_from(self: &Arc<Self>, source: impl Read + Send + 'static) {
+        let tail = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(source).lines() {
+                let Ok(line) = line else { break };
+                tail.push(line);
+            }
+        });
+    }
+
+    fn print(&self, name: &str) {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return;
+        }
+        println!("  relay {name}: {count} lines, the last ones:");
+        for line in self
+            .lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            println!("    | {line}");
+        }
+    }
+}
+
+/// A running relay; killed when dropped (also on panic).
+#[derive(Debug)]
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Arc<Tail>,
+    stderr: Arc<Tail>,
+}
+
+impl Relay {
+    fn start(upstream: &str, extra_args: &[String]) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                upstream,
+                "--bars",
+                "none",
+                "--max-connections",
+                "20000",
+                "--max-subscriptions",
+                "200",
+            ])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start `tickwire relay`");
+        let stderr = Arc::new(Tail::default());
+        stderr.drain_from(child.stderr.take().expect("piped stderr"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let stdout_tail = Arc::new(Tail::default());
+        let tail = Arc::clone(&stdout_tail);
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = stdout.read_line(&mut first);
+            let _ = sender.send(first);
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                tail.push(line);
+            }
+        });
+        let mut relay = Relay {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stdout: stdout_tail,
+            stderr,
+        };
+        let first = receiver.recv_timeout(Duration::from_secs(20));
+        let addr = first.as_deref().ok().and_then(|line| {
+            line.trim()
+                .strip_prefix("listening on http://")?
+                .trim_end_matches('/')
+                .parse()
+                .ok()
+        });
+        match addr {
+            Some(addr) => relay.addr = addr,
+            None => {
+                relay.stderr.print("stderr");
+                panic!("the relay did not announce its address; first stdout line: {first:?}");
+            }
+        }
+        relay
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`) or as a count (`Threads`).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Pages the kernel holds for TCP buffers, machine-wide (`mem` in `/proc/net/sockstat`).
+fn tcp_memory_pages() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|line| line.starts_with("TCP:"))?;
+            let mut words = line.split_whitespace();
+            words.find(|word| *word == "mem")?;
+            words.next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, in clock ticks (USER_HZ, 100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name may hold spaces: fields are counted after its closing paren.
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+const USER_HZ: f64 = 100.0;
+
+/// Busy and total jiffies of the whole machine, from the first line of `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let values: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle and iowait
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// CPU time of the relay, of the bench process (emulator and clients) and of the machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    relay: u64,
+    bench: u64,
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+impl CpuSample {
+    fn take(relay_pid: u32) -> CpuSample {
+        let (machine_busy, machine_total) = machine_ticks();
+        CpuSample {
+            relay: cpu_ticks(relay_pid),
+            bench: cpu_ticks(std::process::id()),
+            machine_busy,
+            machine_total,
+        }
+    }
+
+    /// Relay and bench in percent of one core, machine busy in percent of all cores, between
+    /// `self` and `later`.
+    fn percent_until(&self, later: &CpuSample, seconds: f64) -> (f64, f64, f64) {
+        let per_core = |ticks: u64| ticks as f64 / USER_HZ / seconds * 100.0;
+        let busy = later.machine_busy.saturating_sub(self.machine_busy) as f64;
+        let total = later
+            .machine_total
+            .saturating_sub(self.machine_total)
+            .max(1) as f64;
+        (
+            per_core(later.relay.saturating_sub(self.relay)),
+            per_core(later.bench.saturating_sub(self.bench)),
+            busy / total * 100.0,
+        )
+    }
+}
+
+/// The relay's `/metrics` page, or an empty string.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut page = Vec::new();
+        tcp.read_to_end(&mut page).await.ok()?;
+        Some(String::from_utf8_lossy(&page).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A sample's value, by its full name with labels (`name{le="0.1"}`); 0 when absent.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The relay's broadcast-latency histogram (update reaching the relay to written to a client
+/// socket): cumulative counts per upper bound in seconds.
+fn histogram(page: &str) -> Vec<(f64, f64)> {
+    const PREFIX: &str = "tickwire_relay_broadcast_latency_seconds_bucket{le=\"";
+    page.lines()
+        .filter_map(|line| {
+            let (bound, count) = line.strip_prefix(PREFIX)?.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound (in ms) under which a fraction `q` of the window's observations fell.
+fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let deltas: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(other, _)| other == bound)
+                .map_or(0.0, |(_, count)| *count);
+            (*bound, count - earlier)
+        })
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, count)| *count);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    deltas
+        .iter()
+        .find(|(_, count)| *count >= total * q)
+        .map_or(f64::INFINITY, |(bound, _)| bound * 1e3)
+}
+
+/// The relay's own counters over the measurement window, from `/metrics`.
+#[derive(Debug, Default)]
+struct RelayView {
+    updates_per_second: f64,
+    messages_per_second: f64,
+    conflated: f64,
+    unchanged_per_second: f64,
+    slow_consumers: f64,
+    broadcast_p50_ms: f64,
+    broadcast_p99_ms: f64,
+    broadcast_mean_ms: f64,
+    disconnects: Vec<String>,
+}
+
+fn relay_view(before: &str, after: &str, seconds: f64) -> RelayView {
+    let delta = |name: &str| metric(after, name) - metric(before, name);
+    let (hist_before, hist_after) = (histogram(before), histogram(after));
+    let count = delta("tickwire_relay_broadcast_latency_seconds_count");
+    RelayView {
+        updates_per_second: delta("tickwire_relay_updates_received_total") / seconds,
+        messages_per_second: delta("tickwire_relay_messages_sent_total") / seconds,
+        conflated: delta("tickwire_relay_deliveries_conflated_total"),
+        unchanged_per_second: delta("tickwire_relay_updates_unchanged_total") / seconds,
+        slow_consumers: delta("tickwire_relay_slow_consumers_total"),
+        broadcast_p50_ms: histogram_quantile(&hist_before, &hist_after, 0.50),
+        broadcast_p99_ms: histogram_quantile(&hist_before, &hist_after, 0.99),
+        broadcast_mean_ms: delta("tickwire_relay_broadcast_latency_seconds_sum") / count.max(1.0)
+            * 1e3,
+        disconnects: after
+            .lines()
+            .filter(|line| line.starts_with("tickwire_relay_disconnects_total{"))
+            .filter(|line| !line.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+/// What the controller tells every client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Hold,
+    Subscribe,
+    Stop,
+}
+
+/// Counters every client updates as it goes, read by the controller between phases.
+#[derive(Debug)]
+struct Progress {
+    /// The current phase (`PHASE_*`), read on every message.
+    phase: AtomicU8,
+    /// Clients that got their first `status`.
+    ready: AtomicUsize,
+    /// Clients that gave up connecting.
+    failed: AtomicUsize,
+    /// Clients connected now.
+    open: AtomicUsize,
+    /// Clients that got a snapshot of every symbol they asked for.
+    subscribed: AtomicUsize,
+    /// Per symbol (`EMU:S10` first): whether a quote of it reached a client during warm-up,
+    /// i.e. the relay carries it upstream.
+    live: [AtomicBool; SYMBOLS],
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            phase: AtomicU8::new(PHASE_IDLE),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            subscribed: AtomicUsize::new(0),
+            live: std::array::from_fn(|_| AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Progress {
+    fn live_symbols(&self) -> usize {
+        self.live
+            .iter()
+            .filter(|live| live.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// What one client saw, returned when it stops.
+#[derive(Debug, Default)]
+struct ClientReport {
+    connected: bool,
+    retries: u32,
+    connect_error: Option<String>,
+    /// Messages of every type received in the measurement window.
+    window_messages: u64,
+    /// `quote` messages received in the measurement window.
+    window_quotes: u64,
+    /// `snapshot` messages received in the window (conflation of a slow consumer).
+    window_snapshots: u64,
+    /// Quote messages without a readable `emu_ns`.
+    unstamped: u64,
+    total_messages: u64,
+    slow_consumer_warnings: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// The connection ended before it was told to stop: the phase and why.
+    closed_early: Option<(u8, String)>,
+    latencies: Vec<u64>,
+    dropped_samples: u64,
+}
+
+/// The value of `"type"`, which the relay always writes first.
+fn message_type(text: &str) -> &str {
+    text.strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("")
+}
+
+/// The `emu_ns` stamp of a message, found by substring search rather than a JSON parse.
+fn emu_ns(text: &str) -> Option<u64> {
+    const KEY: &str = "\"emu_ns\":\"";
+    let start = text.find(KEY)? + KEY.len();
+    let digits = text.get(start..)?.split('"').next()?;
+    digits.parse().ok()
+}
+
+/// The index of an `EMU:S<n>` symbol among the subscribed ones (`EMU:S10` is 0).
+fn symbol_index(text: &str) -> Option<usize> {
+    const KEY: &str = "\"symbol\":\"EMU:S";
+    let start = text.find(KEY)? + KEY.len();
+    let number: usize = text.get(start..)?.split('"').next()?.parse().ok()?;
+    number.checked_sub(10)
+}
+
+/// Connects and waits for the first `status`; the messages before it are returned counted.
+async fn connect_once(url: &str) -> Result<(Ws, u64), String> {
+    // tungstenite zero-fills `read_buffer_size` bytes (128 KiB by default) before every socket
+    // read: with 100 000 small messages a second that memset alone took ~40% of a core, which
+    // the relay then lacked. Relay messages are ~200 bytes; larger frames still grow the buffer.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
+    let mut before = 0u64;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                before += 1;
+                match message_type(text.as_str()) {
+                    "status" => return Ok((ws, before)),
+                    "error" => return Err(format!("refused: {}", text.as_str())),
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(format!("before status: {error}")),
+            None => return Err("closed before status".to_owned()),
+        }
+    }
+}
+
+async fn connect(url: &str, gate: &Semaphore, report: &mut ClientReport) -> Option<(Ws, u64)> {
+    let _permit = gate.acquire().await.ok()?;
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        let outcome = tokio::time::timeout(CONNECT_TIMEOUT, connect_once(url))
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match outcome {
+            Ok(connected) => return Some(connected),
+            Err(error) => {
+                report.connect_error = Some(error);
+                if attempt < CONNECT_ATTEMPTS {
+                    report.retries += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Everything one client task needs.
+#[derive(Debug)]
+struct ClientSetup {
+    index: usize,
+    url: Arc<str>,
+    subscribe: String,
+    expected_snapshots: u64,
+    sample_cap: usize,
+    gate: Arc<Semaphore>,
+    progress: Arc<Progress>,
+    orders: watch::Receiver<Order>,
+}
+
+async fn client(setup: ClientSetup) -> ClientReport {
+    let ClientSetup {
+        index,
+        url,
+        subscribe,
+        expected_snapshots,
+        sample_cap,
+        gate,
+        progress,
+        orders,
+    } = setup;
+    let mut report = ClientReport::default();
+    let Some((mut ws, before)) = connect(&url, &gate, &mut report).await else {
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+        return report;
+    };
+    report.connected = true;
+    report.total_messages = before;
+    progress.open.fetch_add(1, Ordering::Relaxed);
+    progress.ready.fetch_add(1, Ordering::Relaxed);
+    // Staggered so thousands of clients do not ping in the same millisecond.
+    let first_ping =
+        tokio::time::Instant::now() + PING_INTERVAL + Duration::from_millis((index % 5_000) as u64);
+    let mut ping = tokio::time::interval_at(first_ping, PING_INTERVAL);
+    // One long-lived future for the orders: a fresh `changed()` per received message would
+    // register and unregister a waiter on the channel every time (~5% of the clients' CPU).
+    let mut orders = futures::stream::unfold(orders, |mut orders| async move {
+        orders.changed().await.ok()?;
+        let order = *orders.borrow_and_update();
+        Some((order, orders))
+    })
+    .boxed();
+    let mut snapshots = 0u64;
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            incoming = ws.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => {
+                        let phase = progress.phase.load(Ordering::Relaxed);
+                        report.closed_early = Some((phase, format!("close frame {frame:?}")));
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(error)) => {
+                        let phase = progress.phase.load(Ordering::Relaxed);
+                        report.closed_early = Some((phase, format!("error: {error}")));
+                        break;
+                    }
+                    None => {
+                        let phase = progress.phase.load(Ordering::Relaxed);
+                        report.closed_early = Some((phase, "stream ended".to_owned()));
+                        break;
+                    }
+                };
+                let text = text.as_str();
+                report.total_messages += 1;
+                let measuring = progress.phase.load(Ordering::Relaxed) == PHASE_MEASURE;
+                if measuring {
+                    report.window_messages += 1;
+                }
+                match message_type(text) {
+                    "quote" => {
+                        if !measuring {
+                            if let Some(index) = symbol_index(text)
+                                && let Some(live) = progress.live.get(index)
+                            {
+                                live.store(true, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                        report.window_quotes += 1;
+                        match emu_ns(text) {
+                            Some(stamp) => {
+                                if report.latencies.len() < sample_cap {
+                                    report.latencies.push(unix_ns().saturating_sub(stamp));
+                                } else {
+                                    report.dropped_samples += 1;
+                                }
+                            }
+                            None => report.unstamped += 1,
+                        }
+                    }
+                    "snapshot" => {
+                        snapshots += 1;
+                        if measuring {
+                            report.window_snapshots += 1;
+                        }
+                        if !subscribed && snapshots >= expected_snapshots {
+                            subscribed = true;
+                            progress.subscribed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    "warning" if text.contains("SLOW_CONSUMER") => {
+                        report.slow_consumer_warnings += 1;
+                    }
+                    "error" => {
+                        report.errors += 1;
+                        if report.first_error.is_none() {
+                            report.first_error = Some(text.to_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            order = orders.next() => {
+                let Some(order) = order else { break };
+                match order {
+                    Order::Hold => {}
+                    Order::Subscribe => {
+                        if let Err(error) = ws.send(Message::text(subscribe.as_str())).await {
+                            let phase = progress.phase.load(Ordering::Relaxed);
+                            report.closed_early = Some((phase, format!("subscribe: {error}")));
+                            break;
+                        }
+                    }
+                    Order::Stop => {
+                        progress.open.fetch_sub(1, Ordering::Relaxed);
+                        return report;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(error) = ws.send(Message::text("{\"action\":\"ping\"}")).await {
+                    let phase = progress.phase.load(Ordering::Relaxed);
+                    report.closed_early = Some((phase, format!("ping: {error}")));
+                    break;
+                }
+            }
+        }
+    }
+    progress.open.fetch_sub(1, Ordering::Relaxed);
+    // Gone early: wait for the stop order so the controller's join does not race the phases.
+    while let Some(order) = orders.next().await {
+        if order == Order::Stop {
+            break;
+        }
+    }
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
+// One connection count.
+
+#[derive(Debug, Default)]
+struct Row {
+    connections: usize,
+    connected: usize,
+    connect_failures: usize,
+    retries: u64,
+    held: usize,
+    connect_seconds: f64,
+    baseline_kib: u64,
+    idle_kib: u64,
+    tcp_pages_idle: u64,
+    tcp_pages_active: u64,
+    active_kib: u64,
+    after_kib: u64,
+    peak_kib: u64,
+    threads: u64,
+    relay_cpu_percent: f64,
+    bench_cpu_percent: f64,
+    machine_busy_percent: f64,
+    relay: RelayView,
+    probe_p50_ms: f64,
+    probe_p99_ms: f64,
+    probe_max_ms: f64,
+    probe_samples: usize,
+    produced_per_second: f64,
+    expected_quotes_per_second: f64,
+    messages_per_second: f64,
+    quotes_per_second: f64,
+    window_snapshots: u64,
+    unstamped: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    samples: usize,
+    dropped_samples: u64,
+    slow_consumer_warnings: u64,
+    errors: u64,
+    unexpected_closes: usize,
+    closes_by_phase: [usize; 4],
+    not_subscribed: usize,
+}
+
+impl Row {
+    fn idle_per_connection_kib(&self) -> f64 {
+        per_connection(self.idle_kib, self.baseline_kib, self.connected)
+    }
+
+    fn active_per_connection_kib(&self) -> f64 {
+        per_connection(self.active_kib, self.baseline_kib, self.held)
+    }
+}
+
+fn per_connection(kib: u64, baseline: u64, connections: usize) -> f64 {
+    kib.saturating_sub(baseline) as f64 / connections.max(1) as f64
+}
+
+fn subscribe_message(index: usize, subscriptions: usize) -> String {
+    let symbols: Vec<String> = (0..subscriptions)
+        .map(|k| format!("\"EMU:S{}\"", 10 + (index * subscriptions + k) % SYMBOLS))
+        .collect();
+    format!(
+        "{{\"action\":\"subscribe\",\"symbols\":[{}]}}",
+        symbols.join(",")
+    )
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            println!("  gave up waiting for {what} after {limit:?}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+fn quantile(sorted: &[u64], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).copied().unwrap_or(0) as f64 / 1e6
+}
+
+async fn run_one(
+    emulator: &Emulator,
+    params: &Params,
+    connections: usize,
+    probe_runtime: &tokio::runtime::Handle,
+) -> Row {
+    let mut row = Row {
+        connections,
+        ..Row::default()
+    };
+    let mut relay = Relay::start(&emulator.url(), &params.relay_args);
+    let pid = relay.pid();
+    println!(
+        "N = {connections}: relay pid {pid} listening on {}",
+        relay.addr
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    row.baseline_kib = proc_status(pid, "VmRSS");
+
+    // Connect.
+    let url: Arc<str> = Arc::from(format!("ws://{}/ws", relay.addr));
+    let progress = Arc::new(Progress::default());
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (orders, receiver) = watch::channel(Order::Hold);
+    let sample_cap = (SAMPLE_BUDGET / connections.max(1)).max(64);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|index| {
+            tokio::spawn(client(ClientSetup {
+                index,
+                url: Arc::clone(&url),
+                subscribe: subscribe_message(index, params.subscriptions),
+                expected_snapshots: params.subscriptions as u64,
+                sample_cap,
+                gate: Arc::clone(&gate),
+                progress: Arc::clone(&progress),
+                orders: receiver.clone(),
+            }))
+        })
+        .collect();
+    drop(receiver);
+    wait_until("connections", Duration::from_secs(600), || {
+        progress.ready.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed)
+            >= connections
+    })
+    .await;
+    row.connect_seconds = started.elapsed().as_secs_f64();
+    row.connected = progress.ready.load(Ordering::Relaxed);
+    row.connect_failures = progress.failed.load(Ordering::Relaxed);
+    println!(
+        "  {} connected, {} failed in {:.1} s",
+        row.connected, row.connect_failures, row.connect_seconds
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    row.idle_kib = proc_status(pid, "VmRSS");
+    row.tcp_pages_idle = tcp_memory_pages();
+
+    // The probe: one more client, on its own thread, subscribed to every symbol. Its reads are
+    // not queued behind thousands of other clients' on the same runtime, so its latency is
+    // close to the relay's own delivery time even when the client runtime falls behind.
+    let probe_progress = Arc::new(Progress::default());
+    let all_symbols = format!(
+        "{{\"action\":\"subscribe\",\"symbols\":[{}]}}",
+        (10..10 + SYMBOLS)
+            .map(|index| format!("\"EMU:S{index}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let probe = probe_runtime.spawn(client(ClientSetup {
+        index: 0,
+        url: Arc::clone(&url),
+        subscribe: all_symbols,
+        expected_snapshots: SYMBOLS as u64,
+        sample_cap: SAMPLE_BUDGET / 4,
+        gate: Arc::new(Semaphore::new(1)),
+        progress: Arc::clone(&probe_progress),
+        orders: orders.subscribe(),
+    }));
+    wait_until("the probe", Duration::from_secs(60), || {
+        probe_progress.ready.load(Ordering::Relaxed) + probe_progress.failed.load(Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    probe_progress.phase.store(PHASE_WARMUP, Ordering::Relaxed);
+
+    // Subscribe, wait for every snapshot, warm up.
+    progress.phase.store(PHASE_WARMUP, Ordering::Relaxed);
+    let subscribing = Instant::now();
+    let _ = orders.send(Order::Subscribe);
+    let open_now = progress.open.load(Ordering::Relaxed);
+    wait_until("snapshots", Duration::from_secs(120), || {
+        progress.subscribed.load(Ordering::Relaxed) >= open_now.min(row.connected)
+            && probe_progress.subscribed.load(Ordering::Relaxed)
+                >= probe_progress.open.load(Ordering::Relaxed)
+    })
+    .await;
+    println!(
+        "  {} clients had all their snapshots after {:.1} s",
+        progress.subscribed.load(Ordering::Relaxed),
+        subscribing.elapsed().as_secs_f64()
+    );
+    let wanted = (connections * params.subscriptions).min(SYMBOLS);
+    wait_until("quotes of every symbol", Duration::from_secs(180), || {
+        progress.live_symbols() >= wanted
+    })
+    .await;
+    println!(
+        "  quotes of {} of {wanted} symbols flowing after {:.1} s",
+        progress.live_symbols(),
+        subscribing.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(params.warmup)).await;
+
+    // Measure.
+    let window = Duration::from_secs(params.seconds);
+    let metrics_before = scrape(relay.addr).await;
+    let quotes_before = emulator.stats().quotes_sent.load(Ordering::Relaxed);
+    let cpu_before = CpuSample::take(pid);
+    let measure_start = Instant::now();
+    progress.phase.store(PHASE_MEASURE, Ordering::Relaxed);
+    probe_progress.phase.store(PHASE_MEASURE, Ordering::Relaxed);
+    tokio::time::sleep(window).await;
+    progress.phase.store(PHASE_AFTER, Ordering::Relaxed);
+    probe_progress.phase.store(PHASE_AFTER, Ordering::Relaxed);
+    let elapsed = measure_start.elapsed().as_secs_f64();
+    let quotes_after = emulator.stats().quotes_sent.load(Ordering::Relaxed);
+    let cpu_after = CpuSample::take(pid);
+    let metrics_after = scrape(relay.addr).await;
+    row.relay = relay_view(&metrics_before, &metrics_after, elapsed);
+    row.active_kib = proc_status(pid, "VmRSS");
+    row.tcp_pages_active = tcp_memory_pages();
+    row.peak_kib = proc_status(pid, "VmHWM");
+    row.threads = proc_status(pid, "Threads");
+    row.held = progress.open.load(Ordering::Relaxed);
+    row.produced_per_second = quotes_after.saturating_sub(quotes_before) as f64 / elapsed;
+    (
+        row.relay_cpu_percent,
+        row.bench_cpu_percent,
+        row.machine_busy_percent,
+    ) = cpu_before.percent_until(&cpu_after, elapsed);
+    let alive = relay.alive();
+
+    // Stop and collect.
+    let _ = orders.send(Order::Stop);
+    let mut latencies = Vec::new();
+    let mut window_messages = 0u64;
+    let mut window_quotes = 0u64;
+    let mut connect_errors = Vec::new();
+    let mut close_reasons = Vec::new();
+    let mut first_error = None;
+    let mut probe_latencies = probe.await.expect("the probe panicked").latencies;
+    probe_latencies.sort_unstable();
+    row.probe_samples = probe_latencies.len();
+    row.probe_p50_ms = quantile(&probe_latencies, 0.50);
+    row.probe_p99_ms = quantile(&probe_latencies, 0.99);
+    row.probe_max_ms = probe_latencies.last().copied().unwrap_or(0) as f64 / 1e6;
+    for task in tasks {
+        let report = task.await.expect("a client task panicked");
+        row.retries += u64::from(report.retries);
+        if !report.connected {
+            if connect_errors.len() < 5 {
+                connect_errors.extend(report.connect_error);
+            }
+            continue;
+        }
+        window_messages += report.window_messages;
+        window_quotes += report.window_quotes;
+        row.window_snapshots += report.window_snapshots;
+        row.unstamped += report.unstamped;
+        row.slow_consumer_warnings += report.slow_consumer_warnings;
+        row.errors += report.errors;
+        row.dropped_samples += report.dropped_samples;
+        if first_error.is_none() {
+            first_error = report.first_error;
+        }
+        if let Some((phase, reason)) = report.closed_early {
+            row.unexpected_closes += 1;
+            if let Some(count) = row.closes_by_phase.get_mut(usize::from(phase)) {
+                *count += 1;
+            }
+            if close_reasons.len() < 5 {
+                close_reasons.push(format!("{}: {reason}", phase_name(phase)));
+            }
+        }
+        latencies.extend(report.latencies);
+    }
+    row.not_subscribed = row
+        .connected
+        .saturating_sub(progress.subscribed.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    row.after_kib = proc_status(pid, "VmRSS");
+    row.messages_per_second = window_messages as f64 / elapsed;
+    row.quotes_per_second = window_quotes as f64 / elapsed;
+    // Each update of a symbol goes to every subscriber of that symbol; the emulator spreads its
+    // ticks uniformly over the 100 symbols.
+    row.expected_quotes_per_second =
+        row.produced_per_second / SYMBOLS as f64 * (row.held * params.subscriptions) as f64;
+    latencies.sort_unstable();
+    row.samples = latencies.len();
+    row.p50_ms = quantile(&latencies, 0.50);
+    row.p99_ms = quantile(&latencies, 0.99);
+    row.max_ms = latencies.last().copied().unwrap_or(0) as f64 / 1e6;
+
+    println!(
+        "  relay: {} RSS baseline {} KiB, idle {} KiB, active {} KiB, after disconnect {} KiB, \
+         peak {} KiB; {} threads",
+        if alive { "alive," } else { "EXITED," },
+        row.baseline_kib,
+        row.idle_kib,
+        row.active_kib,
+        row.after_kib,
+        row.peak_kib,
+        row.threads,
+    );
+    println!(
+        "  kernel TCP buffer memory (whole machine, both ends of every socket; not in RSS): \
+         {} KiB idle, {} KiB active",
+        row.tcp_pages_idle * 4,
+        row.tcp_pages_active * 4
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    println!(
+        "  CPU while measuring (% of one core): relay {:.0}%, bench process (emulator + clients) \
+         {:.0}%, other processes {:.0}%; machine {:.0}% busy over its {cores} cores",
+        row.relay_cpu_percent,
+        row.bench_cpu_percent,
+        (row.machine_busy_percent * cores - row.relay_cpu_percent - row.bench_cpu_percent).max(0.0),
+        row.machine_busy_percent
+    );
+    println!(
+        "  delivered {:.0} msgs/s, {:.0} quotes/s (expected {:.0} = {:.0} updates/s / {SYMBOLS} \
+         symbols x {} subscriptions); {} conflated snapshots, {} unstamped quotes",
+        row.messages_per_second,
+        row.quotes_per_second,
+        row.expected_quotes_per_second,
+        row.produced_per_second,
+        row.held * params.subscriptions,
+        row.window_snapshots,
+        row.unstamped
+    );
+    println!(
+        "  latency over {} samples ({} dropped): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        row.samples, row.dropped_samples, row.p50_ms, row.p99_ms, row.max_ms
+    );
+    println!(
+        "  probe (own thread, all {SYMBOLS} symbols), {} samples: p50 {:.2} ms, p99 {:.2} ms, \
+         max {:.2} ms",
+        row.probe_samples, row.probe_p50_ms, row.probe_p99_ms, row.probe_max_ms
+    );
+    println!(
+        "  relay /metrics over the window: {:.0} updates/s in, {:.0} msgs/s out (probe \
+         included), {:.1} updates/s unchanged (not sent), {} conflated deliveries, {} \
+         SLOW_CONSUMER; broadcast latency (hub to \
+         socket write) p50 <= {} ms, p99 <= {} ms, mean {:.2} ms",
+        row.relay.updates_per_second,
+        row.relay.messages_per_second,
+        row.relay.unchanged_per_second,
+        row.relay.conflated,
+        row.relay.slow_consumers,
+        row.relay.broadcast_p50_ms,
+        row.relay.broadcast_p99_ms,
+        row.relay.broadcast_mean_ms
+    );
+    for line in &row.relay.disconnects {
+        println!("    relay {line}");
+    }
+    println!(
+        "  connect retries {}, clients without every snapshot {}, SLOW_CONSUMER warnings {}, \
+         error messages {}, unexpected closes {} (idle/warm-up/measuring/after: {:?})",
+        row.retries,
+        row.not_subscribed,
+        row.slow_consumer_warnings,
+        row.errors,
+        row.unexpected_closes,
+        row.closes_by_phase
+    );
+    for error in &connect_errors {
+        println!("    connect error: {error}");
+    }
+    for reason in &close_reasons {
+        println!("    close: {reason}");
+    }
+    if let Some(error) = first_error {
+        println!("    first error message: {error}");
+    }
+    relay.stdout.print("stdout");
+    relay.stderr.print("stderr");
+    drop(relay);
+    row
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries without --bench: keep that cheap.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("relay_load: run with `cargo bench -p tickwire --bench relay_load`");
+        return;
+    }
+    let params = Params::from_env();
+    // The emulator gets its own thread so the clients cannot starve its market timer.
+    let emulator_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("emulator runtime");
+    let emulator = emulator_runtime
+        .block_on(Emulator::start(EmulatorConfig {
+            symbols: MARKET_SYMBOLS,
+            rate_hz: params.rate * MARKET_SYMBOLS as f64 / SYMBOLS as f64,
+            stamp_quotes: true,
+            ..EmulatorConfig::default()
+        }))
+        .expect("emulator");
+    let probe_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("probe runtime");
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    println!(
+        "relay_load: {SYMBOLS} symbols, {} updates/s requested over them, {} subscription(s) per \
+         client, {} s warm-up, {} s measured, connections {:?}",
+        params.rate, params.subscriptions, params.warmup, params.seconds, params.connections
+    );
+    let mut rows = Vec::new();
+    for &connections in &params.connections {
+        rows.push(clients.block_on(run_one(
+            &emulator,
+            &params,
+            connections,
+            probe_runtime.handle(),
+        )));
+    }
+    clients.shutdown_timeout(Duration::from_secs(2));
+
+    let produced = rows
+        .iter()
+        .map(|row| format!("{:.0}", row.produced_per_second))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    println!();
+    println!(
+        "Parameters: {SYMBOLS} symbols, upstream updates/s measured at the emulator: {produced}; \
+         {} subscription(s) per client (round-robin); {} s measured after {} s warm-up; \
+         relay `--bars none {}`; emulator, relay and clients on the same 2-core machine.",
+        params.subscriptions,
+        params.seconds,
+        params.warmup,
+        params.relay_args.join(" ")
+    );
+    println!();
+    println!(
+        "| connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
+         msgs/s delivered | quotes/s (expected) | p50 | p99 | max | probe p99 | SLOW_CONSUMER | \
+         unexpected closes | CPU relay / bench / machine |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | {:.2} ms \
+             | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% |",
+            row.connections,
+            row.held,
+            row.connect_failures,
+            row.idle_per_connection_kib(),
+            row.active_per_connection_kib(),
+            row.messages_per_second,
+            row.quotes_per_second,
+            row.expected_quotes_per_second,
+            row.p50_ms,
+            row.p99_ms,
+            row.max_ms,
+            row.probe_p99_ms,
+            row.slow_consumer_warnings,
+            row.unexpected_closes,
+            row.relay_cpu_percent,
+            row.bench_cpu_percent,
+            row.machine_busy_percent
+        );
+    }
+    emulator_runtime.block_on(emulator.shutdown());
+}
