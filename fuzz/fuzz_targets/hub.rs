@@ -3,8 +3,9 @@
 //! upstream quotes, bars, symbol errors and state changes, time steps and shutdown. After every
 //! step it checks what must hold whatever clients and upstream do: every frame is ASCII JSON
 //! for a live connection, no connection has more than its window unwritten, nothing is sent
-//! after a close, upstream subscribes and unsubscribes alternate per symbol and cover every
-//! subscribed symbol, limits hold, and the next deadline is never in the past.
+//! after a close, upstream subscribes and unsubscribes alternate per symbol and (once any batch
+//! delay has passed) cover every subscribed symbol, limits hold, and the next deadline is never
+//! in the past.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,6 +73,7 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Schedule {
     linger: bool,
+    batched: bool,
     ops: Vec<Op>,
 }
 
@@ -114,6 +116,11 @@ fuzz_target!(|schedule: Schedule| {
         keepalive_timeout: Duration::from_secs(3),
         linger: if schedule.linger {
             Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        },
+        upstream_batch_delay: if schedule.batched {
+            Duration::from_millis(50)
         } else {
             Duration::ZERO
         },
@@ -228,40 +235,56 @@ fuzz_target!(|schedule: Schedule| {
             Op::Shutdown => hub.shutdown(now),
         }
         hub.handle_timeout(now);
-        while let Some(output) = hub.poll_output() {
-            match output {
-                HubOutput::Transmit { conn, frame } => {
-                    assert!(!model.closed.contains(&conn), "{conn} sent to after close");
-                    let unwritten = model
-                        .unwritten
-                        .get_mut(&conn)
-                        .expect("frame for an unknown connection");
-                    *unwritten += 1;
-                    assert!(*unwritten <= WINDOW, "{conn}: {unwritten} frames unwritten");
-                    assert!(frame.as_str().is_ascii());
-                    let value: serde_json::Value =
-                        serde_json::from_str(frame.as_str()).expect("frame is JSON");
-                    assert!(value["type"].is_string());
-                    assert!(
-                        frame.as_str().len() < 4096,
-                        "frame of {} bytes",
-                        frame.as_str().len()
-                    );
-                }
-                HubOutput::Close { conn, .. } => {
-                    assert!(
-                        model.unwritten.remove(&conn).is_some(),
-                        "close of an unknown {conn}"
-                    );
-                    model.closed.insert(conn);
-                }
-                HubOutput::SubscribeUpstream(symbol) => {
+        settle(&mut hub, &mut model, now, !schedule.batched);
+    }
+    // Past the batch delay every decided upstream change has gone out.
+    now += Duration::from_secs(1);
+    hub.handle_timeout(now);
+    settle(&mut hub, &mut model, now, true);
+});
+
+/// Drains the hub's outputs into the model and checks every invariant; with
+/// `upstream_settled`, also that every wanted symbol is subscribed upstream.
+fn settle(hub: &mut Hub, model: &mut Model, now: Instant, upstream_settled: bool) {
+    while let Some(output) = hub.poll_output() {
+        match output {
+            HubOutput::Transmit { conn, frame } => {
+                assert!(!model.closed.contains(&conn), "{conn} sent to after close");
+                let unwritten = model
+                    .unwritten
+                    .get_mut(&conn)
+                    .expect("frame for an unknown connection");
+                *unwritten += 1;
+                assert!(*unwritten <= WINDOW, "{conn}: {unwritten} frames unwritten");
+                assert!(frame.as_str().is_ascii());
+                let value: serde_json::Value =
+                    serde_json::from_str(frame.as_str()).expect("frame is JSON");
+                assert!(value["type"].is_string());
+                assert!(
+                    frame.as_str().len() < 4096,
+                    "frame of {} bytes",
+                    frame.as_str().len()
+                );
+            }
+            HubOutput::Close { conn, .. } => {
+                assert!(
+                    model.unwritten.remove(&conn).is_some(),
+                    "close of an unknown {conn}"
+                );
+                model.closed.insert(conn);
+            }
+            HubOutput::SubscribeUpstream(symbols) => {
+                assert!(!symbols.is_empty(), "an empty upstream batch");
+                for symbol in symbols {
                     assert!(
                         model.upstream.insert(symbol.clone()),
                         "{symbol} subscribed twice"
                     );
                 }
-                HubOutput::UnsubscribeUpstream(symbol) => {
+            }
+            HubOutput::UnsubscribeUpstream(symbols) => {
+                assert!(!symbols.is_empty(), "an empty upstream batch");
+                for symbol in symbols {
                     assert!(
                         model.upstream.remove(&symbol),
                         "{symbol} unsubscribed, never subscribed"
@@ -269,27 +292,30 @@ fuzz_target!(|schedule: Schedule| {
                 }
             }
         }
-        assert!(hub.connection_count() <= MAX_CONNECTIONS);
-        assert_eq!(hub.connection_count(), model.unwritten.len());
-        assert!(
-            hub.poll_timeout().is_none_or(|due| due > now),
-            "a deadline in the past"
-        );
-        let mut subscriptions = 0;
-        for conn in model.unwritten.keys() {
-            let held = hub.subscriptions(*conn).count();
-            assert!(held <= 3);
-            subscriptions += held;
-        }
-        let mut counted = 0;
-        for (symbol, subscribers, upstream) in hub.symbols() {
-            counted += subscribers;
+    }
+    assert!(hub.connection_count() <= MAX_CONNECTIONS);
+    assert_eq!(hub.connection_count(), model.unwritten.len());
+    assert!(
+        hub.poll_timeout().is_none_or(|due| due > now),
+        "a deadline in the past"
+    );
+    let mut subscriptions = 0;
+    for conn in model.unwritten.keys() {
+        let held = hub.subscriptions(*conn).count();
+        assert!(held <= 3);
+        subscriptions += held;
+    }
+    let mut counted = 0;
+    for (symbol, subscribers, upstream) in hub.symbols() {
+        counted += subscribers;
+        assert!(upstream);
+        if upstream_settled {
             assert!(
-                upstream && model.upstream.contains(symbol),
+                model.upstream.contains(symbol),
                 "{symbol} wanted, not upstream"
             );
         }
-        assert_eq!(counted, subscriptions);
-        assert!(model.upstream.len() <= 4);
     }
-});
+    assert_eq!(counted, subscriptions);
+    assert!(model.upstream.len() <= 4);
+}

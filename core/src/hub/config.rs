@@ -42,6 +42,8 @@ pub struct HubConfig {
     pub keepalive_timeout: Duration,
     /// How long a symbol stays subscribed upstream after its last subscriber left.
     pub linger: Duration,
+    /// How long upstream changes are gathered into one batch; zero sends each step's at once.
+    pub upstream_batch_delay: Duration,
     /// Only these symbols may be subscribed; `None` allows any.
     pub whitelist: Option<BTreeSet<Arc<str>>>,
 }
@@ -61,6 +63,7 @@ impl Default for HubConfig {
             slow_consumer_deadline: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(90),
             linger: Duration::from_secs(30),
+            upstream_batch_delay: Duration::from_millis(100),
             whitelist: None,
         }
     }

@@ -11,26 +11,29 @@
 //! - Only changes go out: an update equal to the last one broadcast for its symbol is dropped.
 //! - Upstream follows demand: the first subscriber of a symbol yields
 //!   [`HubOutput::SubscribeUpstream`], the last one leaving yields
-//!   [`HubOutput::UnsubscribeUpstream`] once the linger delay passes with nobody back.
+//!   [`HubOutput::UnsubscribeUpstream`] once the linger delay passes with nobody back. Changes
+//!   are gathered for `upstream_batch_delay` so a burst of new symbols costs one upstream
+//!   command, not one each (upstream commands are rate limited).
 //! - A connection with `queue_capacity` frames waiting is conflated: it owes only the latest
 //!   state per symbol (sent as a `snapshot`), gets one `SLOW_CONSUMER` warning, and is closed if
 //!   still behind after `slow_consumer_deadline`. Other connections are never held up.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use std::time::Instant;
+//! use std::time::{Duration, Instant};
 //! use tickwire_core::client::Quote;
 //! use tickwire_core::hub::{Hub, HubConfig, HubOutput};
 //!
 //! let now = Instant::now();
-//! let mut hub = Hub::new(HubConfig::default()).unwrap();
+//! let config = HubConfig { upstream_batch_delay: Duration::ZERO, ..HubConfig::default() };
+//! let mut hub = Hub::new(config).unwrap();
 //! let conn = hub.connect(now).unwrap();
 //! hub.handle_text(now, conn, r#"{"action":"subscribe","symbols":["FX:EURUSD"]}"#);
 //! let mut upstream = Vec::new();
 //! let mut frames = Vec::new();
 //! while let Some(output) = hub.poll_output() {
 //!     match output {
-//!         HubOutput::SubscribeUpstream(symbol) => upstream.push(symbol),
+//!         HubOutput::SubscribeUpstream(symbols) => upstream.extend(symbols),
 //!         HubOutput::Transmit { frame, .. } => frames.push(frame.as_str().to_owned()),
 //!         _ => {}
 //!     }
@@ -217,10 +220,10 @@ pub enum HubOutput {
         /// Why.
         reason: CloseReason,
     },
-    /// Subscribe upstream to quotes (and bars, if configured) of this symbol.
-    SubscribeUpstream(Arc<str>),
-    /// Nobody wants this symbol any more: unsubscribe upstream.
-    UnsubscribeUpstream(Arc<str>),
+    /// Subscribe upstream to quotes (and bars, if configured) of these symbols.
+    SubscribeUpstream(Vec<Arc<str>>),
+    /// Nobody wants these symbols any more: unsubscribe upstream.
+    UnsubscribeUpstream(Vec<Arc<str>>),
 }
 
 /// A refused connection: send `frame`, then close with code 1013 (try again later).
@@ -327,6 +330,10 @@ pub struct Hub {
     /// The earliest deadline known (keepalive, slow consumer, linger); may be early.
     next_check: Option<Instant>,
     last_sweep: Option<Instant>,
+    /// Upstream changes decided but not yet output, and when they go out.
+    upstream_adds: Vec<Arc<str>>,
+    upstream_removes: Vec<Arc<str>>,
+    upstream_due: Option<Instant>,
     counters: HubCounters,
     shut_down: bool,
 }
@@ -346,6 +353,9 @@ impl Hub {
             outputs: VecDeque::new(),
             next_check: None,
             last_sweep: None,
+            upstream_adds: Vec::new(),
+            upstream_removes: Vec::new(),
+            upstream_due: None,
             counters: HubCounters::default(),
             shut_down: false,
         })
@@ -393,11 +403,81 @@ impl Hub {
 
     /// When to call [`Hub::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.sweep_due(), self.upstream_due) {
+            (Some(sweep), Some(upstream)) => Some(sweep.min(upstream)),
+            (sweep, upstream) => sweep.or(upstream),
+        }
+    }
+
+    fn sweep_due(&self) -> Option<Instant> {
         let check = self.next_check?;
         Some(match self.last_sweep {
             Some(last) => check.max(last.checked_add(SWEEP_INTERVAL).unwrap_or(last)),
             None => check,
         })
+    }
+
+    /// The symbol is wanted upstream again (or for the first time).
+    fn add_upstream(&mut self, now: Instant, symbol: &Arc<str>) {
+        self.counters.upstream_subscribes = self.counters.upstream_subscribes.saturating_add(1);
+        match self
+            .upstream_removes
+            .iter()
+            .position(|pending| pending == symbol)
+        {
+            // Never told to leave: nothing to say.
+            Some(index) => {
+                self.upstream_removes.swap_remove(index);
+            }
+            None => self.upstream_adds.push(symbol.clone()),
+        }
+        self.upstream_changed(now);
+    }
+
+    /// Nobody wants the symbol upstream any more.
+    fn remove_upstream(&mut self, now: Instant, symbol: &Arc<str>) {
+        self.counters.upstream_unsubscribes = self.counters.upstream_unsubscribes.saturating_add(1);
+        match self
+            .upstream_adds
+            .iter()
+            .position(|pending| pending == symbol)
+        {
+            // Never asked for upstream: nothing to take back.
+            Some(index) => {
+                self.upstream_adds.swap_remove(index);
+            }
+            None => self.upstream_removes.push(symbol.clone()),
+        }
+        self.upstream_changed(now);
+    }
+
+    fn upstream_changed(&mut self, now: Instant) {
+        if self.upstream_due.is_none() {
+            self.upstream_due = Some(Self::later(now, self.config.upstream_batch_delay));
+        }
+    }
+
+    /// Outputs the gathered upstream changes, removals first (they free upstream slots).
+    fn flush_upstream(&mut self) {
+        self.upstream_due = None;
+        if !self.upstream_removes.is_empty() {
+            let symbols = std::mem::take(&mut self.upstream_removes);
+            self.outputs
+                .push_back(HubOutput::UnsubscribeUpstream(symbols));
+        }
+        if !self.upstream_adds.is_empty() {
+            let symbols = std::mem::take(&mut self.upstream_adds);
+            self.outputs
+                .push_back(HubOutput::SubscribeUpstream(symbols));
+        }
+    }
+
+    /// Ends a step that may have changed the upstream set: without a batch delay the changes
+    /// go out now.
+    fn finish_step(&mut self) {
+        if self.config.upstream_batch_delay.is_zero() && self.upstream_due.is_some() {
+            self.flush_upstream();
+        }
     }
 
     fn schedule(&mut self, deadline: Instant) {
@@ -460,6 +540,7 @@ impl Hub {
         if self.remove(now, conn) {
             self.counters.count_disconnect(reason);
         }
+        self.finish_step();
     }
 
     /// A control frame or ping from the client: it is alive.
@@ -532,6 +613,7 @@ impl Hub {
             }
             Err(rejection) => self.send_error(now, conn, rejection.code, &rejection.message, None),
         }
+        self.finish_step();
     }
 
     /// A binary message of `bytes` bytes from `conn`: not part of the protocol.
@@ -590,7 +672,7 @@ impl Hub {
                 self.send_error(now, conn, "SUBSCRIPTION_LIMIT", &message, Some(&symbol));
                 continue;
             }
-            if !self.symbols.contains_key(&symbol) && !self.make_room_upstream() {
+            if !self.symbols.contains_key(&symbol) && !self.make_room_upstream(now) {
                 let message = format!(
                     "the relay carries at most {} symbols",
                     self.config.max_upstream_symbols
@@ -613,10 +695,7 @@ impl Hub {
             state.linger_until = None;
             if !state.upstream {
                 state.upstream = true;
-                self.counters.upstream_subscribes =
-                    self.counters.upstream_subscribes.saturating_add(1);
-                self.outputs
-                    .push_back(HubOutput::SubscribeUpstream(symbol.clone()));
+                self.add_upstream(now, &symbol);
             }
             if let Some(connection) = self.connections.get_mut(&conn) {
                 connection.symbols.insert(symbol.clone());
@@ -628,7 +707,7 @@ impl Hub {
 
     /// Frees a slot for a new symbol by ending the lingering subscription that would end
     /// first; false if every carried symbol has subscribers.
-    fn make_room_upstream(&mut self) -> bool {
+    fn make_room_upstream(&mut self, now: Instant) -> bool {
         if self.symbols.len() < self.config.max_upstream_symbols {
             return true;
         }
@@ -640,21 +719,18 @@ impl Hub {
             .map(|(symbol, _)| symbol.clone());
         match victim {
             Some(symbol) => {
-                self.drop_symbol(&symbol);
+                self.drop_symbol(now, &symbol);
                 true
             }
             None => false,
         }
     }
 
-    fn drop_symbol(&mut self, symbol: &Arc<str>) {
+    fn drop_symbol(&mut self, now: Instant, symbol: &Arc<str>) {
         if let Some(state) = self.symbols.remove(symbol)
             && state.upstream
         {
-            self.counters.upstream_unsubscribes =
-                self.counters.upstream_unsubscribes.saturating_add(1);
-            self.outputs
-                .push_back(HubOutput::UnsubscribeUpstream(symbol.clone()));
+            self.remove_upstream(now, symbol);
         }
     }
 
@@ -682,7 +758,7 @@ impl Hub {
         state.subscribers.remove(&conn);
         if state.subscribers.is_empty() {
             if self.config.linger.is_zero() {
-                self.drop_symbol(symbol);
+                self.drop_symbol(now, symbol);
             } else {
                 let until = Self::later(now, self.config.linger);
                 state.linger_until = Some(until);
@@ -716,6 +792,7 @@ impl Hub {
         for conn in all {
             self.close(now, conn, CloseReason::Shutdown);
         }
+        self.finish_step();
     }
 
     fn send_error(
@@ -954,6 +1031,12 @@ impl Hub {
     /// Upstream rejected `symbol` (e.g. no such symbol): its subscribers get an
     /// `UNKNOWN_SYMBOL` error and lose the subscription. Upstream has already dropped it.
     pub fn handle_symbol_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        // Upstream has already forgotten it: no pending change about it may go out, even when
+        // the hub itself had already let it go.
+        self.upstream_adds
+            .retain(|pending| pending.as_ref() != symbol);
+        self.upstream_removes
+            .retain(|pending| pending.as_ref() != symbol);
         let Some(state) = self.symbols.remove(symbol) else {
             return;
         };
@@ -989,7 +1072,10 @@ impl Hub {
     /// Time passed: closes connections past their keepalive or slow-consumer deadline and
     /// ends lingering upstream subscriptions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.poll_timeout().is_none_or(|due| due > now) {
+        if self.upstream_due.is_some_and(|due| due <= now) {
+            self.flush_upstream();
+        }
+        if self.sweep_due().is_none_or(|due| due > now) {
             return;
         }
         self.last_sweep = Some(now);
@@ -1033,7 +1119,8 @@ impl Hub {
             self.close(now, conn, reason);
         }
         for symbol in ended {
-            self.drop_symbol(&symbol);
+            self.drop_symbol(now, &symbol);
         }
+        self.finish_step();
     }
 }

@@ -58,14 +58,21 @@ impl Harness {
                         self.closed.insert(conn, reason);
                         self.unwritten.remove(&conn);
                     }
-                    HubOutput::SubscribeUpstream(symbol) => {
-                        assert!(self.upstream.insert(symbol.clone()), "{symbol} twice");
-                        self.upstream_log.push(HubOutput::SubscribeUpstream(symbol));
-                    }
-                    HubOutput::UnsubscribeUpstream(symbol) => {
-                        assert!(self.upstream.remove(&symbol), "{symbol} not subscribed");
+                    HubOutput::SubscribeUpstream(symbols) => {
+                        assert!(!symbols.is_empty());
+                        for symbol in &symbols {
+                            assert!(self.upstream.insert(symbol.clone()), "{symbol} twice");
+                        }
                         self.upstream_log
-                            .push(HubOutput::UnsubscribeUpstream(symbol));
+                            .push(HubOutput::SubscribeUpstream(symbols));
+                    }
+                    HubOutput::UnsubscribeUpstream(symbols) => {
+                        assert!(!symbols.is_empty());
+                        for symbol in &symbols {
+                            assert!(self.upstream.remove(symbol), "{symbol} not subscribed");
+                        }
+                        self.upstream_log
+                            .push(HubOutput::UnsubscribeUpstream(symbols));
                     }
                 }
             }
@@ -135,6 +142,7 @@ impl Harness {
 fn config() -> HubConfig {
     HubConfig {
         linger: 5 * SECOND,
+        upstream_batch_delay: Duration::ZERO,
         ..HubConfig::default()
     }
 }
@@ -168,7 +176,7 @@ fn a_new_connection_hears_the_upstream_status_and_a_snapshot_per_subscription() 
     );
     assert_eq!(
         h.upstream_log,
-        [HubOutput::SubscribeUpstream(Arc::from("A"))]
+        [HubOutput::SubscribeUpstream(vec![Arc::from("A")])]
     );
 }
 
@@ -243,7 +251,14 @@ fn upstream_follows_demand_with_a_linger() {
     h.subscribe(second, &["A"]);
     let subscribed: BTreeSet<Arc<str>> = [Arc::from("A"), Arc::from("B")].into();
     assert_eq!(h.upstream, subscribed);
-    assert_eq!(h.upstream_log.len(), 2, "one subscribe per symbol");
+    assert_eq!(
+        h.upstream_log,
+        [HubOutput::SubscribeUpstream(vec![
+            Arc::from("A"),
+            Arc::from("B")
+        ])],
+        "one upstream subscribe for the request, none for the second subscriber"
+    );
 
     h.send(first, r#"{"action":"unsubscribe","symbols":["A","B"]}"#);
     assert_eq!(
@@ -262,7 +277,7 @@ fn upstream_follows_demand_with_a_linger() {
     h.subscribe(first, &["B"]);
     h.advance(2 * SECOND);
     assert_eq!(h.upstream, subscribed);
-    assert_eq!(h.upstream_log.len(), 2);
+    assert_eq!(h.upstream_log.len(), 1);
 
     h.hub.disconnect(h.now, first, CloseReason::ClientClosed);
     h.hub.disconnect(h.now, second, CloseReason::ClientClosed);
@@ -273,6 +288,43 @@ fn upstream_follows_demand_with_a_linger() {
     assert!(h.upstream.is_empty());
     assert_eq!(h.hub.symbols().count(), 0);
     assert_eq!(h.hub.counters().disconnects(CloseReason::ClientClosed), 2);
+}
+
+#[test]
+fn upstream_changes_are_batched_over_the_delay() {
+    let mut h = Harness::new(HubConfig {
+        upstream_batch_delay: Duration::from_millis(100),
+        linger: Duration::ZERO,
+        ..config()
+    });
+    let clients: Vec<ConnId> = (0..5).map(|_| h.connect()).collect();
+    for (index, conn) in clients.iter().enumerate() {
+        h.subscribe(*conn, &[["A", "B", "C", "D", "E"][index]]);
+    }
+    // Subscribed and gone again within the batch: upstream never hears of E.
+    h.send(clients[4], r#"{"action":"unsubscribe","symbols":["E"]}"#);
+    assert!(h.upstream_log.is_empty());
+    assert_eq!(
+        h.hub.poll_timeout(),
+        Some(h.now + Duration::from_millis(100))
+    );
+    h.advance(Duration::from_millis(99));
+    assert!(h.upstream_log.is_empty());
+    h.advance(Duration::from_millis(1));
+    let expected: Vec<Arc<str>> = ["A", "B", "C", "D"].map(Arc::from).to_vec();
+    assert_eq!(h.upstream_log, [HubOutput::SubscribeUpstream(expected)]);
+    // A leave and a return within one batch cancel out too.
+    h.hub
+        .disconnect(h.now, clients[0], CloseReason::ClientClosed);
+    h.subscribe(clients[1], &["A"]);
+    h.hub
+        .disconnect(h.now, clients[2], CloseReason::ClientClosed);
+    h.advance(Duration::from_millis(100));
+    assert_eq!(
+        h.upstream_log[1..],
+        [HubOutput::UnsubscribeUpstream(vec![Arc::from("C")])]
+    );
+    assert_eq!(h.hub.poll_timeout().map(|due| due > h.now), Some(true));
 }
 
 #[test]
@@ -558,6 +610,24 @@ fn an_upstream_symbol_error_reaches_its_subscribers_and_ends_their_subscription(
 }
 
 #[test]
+fn a_symbol_rejected_while_its_unsubscribe_waits_is_not_unsubscribed() {
+    let mut h = Harness::new(HubConfig {
+        upstream_batch_delay: Duration::from_millis(100),
+        linger: Duration::ZERO,
+        ..config()
+    });
+    let conn = h.connect();
+    h.subscribe(conn, &["A"]);
+    h.advance(Duration::from_millis(100));
+    h.send(conn, r#"{"action":"unsubscribe","symbols":["A"]}"#);
+    // Upstream rejects A before the batch with its unsubscribe goes out: it has forgotten A.
+    h.hub.handle_symbol_error(h.now, "A", "no_such_symbol");
+    h.upstream.remove("A");
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.upstream_log.len(), 1, "{:?}", h.upstream_log);
+}
+
+#[test]
 fn status_changes_reach_everyone_once() {
     let mut h = Harness::new(config());
     let first = h.connect();
@@ -717,8 +787,12 @@ proptest! {
     #[test]
     fn subscription_bookkeeping_matches_a_model(
         ops in proptest::collection::vec((0..4usize, 0..3u8, 0..5usize), 1..200),
+        batched in any::<bool>(),
     ) {
-        let mut h = Harness::new(config());
+        let mut h = Harness::new(HubConfig {
+            upstream_batch_delay: if batched { Duration::from_millis(300) } else { Duration::ZERO },
+            ..config()
+        });
         let symbols = ["A", "B", "C", "D", "E"];
         let mut conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
         let mut model: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
@@ -758,6 +832,8 @@ proptest! {
             }
         }
         h.advance(6 * SECOND);
+        // A linger that just ended is told upstream with the next batch.
+        h.advance(SECOND);
         let wanted: BTreeSet<Arc<str>> = model.values().flatten().map(|s| Arc::from(*s)).collect();
         prop_assert_eq!(&h.upstream, &wanted);
     }

@@ -46,10 +46,19 @@ pub(crate) async fn accept(socket: WebSocket, state: Arc<AppState>) {
     let (started, start) = oneshot::channel::<Result<ConnId, tickwire_core::hub::Refused>>();
     let commands = state.commands.clone();
     let latency = state.latency.clone();
+    let report_every = state.report_every;
     // The serving task is spawned first so the hub can hold its abort handle from the start.
     let task = tokio::spawn(async move {
         let Ok(registered) = start.await else { return };
-        serve(socket, registered, outbound_rx, commands, latency).await;
+        serve(
+            socket,
+            registered,
+            outbound_rx,
+            commands,
+            latency,
+            report_every,
+        )
+        .await;
     });
     let connect = Command::Connect {
         outbound,
@@ -67,6 +76,7 @@ async fn serve(
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
     commands: mpsc::Sender<Command>,
     latency: Arc<LatencyHistogram>,
+    report_every: usize,
 ) {
     let (mut sink, stream) = socket.split();
     let conn = match registered {
@@ -79,7 +89,14 @@ async fn serve(
     };
     let ended = {
         let reading = read(stream, conn, &commands);
-        let writing = write(&mut sink, conn, &mut outbound, &commands, &latency);
+        let writing = write(
+            &mut sink,
+            conn,
+            &mut outbound,
+            &commands,
+            &latency,
+            report_every,
+        );
         tokio::select! {
             ended = reading => Some(ended),
             () = writing => None,
@@ -130,16 +147,23 @@ async fn report_failure(conn: ConnId, commands: &mpsc::Sender<Command>) {
     let _ = commands.send(failed).await;
 }
 
-/// Sends what the hub hands over, in batches, reporting each batch once written; returns when
-/// the hub closes the connection or the socket fails.
+/// Sends what the hub hands over, in batches; returns when the hub closes the connection or
+/// the socket fails.
+///
+/// Written frames are reported once `report_every` (half the hub's send window) have gone
+/// out, not after every batch: with thousands of clients a report per write would double the
+/// hub task's work. The hub cannot stall on it: once it has a full window handed over, at
+/// least `report_every` of those frames are still to be written, and writing them reports.
 async fn write(
     sink: &mut SplitSink<WebSocket, Message>,
     conn: ConnId,
     outbound: &mut mpsc::UnboundedReceiver<Outbound>,
     commands: &mpsc::Sender<Command>,
     latency: &LatencyHistogram,
+    report_every: usize,
 ) {
-    let mut origins: Vec<Instant> = Vec::with_capacity(WRITE_BATCH);
+    let mut origins: Vec<Instant> = Vec::new();
+    let mut unreported = 0usize;
     loop {
         let Some(first) = outbound.recv().await else {
             return;
@@ -179,13 +203,15 @@ async fn write(
             close_with(sink, reason.close_code(), reason.as_str()).await;
             return;
         }
-        if frames > 0
-            && commands
-                .send(Command::Written { conn, frames })
-                .await
-                .is_err()
-        {
-            return;
+        unreported += frames;
+        if unreported >= report_every {
+            let written = Command::Written {
+                conn,
+                frames: std::mem::take(&mut unreported),
+            };
+            if commands.send(written).await.is_err() {
+                return;
+            }
         }
     }
 }

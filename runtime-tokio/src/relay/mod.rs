@@ -130,6 +130,8 @@ struct AppState {
     connections: Arc<AtomicUsize>,
     latency: Arc<LatencyHistogram>,
     max_websocket_message_bytes: usize,
+    /// Written frames a writer reports at once (half the hub's send window).
+    report_every: usize,
 }
 
 /// A running relay. Dropping it leaves it running until the runtime ends; call
@@ -192,6 +194,7 @@ impl Relay {
             connections: connections.clone(),
             latency: latency.clone(),
             max_websocket_message_bytes: config.max_websocket_message_bytes,
+            report_every: (config.hub.send_window / 2).max(1),
         });
         let hub_task = tokio::spawn(
             HubTask {
@@ -215,6 +218,11 @@ impl Relay {
             .with_state(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Every write is already a whole batch: Nagle would only add delay.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });
@@ -500,12 +508,11 @@ impl HubTask {
                         });
                     }
                 }
-                HubOutput::SubscribeUpstream(symbol) => subscribe.push(symbol),
-                HubOutput::UnsubscribeUpstream(symbol) => unsubscribe.push(symbol),
+                HubOutput::SubscribeUpstream(symbols) => subscribe.extend(symbols),
+                HubOutput::UnsubscribeUpstream(symbols) => unsubscribe.extend(symbols),
             }
         }
-        // One upstream command per batch of symbols, not one per symbol: commands are rate
-        // limited upstream.
+        // The hub batches upstream changes (commands are rate limited upstream): one call each.
         if !unsubscribe.is_empty() {
             self.feed.unsubscribe(unsubscribe.iter());
             for symbol in &unsubscribe {
