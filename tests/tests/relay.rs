@@ -497,6 +497,21 @@ async fn limits_on_connections_and_the_whitelist_are_enforced_over_the_wire() {
     let limit = first.until("an error", is_type("error")).await;
     assert_eq!(limit["code"], "SUBSCRIPTION_LIMIT");
     assert_eq!(limit["symbol"], "EMU:S13");
+    // A client that says goodbye gets the closing handshake answered.
+    first.ws.close(None).await.unwrap();
+    assert!(
+        matches!(first.next().await, Err(Ended::Closed(_))),
+        "no close frame back"
+    );
+    eventually("the close is counted", async || {
+        metric(
+            addr,
+            "tickwire_relay_disconnects_total{cause=\"client_closed\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
     relay.shutdown().await;
     emulator.shutdown().await;
 }

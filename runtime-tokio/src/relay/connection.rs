@@ -26,6 +26,8 @@ const WRITE_BATCH: usize = 256;
 const TRY_AGAIN_LATER: u16 = 1013;
 /// Code for a message over the WebSocket layer's limit.
 const MESSAGE_TOO_BIG: u16 = 1009;
+/// Time a departing or refused client gets to take its last frames.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn text(frame: &Frame) -> Utf8Bytes {
     // Frames are ASCII JSON, so this check never fails; it only costs a scan.
@@ -82,8 +84,11 @@ async fn serve(
     let conn = match registered {
         Ok(conn) => conn,
         Err(refused) => {
-            let _ = sink.send(Message::Text(text(&refused.frame))).await;
-            close_with(&mut sink, TRY_AGAIN_LATER, "connection limit").await;
+            let goodbye = async {
+                let _ = sink.send(Message::Text(text(&refused.frame))).await;
+                close_with(&mut sink, TRY_AGAIN_LATER, "connection limit").await;
+            };
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
             return;
         }
     };
@@ -103,10 +108,18 @@ async fn serve(
         }
     };
     if let Some((reason, code)) = ended {
-        if let Some(code) = code {
-            close_with(&mut sink, code, "message too big").await;
-        }
         let _ = commands.send(Command::Disconnected { conn, reason }).await;
+        // tungstenite answered a client's close frame as it read it; flushing sends the answer.
+        // A client that reads nothing gets a bounded wait, not a task that never ends.
+        let goodbye = async {
+            match code {
+                Some(code) => close_with(&mut sink, code, "message too big").await,
+                None => {
+                    let _ = sink.close().await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 }
 
