@@ -1,7 +1,7 @@
 //! `tickwire relay`: one resilient upstream connection fanned out to many WebSocket clients.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -79,6 +79,10 @@ pub(crate) struct RelayArgs {
     /// How long a symbol stays subscribed upstream after its last subscriber left.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     linger: Duration,
+    /// Log level on stderr: error, warn, info (upstream state changes, clients cut off) or
+    /// debug (also refusals and upstream subscription batches).
+    #[arg(long, env = "TICKWIRE_LOG_LEVEL", default_value = "info")]
+    log_level: tracing::Level,
     /// Embedded emulator only: number of symbols in its market.
     #[arg(long, default_value_t = 50)]
     emulator_symbols: usize,
@@ -165,6 +169,13 @@ async fn stop_signal() {
 
 pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     let hub = hub_config(&args)?;
+    // Only fails if a logger is already installed, which this process never does twice.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .try_init();
     let bars = bars(&args.bars)?;
     if !(args.emulator_rate >= 0.0 && args.emulator_rate.is_finite()) {
         return Err(Failure::Message(format!(

@@ -415,6 +415,14 @@ fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "relay exited with {status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut relay.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("upstream state=live"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
 }
 
 #[test]

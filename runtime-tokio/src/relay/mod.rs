@@ -40,7 +40,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
-use tickwire_core::hub::{ConnId, Hub, HubConfig, HubOutput, Refused};
+use tickwire_core::hub::{CloseReason, ConnId, Hub, HubConfig, HubOutput, Refused};
 use tickwire_driver::{Config, Event, Feed, Options, SeriesId};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -112,7 +112,7 @@ enum Command {
     },
     Disconnected {
         conn: ConnId,
-        reason: tickwire_core::hub::CloseReason,
+        reason: CloseReason,
     },
     Metrics {
         reply: oneshot::Sender<String>,
@@ -418,6 +418,9 @@ impl HubTask {
                 reply,
             } => {
                 let result = self.hub.connect(now);
+                if result.is_err() {
+                    tracing::debug!("refused a client at the connection limit");
+                }
                 if let Ok(conn) = result {
                     self.connections
                         .insert(conn, ConnectionHandle { outbound, task });
@@ -440,6 +443,10 @@ impl HubTask {
                 ));
             }
             Command::Shutdown { reply } => {
+                tracing::info!(
+                    clients = self.hub.connection_count(),
+                    "shutting down: closing every client"
+                );
                 self.hub.shutdown(now);
                 self.flush();
                 let tasks: Vec<AbortHandle> = self
@@ -475,12 +482,29 @@ impl HubTask {
                     .handle_bar(now, &bar.symbol, &bar.timeframe, &bar.bar, bar.closed);
             }
             Event::QuoteError { symbol, reason } => {
+                tracing::warn!(%symbol, %reason, "upstream rejected a symbol");
                 self.hub.handle_symbol_error(now, &symbol, &reason);
                 if let Some(series) = self.series.remove(&symbol) {
                     self.feed.unsubscribe_bars(series);
                 }
             }
-            Event::State(change) => self.hub.handle_upstream_state(now, change.state),
+            Event::State(change) => {
+                let retry_in = change.next_attempt.map_or_else(
+                    || "-".to_owned(),
+                    |at| format!("{}ms", at.saturating_duration_since(now).as_millis()),
+                );
+                tracing::info!(
+                    state = %change.state.as_str(),
+                    cause = %change.cause.map_or("-", |cause| cause.as_str()),
+                    failures = change.consecutive_failures,
+                    retry_in = %retry_in,
+                    "upstream"
+                );
+                self.hub.handle_upstream_state(now, change.state);
+            }
+            Event::SeriesError { symbol, reason, .. } => {
+                tracing::warn!(%symbol, %reason, "upstream rejected a bar series");
+            }
             _ => {}
         }
     }
@@ -497,6 +521,9 @@ impl HubTask {
                     }
                 }
                 HubOutput::Close { conn, reason } => {
+                    if reason != CloseReason::Shutdown {
+                        tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
+                    }
                     if let Some(handle) = self.connections.remove(&conn) {
                         let _ = handle.outbound.send(Outbound::Close(reason));
                         // A client that cannot take the close frame in time is dropped.
@@ -514,6 +541,7 @@ impl HubTask {
         }
         // The hub batches upstream changes (commands are rate limited upstream): one call each.
         if !unsubscribe.is_empty() {
+            tracing::debug!(symbols = unsubscribe.len(), "unsubscribing upstream");
             self.feed.unsubscribe(unsubscribe.iter());
             for symbol in &unsubscribe {
                 if let Some(series) = self.series.remove(symbol) {
@@ -522,6 +550,7 @@ impl HubTask {
             }
         }
         if !subscribe.is_empty() {
+            tracing::debug!(symbols = subscribe.len(), "subscribing upstream");
             self.feed.subscribe(subscribe.iter());
             if let Some(timeframe) = &self.bars {
                 for symbol in subscribe {
