@@ -23,7 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{Sink, SinkExt, Stream};
 
 pub use events::{EventQueue, Events};
-pub use socket::{TungsteniteSocket, upgrade_request};
+pub use socket::{TungsteniteSocket, upgrade_request, websocket_config};
 use tickwire_core::client::{Client, Output};
 pub use tickwire_core::client::{
     Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote, SeriesId, State,

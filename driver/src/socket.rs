@@ -76,6 +76,13 @@ where
     }
 }
 
+/// The WebSocket settings both runtimes connect with. tungstenite zero-fills its whole read
+/// buffer before every socket read, so the 128 KiB default costs more per read than the larger
+/// reads save; 16 KiB measured about 7 % more quotes/s end to end on tokio.
+pub fn websocket_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
+}
+
 /// The HTTP upgrade request for a connection: the URL, plus the `Origin` header the core asks for.
 ///
 /// # Errors

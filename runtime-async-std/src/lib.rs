@@ -61,7 +61,8 @@ impl Runtime for AsyncIoRuntime {
         let http = tickwire_driver::upgrade_request(request);
         async move {
             let http = http?;
-            let (ws, _) = async_tungstenite::smol::connect_async(http)
+            let config = Some(tickwire_driver::websocket_config());
+            let (ws, _) = async_tungstenite::smol::connect_async_with_config(http, config)
                 .await
                 .map_err(|error| error.to_string())?;
             Ok(TungsteniteSocket(ws))

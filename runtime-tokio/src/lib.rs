@@ -48,12 +48,11 @@ impl Runtime for TokioRuntime {
         let http = tickwire_driver::upgrade_request(request);
         async move {
             let http = http?;
-            let (ws, _) = tokio_tungstenite::connect_async(http)
+            let config = Some(tickwire_driver::websocket_config());
+            // `true`: no Nagle delay on what the client sends.
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(http, config, true)
                 .await
                 .map_err(|error| error.to_string())?;
-            if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-                let _ = tcp.set_nodelay(true);
-            }
             Ok(TungsteniteSocket(ws))
         }
         .boxed()
