@@ -420,33 +420,28 @@ impl Hub {
     /// The symbol is wanted upstream again (or for the first time).
     fn add_upstream(&mut self, now: Instant, symbol: &Arc<str>) {
         self.counters.upstream_subscribes = self.counters.upstream_subscribes.saturating_add(1);
-        match self
-            .upstream_removes
-            .iter()
-            .position(|pending| pending == symbol)
-        {
-            // Never told to leave: nothing to say.
-            Some(index) => {
-                self.upstream_removes.swap_remove(index);
-            }
-            None => self.upstream_adds.push(symbol.clone()),
-        }
-        self.upstream_changed(now);
+        self.pend_upstream(now, symbol, true);
     }
 
     /// Nobody wants the symbol upstream any more.
     fn remove_upstream(&mut self, now: Instant, symbol: &Arc<str>) {
         self.counters.upstream_unsubscribes = self.counters.upstream_unsubscribes.saturating_add(1);
-        match self
-            .upstream_adds
-            .iter()
-            .position(|pending| pending == symbol)
-        {
-            // Never asked for upstream: nothing to take back.
+        self.pend_upstream(now, symbol, false);
+    }
+
+    /// Records an upstream change for the next batch; one that undoes a change still waiting
+    /// in the batch cancels it instead (upstream never hears of either).
+    fn pend_upstream(&mut self, now: Instant, symbol: &Arc<str>, subscribe: bool) {
+        let (opposite, same) = if subscribe {
+            (&mut self.upstream_removes, &mut self.upstream_adds)
+        } else {
+            (&mut self.upstream_adds, &mut self.upstream_removes)
+        };
+        match opposite.iter().position(|pending| pending == symbol) {
             Some(index) => {
-                self.upstream_adds.swap_remove(index);
+                opposite.swap_remove(index);
             }
-            None => self.upstream_removes.push(symbol.clone()),
+            None => same.push(symbol.clone()),
         }
         self.upstream_changed(now);
     }
