@@ -1,8 +1,8 @@
 //! The relay: one resilient upstream feed fanned out to many downstream WebSocket clients.
 //!
 //! Every decision (who gets what, conflation, limits, deadlines, which symbols the upstream
-//! carries) is the core's [`Hub`](tickwire_core::hub::Hub); this module moves bytes between
-//! sockets and the hub, tells it the time, and serves:
+//! carries) is the core's [`Hub`]; this module moves bytes between sockets and the hub, tells
+//! it the time, and serves:
 //!
 //! - `/ws`: the downstream protocol (see [`tickwire_core::hub`]),
 //! - `/`: a live page (table, sparklines, connection indicator),
