@@ -838,3 +838,155 @@ proptest! {
         prop_assert_eq!(&h.upstream, &wanted);
     }
 }
+
+#[derive(Debug, Clone)]
+enum Request {
+    Connect,
+    Disconnect(usize),
+    Subscribe(usize, Vec<usize>, usize),
+    Unsubscribe(usize, Vec<usize>),
+    Wait(u64),
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    let symbols = proptest::collection::vec(0..6usize, 0..4);
+    prop_oneof![
+        1 => Just(Request::Connect),
+        1 => (0..4usize).prop_map(Request::Disconnect),
+        5 => (0..4usize, symbols.clone(), 0..80usize)
+            .prop_map(|(slot, symbols, pad)| Request::Subscribe(slot, symbols, pad)),
+        2 => (0..4usize, symbols).prop_map(|(slot, symbols)| Request::Unsubscribe(slot, symbols)),
+        1 => (0..3_000u64).prop_map(Request::Wait),
+    ]
+}
+
+proptest! {
+    /// Under any sequence of connects, disconnects and (possibly oversized) requests, every
+    /// answer is the one the whitelist and the limits call for, in request order, and nothing
+    /// outside the whitelist or beyond a limit is ever held, here or upstream.
+    #[test]
+    fn whitelist_and_limits_decide_every_answer(
+        requests in proptest::collection::vec(request(), 1..120),
+        allowed in proptest::collection::vec(any::<bool>(), 6),
+        max_connections in 1usize..4,
+        max_subscriptions in 1usize..4,
+        max_upstream in 1usize..5,
+        max_message_bytes in 40usize..120,
+    ) {
+        let universe = ["A", "B", "C", "D", "E", "F"];
+        let whitelist: BTreeSet<Arc<str>> = universe
+            .iter()
+            .zip(&allowed)
+            .filter(|(_, allowed)| **allowed)
+            .map(|(symbol, _)| Arc::from(*symbol))
+            .collect();
+        let mut h = Harness::new(HubConfig {
+            max_connections,
+            max_subscriptions_per_connection: max_subscriptions,
+            max_upstream_symbols: max_upstream,
+            max_message_bytes,
+            messages_per_second: 1_000,
+            message_burst: 1_000,
+            whitelist: Some(whitelist.clone()),
+            ..config()
+        });
+        let mut slots: Vec<Option<ConnId>> = vec![None; 4];
+        // The model: what each slot's connection holds.
+        let mut held: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); 4];
+        for request in requests {
+            match request {
+                Request::Connect => {
+                    let open = slots.iter().flatten().count();
+                    let Some(free) = slots.iter().position(Option::is_none) else { continue };
+                    match h.hub.connect(h.now) {
+                        Ok(conn) => {
+                            prop_assert!(open < max_connections);
+                            h.reading.insert(conn);
+                            h.drain();
+                            h.take(conn);
+                            slots[free] = Some(conn);
+                        }
+                        Err(refused) => {
+                            prop_assert_eq!(open, max_connections);
+                            prop_assert!(refused.frame.as_str().contains("CONNECTION_LIMIT"));
+                        }
+                    }
+                }
+                Request::Disconnect(slot) => {
+                    if let Some(conn) = slots[slot].take() {
+                        h.hub.disconnect(h.now, conn, CloseReason::ClientClosed);
+                        h.drain();
+                        held[slot].clear();
+                    }
+                }
+                Request::Subscribe(slot, symbols, pad) => {
+                    let Some(conn) = slots[slot] else { continue };
+                    let names: Vec<&str> = symbols.iter().map(|index| universe[*index]).collect();
+                    let text = json!({"action": "subscribe", "symbols": names, "pad": "x".repeat(pad)})
+                        .to_string();
+                    let mut expected: Vec<(String, String)> = Vec::new();
+                    if text.len() > max_message_bytes {
+                        expected.push(("error".into(), "MESSAGE_TOO_LARGE".into()));
+                    } else {
+                        for name in &names {
+                            let wanted: BTreeSet<&str> = held.iter().flatten().copied().collect();
+                            let answer = if !whitelist.contains(*name) {
+                                "SYMBOL_NOT_ALLOWED"
+                            } else if !held[slot].contains(name) && held[slot].len() >= max_subscriptions {
+                                "SUBSCRIPTION_LIMIT"
+                            } else if !wanted.contains(name) && wanted.len() >= max_upstream {
+                                // Lingering symbols make room; wanted ones never do.
+                                "SYMBOL_LIMIT"
+                            } else {
+                                held[slot].insert(name);
+                                "snapshot"
+                            };
+                            let kind = if answer == "snapshot" { "snapshot" } else { "error" };
+                            expected.push((kind.into(), answer.into()));
+                        }
+                    }
+                    h.send(conn, &text);
+                    let got: Vec<(String, String)> = h
+                        .take(conn)
+                        .iter()
+                        .map(|message| {
+                            let kind = message["type"].as_str().unwrap_or_default().to_owned();
+                            let detail = if kind == "error" { &message["code"] } else { &message["type"] };
+                            (kind, detail.as_str().unwrap_or_default().to_owned())
+                        })
+                        .collect();
+                    prop_assert_eq!(got, expected, "{}", text);
+                }
+                Request::Unsubscribe(slot, symbols) => {
+                    let Some(conn) = slots[slot] else { continue };
+                    let names: Vec<&str> = symbols.iter().map(|index| universe[*index]).collect();
+                    let text = json!({"action": "unsubscribe", "symbols": names}).to_string();
+                    h.send(conn, &text);
+                    let replies = h.take(conn);
+                    if text.len() > max_message_bytes {
+                        prop_assert_eq!(replies.len(), 1);
+                        prop_assert_eq!(&replies[0]["code"], "MESSAGE_TOO_LARGE");
+                    } else {
+                        for name in &names {
+                            held[slot].remove(name);
+                        }
+                        prop_assert_eq!(replies.len(), names.len());
+                        prop_assert!(replies.iter().all(|reply| reply["type"] == "unsubscribed"));
+                    }
+                }
+                Request::Wait(ms) => h.advance(Duration::from_millis(ms)),
+            }
+            prop_assert_eq!(h.hub.connection_count(), slots.iter().flatten().count());
+            for (slot, conn) in slots.iter().enumerate() {
+                let Some(conn) = conn else { continue };
+                let holds: BTreeSet<&str> = h.hub.subscriptions(*conn).map(|s| s.as_ref()).collect();
+                prop_assert_eq!(&holds, &held[slot]);
+                prop_assert!(holds.len() <= max_subscriptions);
+            }
+            prop_assert!(h.hub.symbols().count() <= max_upstream);
+            prop_assert!(h.upstream.len() <= max_upstream);
+            prop_assert!(h.upstream.is_subset(&whitelist));
+            prop_assert!(h.closed.is_empty());
+        }
+    }
+}
