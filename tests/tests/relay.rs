@@ -611,3 +611,71 @@ async fn health_reports_an_unreachable_upstream_and_the_page_is_served() {
     assert_ne!(status["upstream"], "live");
     relay.shutdown().await;
 }
+
+/// Reads until the server ends the connection; false if it is still open after `WAIT`.
+async fn closed_by_server(tcp: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 256];
+    let ended = async {
+        loop {
+            match tcp.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, ended).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_sockets_are_closed_and_cannot_crowd_out_clients() {
+    let header_timeout = Duration::from_millis(500);
+    let mut config = RelayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_header_timeout: header_timeout,
+        max_http_connections: 2,
+        ..RelayConfig::default()
+    };
+    config.upstream.url = "ws://127.0.0.1:9/socket.io/websocket".into();
+    let relay = Relay::start(config).await.unwrap();
+    let addr = relay.local_addr();
+
+    // Upgraded WebSockets leave the HTTP stage: more of them than its limit all work, and
+    // stay open well past the header deadline.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(addr).await;
+        client.until("status", is_type("status")).await;
+        clients.push(client);
+    }
+    tokio::time::sleep(header_timeout * 3).await;
+    for client in &mut clients {
+        client.send(json!({"action": "ping"})).await;
+        client.until("pong", is_type("pong")).await;
+    }
+
+    // Two sockets hold both HTTP slots: one silent, one trickling headers that never end.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut trickling = TcpStream::connect(addr).await.unwrap();
+    trickling
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    // A real request waits for a slot, which the header deadline frees.
+    let (status, _) = get(addr, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        started.elapsed() >= header_timeout / 2,
+        "served while both slots were held: the HTTP connection limit did not hold"
+    );
+    assert!(
+        closed_by_server(&mut silent).await,
+        "silent socket kept open"
+    );
+    assert!(
+        closed_by_server(&mut trickling).await,
+        "trickling socket kept open"
+    );
+    relay.shutdown().await;
+}

@@ -25,6 +25,7 @@
 //! ```
 
 mod connection;
+mod http;
 mod metrics;
 
 use std::collections::HashMap;
@@ -71,6 +72,14 @@ pub struct RelayConfig {
     pub max_websocket_message_bytes: usize,
     /// Time a client gets to take a close frame before its socket is dropped.
     pub close_timeout: Duration,
+    /// Time an HTTP client gets to send its request headers (the WebSocket handshake
+    /// included, and the wait between keep-alive requests); a silent or trickling socket is
+    /// closed after it.
+    pub http_header_timeout: Duration,
+    /// Connections served at the HTTP stage (page, metrics, health, WebSocket handshakes) at
+    /// once; more wait in the accept backlog. Upgraded WebSockets count against the hub's
+    /// `max_connections` instead.
+    pub max_http_connections: usize,
 }
 
 impl Default for RelayConfig {
@@ -84,6 +93,8 @@ impl Default for RelayConfig {
             send_buffer_bytes: Some(64 * 1024),
             max_websocket_message_bytes: 256 * 1024,
             close_timeout: Duration::from_secs(2),
+            http_header_timeout: Duration::from_secs(10),
+            max_http_connections: 1024,
         }
     }
 }
@@ -217,17 +228,12 @@ impl Relay {
             .route("/healthz", get(health))
             .with_state(state);
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // Every write is already a whole batch: Nagle would only add delay.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            let _ = serve.await;
-        });
+        let limits = http::HttpLimits {
+            header_timeout: config.http_header_timeout,
+            max_connections: config.max_http_connections,
+            drain_timeout: config.close_timeout,
+        };
+        let server = tokio::spawn(http::serve(listener, router, limits, stopped));
         Ok(Relay {
             addr,
             commands,
