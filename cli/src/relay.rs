@@ -93,13 +93,30 @@ pub(crate) struct RelayArgs {
     tuning: TuningArgs,
 }
 
+/// Largest whitelist file read: far more symbols than any feed carries.
+const MAX_WHITELIST_BYTES: u64 = 8 * 1024 * 1024;
+
 /// A comma-separated list, or a file of symbols when `value` names one.
-fn whitelist(value: &str) -> Result<BTreeSet<Arc<str>>, Failure> {
+fn whitelist(value: &str, max_symbol_bytes: usize) -> Result<BTreeSet<Arc<str>>, Failure> {
+    use std::io::Read;
     let path = Path::new(value);
     let text = if path.is_file() {
-        std::fs::read_to_string(path).map_err(|error| {
+        let cannot = |error: std::io::Error| {
             Failure::Message(format!("cannot read --whitelist {value}: {error}"))
-        })?
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(cannot)?
+            .take(MAX_WHITELIST_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(cannot)?;
+        if text.len() as u64 > MAX_WHITELIST_BYTES {
+            return Err(Failure::Message(format!(
+                "--whitelist {value}: larger than {} MiB",
+                MAX_WHITELIST_BYTES / 1024 / 1024
+            )));
+        }
+        text
     } else if value.contains('/') || value.ends_with(".txt") {
         return Err(Failure::Message(format!(
             "--whitelist {value}: no such file (give a file or a comma-separated list)"
@@ -107,14 +124,23 @@ fn whitelist(value: &str) -> Result<BTreeSet<Arc<str>>, Failure> {
     } else {
         value.replace(',', "\n")
     };
-    let symbols: BTreeSet<Arc<str>> = text
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or_default())
-        .flat_map(|line| line.split(','))
-        .map(str::trim)
-        .filter(|symbol| !symbol.is_empty())
-        .map(Arc::from)
-        .collect();
+    let mut symbols = BTreeSet::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for symbol in line.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // The hub refuses such symbols from clients, so the entry could never match.
+            if symbol.len() > max_symbol_bytes
+                || symbol.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                let shown: String = symbol.chars().take(40).collect();
+                return Err(Failure::Message(format!(
+                    "--whitelist {value}: line {}: \"{shown}\" is not a symbol (1 to {max_symbol_bytes} bytes, no spaces)",
+                    number + 1
+                )));
+            }
+            symbols.insert(Arc::from(symbol));
+        }
+    }
     if symbols.is_empty() {
         return Err(Failure::Message(format!(
             "--whitelist {value}: no symbols in it"
@@ -135,7 +161,11 @@ fn hub_config(args: &RelayArgs) -> Result<HubConfig, Failure> {
         slow_consumer_deadline: args.slow_deadline,
         keepalive_timeout: args.keepalive,
         linger: args.linger,
-        whitelist: args.whitelist.as_deref().map(whitelist).transpose()?,
+        whitelist: args
+            .whitelist
+            .as_deref()
+            .map(|value| whitelist(value, HubConfig::default().max_symbol_bytes))
+            .transpose()?,
         ..HubConfig::default()
     };
     hub.validate()
@@ -165,6 +195,35 @@ async fn stop_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Files the relay keeps open besides client sockets: upstream, embedded emulator, standard
+/// streams, runtime internals, with room to spare.
+const RESERVED_FILES: u64 = 64;
+
+/// Every client is a socket, and common soft limits (1 024) are far below the default
+/// `--max-connections`: raise the soft limit to what the limits need (as far as the hard limit
+/// allows; asking for more than needed could fail where the hard limit is "unlimited"), and
+/// say so if that is still short.
+fn raise_open_file_limit(config: &RelayConfig) {
+    let needed = u64::try_from(
+        config
+            .hub
+            .max_connections
+            .saturating_add(config.max_http_connections),
+    )
+    .unwrap_or(u64::MAX)
+    .saturating_add(RESERVED_FILES);
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below --max-connections plus HTTP and internal files; \
+             clients past it cannot connect (raise `ulimit -n` or lower --max-connections)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
 }
 
 pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
@@ -214,6 +273,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         page_symbols,
         ..RelayConfig::default()
     };
+    raise_open_file_limit(&config);
     let relay = Relay::start(config)
         .await
         .map_err(|error| Failure::Message(format!("cannot listen on {}: {error}", args.listen)))?;
@@ -251,7 +311,7 @@ mod tests {
 
     #[test]
     fn whitelist_reads_a_list_or_a_file_with_comments() {
-        let listed = whitelist("NASDAQ:AAPL, FX:EURUSD,,").unwrap();
+        let listed = whitelist("NASDAQ:AAPL, FX:EURUSD,,", 128).unwrap();
         assert_eq!(names(&listed), ["FX:EURUSD", "NASDAQ:AAPL"]);
         let path = std::env::temp_dir().join(format!("tickwire-whitelist-{}", std::process::id()));
         std::fs::write(
@@ -259,11 +319,34 @@ mod tests {
             "# majors\nFX:EURUSD\n  NASDAQ:AAPL # tech\n\nA:B,C:D\n",
         )
         .unwrap();
-        let from_file = whitelist(path.to_str().unwrap()).unwrap();
+        let from_file = whitelist(path.to_str().unwrap(), 128).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             names(&from_file),
             ["A:B", "C:D", "FX:EURUSD", "NASDAQ:AAPL"]
         );
+    }
+
+    #[test]
+    fn whitelist_refuses_entries_no_client_could_send_and_oversized_files() {
+        let path = std::env::temp_dir().join(format!("tickwire-badlist-{}", std::process::id()));
+        std::fs::write(&path, "FX:EURUSD\nNASDAQ: AAPL\n").unwrap();
+        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), 128) else {
+            panic!("an entry with a space was accepted");
+        };
+        assert!(
+            error.contains("line 2") && error.contains("NASDAQ: AAPL"),
+            "{error}"
+        );
+        std::fs::write(&path, "A:B,".repeat(3 * 1024 * 1024)).unwrap();
+        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), 128) else {
+            panic!("a 12 MiB whitelist was read");
+        };
+        std::fs::remove_file(&path).unwrap();
+        assert!(error.contains("larger than 8 MiB"), "{error}");
+        let Err(Failure::Message(error)) = whitelist(&"X".repeat(200), 128) else {
+            panic!("an overlong symbol was accepted");
+        };
+        assert!(error.contains("1 to 128 bytes"), "{error}");
     }
 }

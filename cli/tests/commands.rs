@@ -360,10 +360,9 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-#[test]
-fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
-    let mut relay = tickwire()
-        .args(["relay", "--listen", "127.0.0.1:0"])
+/// Starts a relay and returns it with the address from its first line.
+fn start_relay(command: &mut Command) -> (std::process::Child, String) {
+    let mut relay = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -377,6 +376,12 @@ fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("first line: {first:?}"))
         .to_owned();
+    (relay, addr)
+}
+
+#[test]
+fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
+    let (mut relay, addr) = start_relay(tickwire().args(["relay", "--listen", "127.0.0.1:0"]));
     let deadline = Instant::now() + Duration::from_secs(15);
     let health = loop {
         match http_get(&addr, "/healthz") {
@@ -455,4 +460,52 @@ fn relay_rejects_bad_settings_with_one_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The soft and hard open-file limits of a process, from /proc.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn relay_raises_its_open_file_limit_and_warns_when_it_cannot_reach_its_connection_limit() {
+    // A soft limit of 256 under a hard one of 4096: the relay lifts it to what 1 000 clients,
+    // 1 024 HTTP connections and 64 internal files need.
+    let shell = format!(
+        "ulimit -S -n 256 && ulimit -H -n 4096 && \
+         exec {} relay --listen 127.0.0.1:0 --emulator-rate 0 --max-connections 1000",
+        env!("CARGO_BIN_EXE_tickwire")
+    );
+    let (mut relay, _) = start_relay(Command::new("sh").args(["-c", &shell]));
+    let limits = open_file_limits(relay.id());
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    assert_eq!(limits, ("2088".to_owned(), "4096".to_owned()));
+
+    // A hard limit of 256 cannot be lifted: the relay says what that means, and still serves.
+    let shell = format!(
+        "ulimit -n 256 && exec {} relay --listen 127.0.0.1:0 --emulator-rate 0",
+        env!("CARGO_BIN_EXE_tickwire")
+    );
+    let (mut relay, addr) = start_relay(Command::new("sh").args(["-c", &shell]));
+    let served = http_get(&addr, "/symbols");
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut relay.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(served.map(|(status, _)| status), Some(200));
+    assert!(
+        log.contains("open-file limit") && log.contains("limit=256"),
+        "{log}"
+    );
 }
