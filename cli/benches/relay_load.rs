@@ -197,7 +197,10 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(upstream: &str, extra_args: &[String]) -> Relay {
+    /// `max_connections` covers the clients and the probe, and no more, so the relay's
+    /// open-file check speaks only when this machine really cannot hold the run.
+    fn start(upstream: &str, max_connections: usize, extra_args: &[String]) -> Relay {
+        let max_connections = max_connections.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
             .args([
                 "relay",
@@ -208,7 +211,7 @@ impl Relay {
                 "--bars",
                 "none",
                 "--max-connections",
-                "20000",
+                &max_connections,
                 "--max-subscriptions",
                 "200",
             ])
@@ -879,7 +882,7 @@ async fn run_one(
         connections,
         ..Row::default()
     };
-    let mut relay = Relay::start(&emulator.url(), &params.relay_args);
+    let mut relay = Relay::start(&emulator.url(), connections + 16, &params.relay_args);
     let pid = relay.pid();
     println!(
         "N = {connections}: relay pid {pid} listening on {}",
