@@ -677,5 +677,19 @@ async fn idle_http_sockets_are_closed_and_cannot_crowd_out_clients() {
         closed_by_server(&mut trickling).await,
         "trickling socket kept open"
     );
+    assert_eq!(
+        metric(addr, "tickwire_relay_http_header_timeouts_total").await,
+        2.0
+    );
+    // Three WebSocket handshakes, two idle sockets, /healthz, and two /metrics requests.
+    assert_eq!(
+        metric(addr, "tickwire_relay_http_accepted_total").await,
+        8.0
+    );
+    // Once the last request's task has ended, only the reading request is at the HTTP stage.
+    eventually("one HTTP connection", async || {
+        metric(addr, "tickwire_relay_http_connections ").await == 1.0
+    })
+    .await;
     relay.shutdown().await;
 }

@@ -5,6 +5,7 @@
 //! leave this stage and are bounded by the hub's connection limit instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,6 +24,19 @@ pub(crate) struct HttpLimits {
     pub(crate) max_connections: usize,
     /// Time in-flight HTTP requests get to finish at shutdown.
     pub(crate) drain_timeout: Duration,
+}
+
+/// What the HTTP stage did, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct HttpStats {
+    /// Connections at the HTTP stage now.
+    pub(crate) open: AtomicUsize,
+    /// TCP connections accepted.
+    pub(crate) accepted: AtomicU64,
+    /// Connections closed because their request headers did not arrive in time.
+    pub(crate) header_timeouts: AtomicU64,
+    /// Failed accepts other than a client giving up (out of file descriptors, say).
+    pub(crate) accept_errors: AtomicU64,
 }
 
 /// How long to wait after an accept error that is not about one connection (out of file
@@ -45,6 +59,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    stats: Arc<HttpStats>,
     mut stop: oneshot::Receiver<()>,
 ) {
     // acquire_many counts in u32.
@@ -76,6 +91,7 @@ pub(crate) async fn serve(
                 if is_connection_error(&error) {
                     continue;
                 }
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 if last_logged.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL)
                 {
@@ -86,22 +102,29 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Every write is already a whole batch: Nagle would only add delay.
         let _ = tcp.set_nodelay(true);
         let connection = builder
             .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()))
             .with_upgrades();
         let mut stop_signal = stop_signal.clone();
+        let stats = stats.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let stopping = async move { stop_signal.wait_for(|stopping| *stopping).await.is_ok() };
-            tokio::select! {
-                _ = connection.as_mut() => {}
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
                 true = stopping => {
                     connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    connection.await
                 }
+            };
+            if ended.is_err_and(|error| error.is_timeout()) {
+                stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
             }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

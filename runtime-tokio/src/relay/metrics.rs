@@ -7,6 +7,8 @@ use std::time::Duration;
 use tickwire_core::hub::{CloseReason, Hub};
 use tickwire_driver::FeedStatus;
 
+use super::http::HttpStats;
+
 /// Upper bounds of the broadcast-latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -76,7 +78,12 @@ fn label(value: &str) -> String {
 }
 
 /// Everything `/metrics` shows.
-pub(crate) fn render(hub: &Hub, latency: &LatencyHistogram, upstream: &FeedStatus) -> String {
+pub(crate) fn render(
+    hub: &Hub,
+    latency: &LatencyHistogram,
+    http: &HttpStats,
+    upstream: &FeedStatus,
+) -> String {
     let mut out = String::with_capacity(4096);
     let counters = hub.counters();
     single(
@@ -183,6 +190,39 @@ pub(crate) fn render(hub: &Hub, latency: &LatencyHistogram, upstream: &FeedStatu
     ];
     for (name, help, value) in totals {
         single(&mut out, name, "counter", help, value);
+    }
+    single(
+        &mut out,
+        "tickwire_relay_http_connections",
+        "gauge",
+        "Connections at the HTTP stage now (page, metrics, health, WebSocket handshakes).",
+        http.open.load(Ordering::Relaxed),
+    );
+    let http_totals = [
+        (
+            "tickwire_relay_http_accepted_total",
+            "TCP connections accepted.",
+            &http.accepted,
+        ),
+        (
+            "tickwire_relay_http_header_timeouts_total",
+            "Connections closed because their request headers did not arrive in time.",
+            &http.header_timeouts,
+        ),
+        (
+            "tickwire_relay_http_accept_errors_total",
+            "Failed accepts, such as running out of file descriptors.",
+            &http.accept_errors,
+        ),
+    ];
+    for (name, help, value) in http_totals {
+        single(
+            &mut out,
+            name,
+            "counter",
+            help,
+            value.load(Ordering::Relaxed),
+        );
     }
     header(
         &mut out,

@@ -192,6 +192,7 @@ impl Relay {
         let (commands, command_rx) = mpsc::channel(8192);
         let connections = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(LatencyHistogram::default());
+        let http_stats = Arc::new(http::HttpStats::default());
         let mut page_symbols = config.page_symbols.clone();
         if page_symbols.is_empty()
             && let Some(whitelist) = &config.hub.whitelist
@@ -217,6 +218,7 @@ impl Relay {
                 close_timeout: config.close_timeout,
                 open: connections,
                 latency,
+                http: http_stats.clone(),
             }
             .run(command_rx),
         );
@@ -233,7 +235,7 @@ impl Relay {
             max_connections: config.max_http_connections,
             drain_timeout: config.close_timeout,
         };
-        let server = tokio::spawn(http::serve(listener, router, limits, stopped));
+        let server = tokio::spawn(http::serve(listener, router, limits, http_stats, stopped));
         Ok(Relay {
             addr,
             commands,
@@ -364,6 +366,7 @@ struct HubTask {
     close_timeout: Duration,
     open: Arc<AtomicUsize>,
     latency: Arc<LatencyHistogram>,
+    http: Arc<http::HttpStats>,
 }
 
 struct ConnectionHandle {
@@ -445,6 +448,7 @@ impl HubTask {
                 let _ = reply.send(metrics::render(
                     &self.hub,
                     &self.latency,
+                    &self.http,
                     &self.feed.status(),
                 ));
             }
