@@ -1,5 +1,6 @@
 //! `tickwire emulate`: run the feed emulator until Ctrl-C.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,11 +58,16 @@ pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
     let emulator = Emulator::start(config)
         .await
         .map_err(|error| Failure::Message(format!("cannot listen on {}: {error}", args.listen)))?;
-    println!("tickwire emulator listening on {}", emulator.url());
-    println!(
+    // A reader that went away (`| head -1`) must not stop the server: write errors are ignored.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "tickwire emulator listening on {}", emulator.url());
+    let _ = writeln!(
+        stdout,
         "symbols: {} (e.g. BINANCE:BTCUSDT, NASDAQ:AAPL, FX:EURUSD, EMU:S10); Ctrl-C to stop",
         args.symbols
     );
+    let _ = stdout.flush();
+    drop(stdout);
     let _ = tokio::signal::ctrl_c().await;
     emulator.shutdown().await;
     Ok(())

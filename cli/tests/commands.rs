@@ -509,3 +509,33 @@ fn relay_raises_its_open_file_limit_and_warns_when_it_cannot_reach_its_connectio
         "{log}"
     );
 }
+
+#[test]
+fn emulate_and_relay_keep_serving_when_their_output_is_closed() {
+    for args in [
+        vec!["emulate", "--listen", "127.0.0.1:0"],
+        vec!["relay", "--listen", "127.0.0.1:0", "--emulator-rate", "0"],
+    ] {
+        let mut server = tickwire()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Like `tickwire emulate | head -0`: every line it prints meets a closed pipe.
+        drop(server.stdout.take());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && server.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exited = server.try_wait().unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut log).unwrap();
+        assert!(
+            exited.is_none() && !log.contains("panicked"),
+            "{args:?} ended with {exited:?}: {log}"
+        );
+    }
+}
