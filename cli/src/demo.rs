@@ -2,6 +2,7 @@
 //! through it over loopback; every recovery is shown live, then a summary.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,14 @@ use tickwire_emulator::{Emulator, EmulatorConfig, Fault};
 use crate::Failure;
 use crate::feed_args::RuntimeChoice;
 use crate::output::{self, human_duration};
+
+/// `println!` that ends the demo quietly (exit 0) once the reader has gone (`| head`), instead
+/// of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).map_err(|_| Failure::OutputClosed)?
+    };
+}
 
 const SYMBOLS: [&str; 4] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD", "SP:SPX"];
 
@@ -98,14 +107,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         seed: 7,
         ..Config::default()
     };
-    println!(
+    say!(
         "tickwire demo: the embedded emulator at {} misbehaves on schedule:",
         emulator.url()
     );
     for (spec, what) in SCHEDULE {
-        println!("  {spec:<28} {what}");
+        say!("  {spec:<28} {what}");
     }
-    println!(
+    say!(
         "client: read timeout 2s, zombie after 5 idle heartbeats (every 400 ms), grace 300 ms, backoff from 300 ms; runtime {:?}\n",
         args.runtime
     );
@@ -164,7 +173,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
                     if let Some((since, cause)) = tally.down_since.take() {
                         let took = since.elapsed();
                         tally.recoveries.push((cause, took));
-                        println!(
+                        say!(
                             "{} ++ recovered from {} in {}; {} quote symbols and {} bar series replayed",
                             output::clock(),
                             cause.as_str().replace('_', " "),
@@ -181,7 +190,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             _ => {}
         }
         if let Some(line) = output::event_text(&event) {
-            println!("[{:>5.1}s] {line}", elapsed.as_secs_f64());
+            say!("[{:>5.1}s] {line}", elapsed.as_secs_f64());
         }
     }
     if tally.quoted_since_live.len() == SYMBOLS.len() {
@@ -198,26 +207,31 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     feed.close().await;
     let sent = emulator.stats().quotes_sent.load(Ordering::Relaxed);
     emulator.shutdown().await;
-    summary(&tally, &status, sent, started.elapsed());
-    Ok(())
+    summary(&tally, &status, sent, started.elapsed())
 }
 
-fn summary(tally: &Tally, status: &tickwire_driver::FeedStatus, sent: u64, elapsed: Duration) {
+fn summary(
+    tally: &Tally,
+    status: &tickwire_driver::FeedStatus,
+    sent: u64,
+    elapsed: Duration,
+) -> Result<(), Failure> {
     let counters = &status.client.counters;
-    println!("\n== summary after {}", human_duration(elapsed));
-    println!(
+    say!("\n== summary after {}", human_duration(elapsed));
+    say!(
         "quotes received        {} (the emulator handed {} to its sockets)",
-        tally.quotes, sent
+        tally.quotes,
+        sent
     );
     if counters.quotes == sent {
-        println!("                       every quote the server sent arrived: nothing lost");
+        say!("                       every quote the server sent arrived: nothing lost");
     } else {
-        println!(
+        say!(
             "                       {} were in flight on sockets the server reset",
             sent.saturating_sub(counters.quotes)
         );
     }
-    println!(
+    say!(
         "bars received          {} ({} closed)",
         tally.bars,
         tally.closed_bar_times.len()
@@ -226,7 +240,7 @@ fn summary(tally: &Tally, status: &tickwire_driver::FeedStatus, sent: u64, elaps
         .closed_bar_times
         .windows(2)
         .all(|pair| pair[1] > pair[0]);
-    println!(
+    say!(
         "closed bars            {}",
         if gap_free {
             "strictly increasing, no duplicates"
@@ -234,31 +248,33 @@ fn summary(tally: &Tally, status: &tickwire_driver::FeedStatus, sent: u64, elaps
             "OUT OF ORDER"
         }
     );
-    println!(
+    say!(
         "connection attempts    {} ({} opened)",
-        counters.connection_attempts, counters.connections
+        counters.connection_attempts,
+        counters.connections
     );
-    println!("reconnects by cause");
+    say!("reconnects by cause");
     for cause in DisconnectCause::ALL {
         let count = counters.disconnects.get(cause);
         if count > 0 && cause != DisconnectCause::ClientClosed {
-            println!("  {:<22} {count}", cause.as_str());
+            say!("  {:<22} {count}", cause.as_str());
         }
     }
-    println!("recoveries");
+    say!("recoveries");
     for (cause, took) in &tally.recoveries {
-        println!(
+        say!(
             "  {:<22} back live in {}",
             cause.as_str(),
             human_duration(*took)
         );
     }
-    println!(
+    say!(
         "subscriptions          all {} symbols quoted on {} of {} connections that went live",
         SYMBOLS.len(),
         tally.fully_restored_periods,
         tally.live_periods
     );
-    println!("heartbeats echoed      {}", counters.heartbeats);
-    println!("events conflated       {}", status.events_conflated);
+    say!("heartbeats echoed      {}", counters.heartbeats);
+    say!("events conflated       {}", status.events_conflated);
+    Ok(())
 }

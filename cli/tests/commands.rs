@@ -539,3 +539,29 @@ fn emulate_and_relay_keep_serving_when_their_output_is_closed() {
         );
     }
 }
+
+#[test]
+fn demo_ends_quietly_when_its_reader_goes_away() {
+    let mut demo = tickwire()
+        .args(["demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `tickwire demo | head -0`.
+    drop(demo.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = demo.kill();
+            panic!("demo still running with nobody reading");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(status.success() && log.is_empty(), "{status}: {log}");
+}
