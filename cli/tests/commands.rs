@@ -510,29 +510,38 @@ fn relay_raises_its_open_file_limit_and_warns_when_it_cannot_reach_its_connectio
     );
 }
 
+/// Runs `tickwire ARGS` with its standard output closed from the start (like `| head -0`) for
+/// at most `within`: how it exited (`None`: still running, then killed) and its stderr.
+fn run_with_output_closed(
+    args: &[&str],
+    within: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = tickwire()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    (exited, log)
+}
+
 #[test]
 fn emulate_and_relay_keep_serving_when_their_output_is_closed() {
     for args in [
-        vec!["emulate", "--listen", "127.0.0.1:0"],
-        vec!["relay", "--listen", "127.0.0.1:0", "--emulator-rate", "0"],
+        ["emulate", "--listen", "127.0.0.1:0"].as_slice(),
+        &["relay", "--listen", "127.0.0.1:0", "--emulator-rate", "0"],
     ] {
-        let mut server = tickwire()
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Like `tickwire emulate | head -0`: every line it prints meets a closed pipe.
-        drop(server.stdout.take());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && server.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let exited = server.try_wait().unwrap();
-        let _ = server.kill();
-        let _ = server.wait();
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut log).unwrap();
+        let (exited, log) = run_with_output_closed(args, Duration::from_secs(2));
         assert!(
             exited.is_none() && !log.contains("panicked"),
             "{args:?} ended with {exited:?}: {log}"
@@ -542,26 +551,9 @@ fn emulate_and_relay_keep_serving_when_their_output_is_closed() {
 
 #[test]
 fn demo_ends_quietly_when_its_reader_goes_away() {
-    let mut demo = tickwire()
-        .args(["demo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Like `tickwire demo | head -0`.
-    drop(demo.stdout.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = demo.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = demo.kill();
-            panic!("demo still running with nobody reading");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut log).unwrap();
-    assert!(status.success() && log.is_empty(), "{status}: {log}");
+    let (exited, log) = run_with_output_closed(&["demo"], Duration::from_secs(10));
+    assert!(
+        exited.is_some_and(|status| status.success()) && log.is_empty(),
+        "demo ended with {exited:?}: {log}"
+    );
 }
