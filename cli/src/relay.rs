@@ -97,7 +97,7 @@ pub(crate) struct RelayArgs {
 const MAX_WHITELIST_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A comma-separated list, or a file of symbols when `value` names one.
-fn whitelist(value: &str, max_symbol_bytes: usize) -> Result<BTreeSet<Arc<str>>, Failure> {
+fn whitelist(value: &str, rules: &HubConfig) -> Result<BTreeSet<Arc<str>>, Failure> {
     use std::io::Read;
     let path = Path::new(value);
     let text = if path.is_file() {
@@ -129,13 +129,12 @@ fn whitelist(value: &str, max_symbol_bytes: usize) -> Result<BTreeSet<Arc<str>>,
         let line = line.split('#').next().unwrap_or_default();
         for symbol in line.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             // The hub refuses such symbols from clients, so the entry could never match.
-            if symbol.len() > max_symbol_bytes
-                || symbol.chars().any(|c| c.is_control() || c.is_whitespace())
-            {
+            if !rules.accepts_symbol(symbol) {
                 let shown: String = symbol.chars().take(40).collect();
                 return Err(Failure::Message(format!(
-                    "--whitelist {value}: line {}: \"{shown}\" is not a symbol (1 to {max_symbol_bytes} bytes, no spaces)",
-                    number + 1
+                    "--whitelist {value}: line {}: \"{shown}\" is not a symbol (1 to {} bytes, no spaces)",
+                    number + 1,
+                    rules.max_symbol_bytes
                 )));
             }
             symbols.insert(Arc::from(symbol));
@@ -164,7 +163,7 @@ fn hub_config(args: &RelayArgs) -> Result<HubConfig, Failure> {
         whitelist: args
             .whitelist
             .as_deref()
-            .map(|value| whitelist(value, HubConfig::default().max_symbol_bytes))
+            .map(|value| whitelist(value, &HubConfig::default()))
             .transpose()?,
         ..HubConfig::default()
     };
@@ -311,7 +310,7 @@ mod tests {
 
     #[test]
     fn whitelist_reads_a_list_or_a_file_with_comments() {
-        let listed = whitelist("NASDAQ:AAPL, FX:EURUSD,,", 128).unwrap();
+        let listed = whitelist("NASDAQ:AAPL, FX:EURUSD,,", &HubConfig::default()).unwrap();
         assert_eq!(names(&listed), ["FX:EURUSD", "NASDAQ:AAPL"]);
         let path = std::env::temp_dir().join(format!("tickwire-whitelist-{}", std::process::id()));
         std::fs::write(
@@ -319,7 +318,7 @@ mod tests {
             "# majors\nFX:EURUSD\n  NASDAQ:AAPL # tech\n\nA:B,C:D\n",
         )
         .unwrap();
-        let from_file = whitelist(path.to_str().unwrap(), 128).unwrap();
+        let from_file = whitelist(path.to_str().unwrap(), &HubConfig::default()).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             names(&from_file),
@@ -331,7 +330,8 @@ mod tests {
     fn whitelist_refuses_entries_no_client_could_send_and_oversized_files() {
         let path = std::env::temp_dir().join(format!("tickwire-badlist-{}", std::process::id()));
         std::fs::write(&path, "FX:EURUSD\nNASDAQ: AAPL\n").unwrap();
-        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), 128) else {
+        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), &HubConfig::default())
+        else {
             panic!("an entry with a space was accepted");
         };
         assert!(
@@ -339,12 +339,14 @@ mod tests {
             "{error}"
         );
         std::fs::write(&path, "A:B,".repeat(3 * 1024 * 1024)).unwrap();
-        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), 128) else {
+        let Err(Failure::Message(error)) = whitelist(path.to_str().unwrap(), &HubConfig::default())
+        else {
             panic!("a 12 MiB whitelist was read");
         };
         std::fs::remove_file(&path).unwrap();
         assert!(error.contains("larger than 8 MiB"), "{error}");
-        let Err(Failure::Message(error)) = whitelist(&"X".repeat(200), 128) else {
+        let Err(Failure::Message(error)) = whitelist(&"X".repeat(200), &HubConfig::default())
+        else {
             panic!("an overlong symbol was accepted");
         };
         assert!(error.contains("1 to 128 bytes"), "{error}");

@@ -81,6 +81,23 @@ pub enum HubConfigError {
 }
 
 impl HubConfig {
+    /// Whether the hub accepts `symbol` from a client: 1 to `max_symbol_bytes` bytes, with no
+    /// whitespace or control characters.
+    ///
+    /// ```
+    /// use tickwire_core::hub::HubConfig;
+    ///
+    /// let config = HubConfig::default();
+    /// assert!(config.accepts_symbol("NASDAQ:AAPL"));
+    /// assert!(!config.accepts_symbol("NASDAQ: AAPL"));
+    /// assert!(!config.accepts_symbol(""));
+    /// ```
+    pub fn accepts_symbol(&self, symbol: &str) -> bool {
+        !symbol.is_empty()
+            && symbol.len() <= self.max_symbol_bytes
+            && !symbol.chars().any(|c| c.is_control() || c.is_whitespace())
+    }
+
     /// Checks that every limit is usable.
     pub fn validate(&self) -> Result<(), HubConfigError> {
         let counts = [

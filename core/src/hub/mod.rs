@@ -620,10 +620,7 @@ impl Hub {
     }
 
     fn check_symbol(&self, symbol: &str) -> Result<(), (&'static str, String)> {
-        if symbol.is_empty()
-            || symbol.len() > self.config.max_symbol_bytes
-            || symbol.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
+        if !self.config.accepts_symbol(symbol) {
             return Err((
                 "INVALID_SYMBOL",
                 format!(
