@@ -104,7 +104,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         backoff_max: Duration::from_secs(2),
         max_attempts: 4,
         breaker_recovery: Duration::from_secs(3),
-        seed: 7,
+        seed: Some(7),
         ..Config::default()
     };
     say!(

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tickwire_core::client::{
     Client, Config, ConnectionId, DisconnectCause, Event, Input, Mode, Output, PolledQuote,
-    PollingConfig, Source, State,
+    PollingConfig, Source, State, TransportError, TransportErrorKind,
 };
 use tickwire_core::codec::{Decoder, Packet, frame};
 
@@ -100,7 +100,7 @@ impl Sim {
             unavailable_after: Duration::from_secs(rng.u64(5..40)),
         });
         let config = Config {
-            seed,
+            seed: Some(seed),
             burst: rng.u32(5..20),
             rate_limit_per_minute: rng.u32(30..240),
             max_queued_commands: 10_000,
@@ -201,7 +201,7 @@ impl Sim {
                     self.now,
                     Input::ConnectFailed {
                         id,
-                        reason: "refused".into(),
+                        error: TransportError::new(TransportErrorKind::Refused, "refused"),
                     },
                 );
             }
@@ -259,7 +259,7 @@ impl Sim {
                     self.now,
                     Input::Disconnected {
                         id,
-                        reason: "reset".into(),
+                        error: TransportError::new(TransportErrorKind::Reset, "reset"),
                     },
                 );
             }

@@ -24,7 +24,7 @@ use futures::{Sink, SinkExt, Stream};
 
 pub use events::{EventQueue, Events};
 pub use socket::{TungsteniteSocket, upgrade_request, websocket_config};
-use tickwire_core::client::{Client, Output};
+use tickwire_core::client::{Client, Output, TransportError, TransportErrorKind};
 pub use tickwire_core::client::{
     Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote, SeriesId, State,
     Status,
@@ -424,7 +424,8 @@ impl<R: Runtime> Driver<R> {
             }
             Wakeup::Socket(Some(SocketEvent::Closed(reason))) => {
                 if let Some((id, _)) = self.socket.take() {
-                    client.handle_input(now, Input::Disconnected { id, reason });
+                    let error = TransportError::new(TransportErrorKind::Other, reason);
+                    client.handle_input(now, Input::Disconnected { id, error });
                 }
             }
             Wakeup::Socket(None) => {
@@ -433,7 +434,7 @@ impl<R: Runtime> Driver<R> {
                         now,
                         Input::Disconnected {
                             id,
-                            reason: "socket ended".to_owned(),
+                            error: TransportError::new(TransportErrorKind::Reset, "socket ended"),
                         },
                     );
                 }
@@ -445,7 +446,10 @@ impl<R: Runtime> Driver<R> {
                         self.socket = Some((id, socket));
                         client.handle_input(now, Input::Connected(id));
                     }
-                    Err(reason) => client.handle_input(now, Input::ConnectFailed { id, reason }),
+                    Err(reason) => {
+                        let error = TransportError::new(TransportErrorKind::Other, reason);
+                        client.handle_input(now, Input::ConnectFailed { id, error });
+                    }
                 }
             }
             Wakeup::Task(input) => client.handle_input(now, input),
@@ -505,9 +509,10 @@ impl<R: Runtime> Driver<R> {
                 };
                 if let Err(reason) = sent {
                     self.socket = None;
+                    let error = TransportError::new(TransportErrorKind::Other, reason);
                     self.shared
                         .client()
-                        .handle_input(Instant::now(), Input::Disconnected { id, reason });
+                        .handle_input(Instant::now(), Input::Disconnected { id, error });
                 }
             }
             Output::Close { id, .. } => {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tickwire_core::client::{
     Client, Config, ConnectionId, Event, HistoryError, Input, Output, PolledQuote, PollingConfig,
+    TransportError, TransportErrorKind,
 };
 use tickwire_core::codec::frame;
 
@@ -216,7 +217,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         now,
                         Input::ConnectFailed {
                             id,
-                            reason: "refused".into(),
+                            error: TransportError::new(TransportErrorKind::Refused, "refused"),
                         },
                     );
                 }
@@ -227,7 +228,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         now,
                         Input::Disconnected {
                             id,
-                            reason: "reset".into(),
+                            error: TransportError::new(TransportErrorKind::Reset, "reset"),
                         },
                     );
                     world.open = false;
@@ -239,7 +240,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     now,
                     Input::Disconnected {
                         id: stale,
-                        reason: "late".into(),
+                        error: TransportError::new(TransportErrorKind::Reset, "late"),
                     },
                 );
                 client.handle_input(

@@ -29,6 +29,10 @@ pub const DEFAULT_QUOTE_FIELDS: &[&str] = &[
     "currency_code",
 ];
 
+/// The seed a [`Config`] without one falls back to when a `Client` is built directly; drivers
+/// draw a seed from the operating system instead.
+pub const FALLBACK_SEED: u64 = 0x7469_636b_7769_7265;
+
 /// The longest duration any setting accepts.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -100,8 +104,12 @@ pub struct Config {
     pub max_history_bars: usize,
     /// Polling fallback; `None` (the default) never polls (`TICKWIRE_POLL_INTERVAL` enables it).
     pub polling: Option<PollingConfig>,
-    /// Seed of the jitter and id generator: same seed, same decisions (`TICKWIRE_SEED`).
-    pub seed: u64,
+    /// Seed of the jitter and of the session ids: same seed, same decisions (`TICKWIRE_SEED`).
+    ///
+    /// `None` (the default) lets the driver draw one from the operating system for each client,
+    /// so processes started together never retry in lockstep or share session ids. The core
+    /// itself has no entropy: a `Client` built directly with `None` uses [`FALLBACK_SEED`].
+    pub seed: Option<u64>,
 }
 
 /// When and how often to poll while the stream is unavailable.
@@ -157,7 +165,7 @@ impl Default for Config {
             max_subscriptions: 10_000,
             max_history_bars: 100_000,
             polling: None,
-            seed: 0x7469_636b_7769_7265,
+            seed: None,
         }
     }
 }
@@ -355,7 +363,15 @@ impl Config {
             "TICKWIRE_MAX_HISTORY_BARS",
             &mut config.max_history_bars,
         )?;
-        parse_number(&env, "TICKWIRE_SEED", &mut config.seed)?;
+        if let Some((name, value)) = env("TICKWIRE_SEED") {
+            let seed = value
+                .trim()
+                .parse()
+                .map_err(|error: std::num::ParseIntError| {
+                    env_error(&name, &value, &error.to_string())
+                })?;
+            config.seed = Some(seed);
+        }
         parse_number(&env, "TICKWIRE_JITTER", &mut config.jitter)?;
         config.validate()?;
         Ok(config)
@@ -479,7 +495,7 @@ mod tests {
                 unavailable_after: Duration::from_secs(10)
             })
         );
-        assert_eq!(config.seed, 42);
+        assert_eq!(config.seed, Some(42));
     }
 
     #[test]

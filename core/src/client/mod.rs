@@ -47,6 +47,7 @@
 mod config;
 pub mod policy;
 mod quote;
+mod transport;
 mod types;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -56,10 +57,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use config::{
-    ANONYMOUS_TOKEN, Config, ConfigError, DEFAULT_QUOTE_FIELDS, DEFAULT_URL, PollingConfig,
-    parse_duration,
+    ANONYMOUS_TOKEN, Config, ConfigError, DEFAULT_QUOTE_FIELDS, DEFAULT_URL, FALLBACK_SEED,
+    PollingConfig, parse_duration,
 };
 pub use quote::{Quote, QuoteFields};
+pub use transport::{TransportError, TransportErrorKind};
 pub use types::{
     BarEvent, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters, DisconnectCause, Event,
     HistoryError, HistoryEvent, HistoryId, Input, Mode, Output, PollRequest, PolledQuote,
@@ -183,7 +185,7 @@ impl Client {
     /// it comes from a user.
     pub fn new(config: Config, now: Instant) -> Client {
         Client {
-            rng: fastrand::Rng::with_seed(config.seed),
+            rng: fastrand::Rng::with_seed(config.seed.unwrap_or(FALLBACK_SEED)),
             decoder: Arc::new(Decoder::with_max_packet_size(config.max_packet_size)),
             auth_token: config.auth_token.clone(),
             quotes: HashMap::new(),
@@ -399,9 +401,9 @@ impl Client {
         }
         match input {
             Input::Connected(id) => self.on_connected(now, id),
-            Input::ConnectFailed { id, reason } => {
+            Input::ConnectFailed { id, error } => {
                 if matches!(self.link, Link::Connecting { id: current, .. } if current == id) {
-                    self.last_failure = Some(reason);
+                    self.last_failure = Some(error.to_string());
                     self.fail_connection(now, DisconnectCause::ConnectFailed, false);
                 }
             }
@@ -410,9 +412,9 @@ impl Client {
                     self.on_message(now, &text);
                 }
             }
-            Input::Disconnected { id, reason } => {
+            Input::Disconnected { id, error } => {
                 if self.current_connection() == Some(id) {
-                    self.last_failure = Some(reason);
+                    self.last_failure = Some(error.to_string());
                     let cause = if matches!(self.link, Link::Connecting { .. }) {
                         DisconnectCause::ConnectFailed
                     } else {

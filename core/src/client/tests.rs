@@ -374,7 +374,7 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
     attempts.push(h.now - h.start);
     h.input(Input::ConnectFailed {
         id,
-        reason: "refused".into(),
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
     });
     // 1 s, then 2 s, then the breaker opens after the third failure.
     for _ in 0..2 {
@@ -385,7 +385,7 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
         attempts.push(h.now - h.start);
         h.input(Input::ConnectFailed {
             id,
-            reason: "refused".into(),
+            error: TransportError::new(TransportErrorKind::Refused, "refused"),
         });
     }
     assert_eq!(attempts, [Duration::ZERO, SECOND, 3 * SECOND]);
@@ -403,7 +403,7 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
     assert_eq!(h.client.status(h.now).breaker, Breaker::HalfOpen);
     h.input(Input::ConnectFailed {
         id: probe,
-        reason: "refused".into(),
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
     });
     assert_eq!(h.client.status(h.now).breaker, Breaker::Open);
     assert!(connect_id(&h.at(probe_at + 59 * SECOND)).is_none());
@@ -430,7 +430,7 @@ fn a_working_connection_that_drops_is_retried_after_the_grace_delay() {
     h.now += 100 * SECOND;
     h.input(Input::Disconnected {
         id,
-        reason: "reset".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
     });
     assert_eq!(
         h.client.status(h.now).next_attempt,
@@ -442,7 +442,7 @@ fn a_working_connection_that_drops_is_retried_after_the_grace_delay() {
     // That attempt fails: backoff starts at 1 s.
     h.input(Input::ConnectFailed {
         id,
-        reason: "refused".into(),
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
     });
     assert_eq!(h.client.status(h.now).next_attempt, Some(h.now + SECOND));
 }
@@ -451,7 +451,7 @@ fn a_working_connection_that_drops_is_retried_after_the_grace_delay() {
 fn jitter_is_seeded_and_within_twenty_percent() {
     let delays = |seed| {
         let mut h = Harness::new(Config {
-            seed,
+            seed: Some(seed),
             max_attempts: 50,
             ..Config::default()
         });
@@ -460,7 +460,7 @@ fn jitter_is_seeded_and_within_twenty_percent() {
             let id = h.expect_connect();
             h.input(Input::ConnectFailed {
                 id,
-                reason: "refused".into(),
+                error: TransportError::new(TransportErrorKind::Refused, "refused"),
             });
             let next = h.client.poll_timeout().unwrap();
             delays.push(next - h.now);
@@ -570,7 +570,7 @@ fn desired_state_is_restored_on_every_connection() {
     h.drain();
     h.input(Input::Disconnected {
         id,
-        reason: "reset".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
     });
     let id = connect_id(&h.at(3 * SECOND)).unwrap();
     let second = h.input(Input::Connected(id));
@@ -686,7 +686,7 @@ fn no_such_symbol_is_reported_and_not_re_added() {
     );
     h.input(Input::Disconnected {
         id,
-        reason: "reset".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
     });
     let id = connect_id(&h.at(3 * SECOND)).unwrap();
     let sent = h.input(Input::Connected(id));
@@ -734,7 +734,7 @@ fn bars_mark_forming_and_closed_and_reconnect_backfill_is_deduplicated() {
     // Reconnect: the new history overlaps what was emitted; only what is new comes out.
     h.input(Input::Disconnected {
         id,
-        reason: "reset".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
     });
     let id = connect_id(&h.at(3 * SECOND)).unwrap();
     h.input(Input::Connected(id));
@@ -827,7 +827,7 @@ fn history_survives_a_reconnect() {
     );
     h.input(Input::Disconnected {
         id,
-        reason: "reset".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
     });
     let id = connect_id(&h.at(3 * SECOND)).unwrap();
     let sent = h.input(Input::Connected(id));
@@ -863,7 +863,7 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
         let id = h.expect_connect();
         let outputs = h.input(Input::ConnectFailed {
             id,
-            reason: "refused".into(),
+            error: TransportError::new(TransportErrorKind::Refused, "refused"),
         });
         assert!(
             !outputs
@@ -980,7 +980,7 @@ fn close_ends_everything() {
     h.raw(id, "~m~4~m~~h~1");
     h.input(Input::Disconnected {
         id,
-        reason: "x".into(),
+        error: TransportError::new(TransportErrorKind::Reset, "x"),
     });
     h.client.subscribe_quotes(h.now, ["A"]);
     assert!(h.client.subscribe_bars(h.now, "A", "1", 1).is_none());
@@ -997,7 +997,7 @@ fn inputs_for_other_connections_are_ignored() {
     assert!(
         h.input(Input::Disconnected {
             id: stale,
-            reason: "x".into()
+            error: TransportError::new(TransportErrorKind::Reset, "x")
         })
         .is_empty()
     );
@@ -1074,7 +1074,7 @@ fn app_commands_leave_no_timer_in_the_past() {
     let id = h.expect_connect();
     h.input(Input::ConnectFailed {
         id,
-        reason: "refused".into(),
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
     });
     // The driver runs what is due (the next attempt), then the application subscribes.
     h.at(30 * SECOND);

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::quote::{Quote, QuoteFields};
+use super::transport::TransportError;
 use crate::message::Bar;
 
 /// Identifies one physical connection. Every input names the connection it is about, so events
@@ -30,8 +31,8 @@ pub enum Input {
     ConnectFailed {
         /// The attempt.
         id: ConnectionId,
-        /// What went wrong, for status and logs.
-        reason: String,
+        /// What went wrong: a kind the policy acts on, and the transport's words.
+        error: TransportError,
     },
     /// One WebSocket text message arrived on connection `id`.
     Message {
@@ -44,8 +45,8 @@ pub enum Input {
     Disconnected {
         /// The connection.
         id: ConnectionId,
-        /// What happened, for status and logs.
-        reason: String,
+        /// What happened: a kind the policy acts on, and the transport's words.
+        error: TransportError,
     },
     /// Results of the poll request numbered `round`.
     PollResult {
