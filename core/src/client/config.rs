@@ -70,6 +70,19 @@ pub struct Config {
     pub data_silence: Duration,
     /// How often the data-silence rule is checked (`TICKWIRE_HEALTH_INTERVAL`).
     pub health_interval: Duration,
+    /// How long an acknowledged but quiet link must stay silent before the second zombie or
+    /// data-silence verdict in a row; each further one waits [`liveness::QUIET_GROWTH`] times
+    /// longer (`TICKWIRE_QUIET_RECHECK`). See [`liveness`] for every rule.
+    ///
+    /// [`liveness`]: super::liveness
+    /// [`liveness::QUIET_GROWTH`]: super::liveness::QUIET_GROWTH
+    pub quiet_recheck: Duration,
+    /// The longest such wait (`TICKWIRE_QUIET_RECHECK_MAX`).
+    pub quiet_recheck_max: Duration,
+    /// An acknowledged connection that lasts this long resets the failure count; one that ends
+    /// sooner counts as a failure, so a server that accepts and drops us cannot hold the client
+    /// in a fixed-rate loop (`TICKWIRE_STABLE_AFTER`).
+    pub stable_after: Duration,
     /// Time a blocked send may take before the driver treats the link as dead (`TICKWIRE_SEND_TIMEOUT`).
     pub send_timeout: Duration,
     /// Delay before the first retry after a working connection drops (`TICKWIRE_GRACE`).
@@ -92,7 +105,8 @@ pub struct Config {
     pub max_queued_commands: usize,
     /// How long a history request may take (`TICKWIRE_HISTORY_TIMEOUT`).
     pub history_timeout: Duration,
-    /// How long to wait for the application's fresh auth token before retrying with the old one (`TICKWIRE_TOKEN_TIMEOUT`).
+    /// How long to wait for the application's fresh auth token after a rejection before going on
+    /// without one (`TICKWIRE_TOKEN_TIMEOUT`).
     pub token_timeout: Duration,
     /// Rotate a connection cleanly after this age; `None` never (`TICKWIRE_MAX_AGE`, `0` = off).
     pub max_age: Option<Duration>,
@@ -148,6 +162,9 @@ impl Default for Config {
             idle_heartbeats: 5,
             data_silence: Duration::from_secs(30),
             health_interval: Duration::from_secs(10),
+            quiet_recheck: Duration::from_secs(6 * 3600),
+            quiet_recheck_max: Duration::from_secs(48 * 3600),
+            stable_after: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(2),
             backoff_initial: Duration::from_secs(1),
@@ -233,12 +250,18 @@ impl Config {
             self.history_timeout,
             self.token_timeout,
             self.max_age.unwrap_or_default(),
+            self.quiet_recheck,
+            self.quiet_recheck_max,
+            self.stable_after,
         ]
         .into_iter()
         .max()
         .unwrap_or_default();
         if longest > MAX_DURATION {
             return invalid("durations must not exceed 30 days");
+        }
+        if self.quiet_recheck.is_zero() || self.quiet_recheck_max < self.quiet_recheck {
+            return invalid("quiet recheck must be positive and not above the quiet recheck max");
         }
         if self.max_queued_commands == 0 {
             return invalid("the command queue must hold at least one command");
@@ -294,12 +317,15 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        let durations: [(&str, &mut Duration); 12] = [
+        let durations: [(&str, &mut Duration); 15] = [
             ("TICKWIRE_CONNECT_TIMEOUT", &mut config.connect_timeout),
             ("TICKWIRE_HANDSHAKE_TIMEOUT", &mut config.handshake_timeout),
             ("TICKWIRE_READ_TIMEOUT", &mut config.read_timeout),
             ("TICKWIRE_DATA_SILENCE", &mut config.data_silence),
             ("TICKWIRE_HEALTH_INTERVAL", &mut config.health_interval),
+            ("TICKWIRE_QUIET_RECHECK", &mut config.quiet_recheck),
+            ("TICKWIRE_QUIET_RECHECK_MAX", &mut config.quiet_recheck_max),
+            ("TICKWIRE_STABLE_AFTER", &mut config.stable_after),
             ("TICKWIRE_SEND_TIMEOUT", &mut config.send_timeout),
             ("TICKWIRE_GRACE", &mut config.grace),
             ("TICKWIRE_BACKOFF_INITIAL", &mut config.backoff_initial),

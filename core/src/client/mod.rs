@@ -6,6 +6,31 @@
 //! [`Client::close`]), each with the current `Instant`; then drains every decision with
 //! [`Client::poll_output`] and sleeps until [`Client::poll_timeout`].
 //!
+//! # Driving contract
+//!
+//! - **Inputs.** After anything happens — a socket event ([`Input`]), an application command, or
+//!   the time returned by [`Client::poll_timeout`] passing ([`Client::handle_timeout`]) — call the
+//!   matching method with the current time, then call [`Client::poll_output`] until it returns
+//!   `None`, executing each [`Output`] in order. Every input names the [`ConnectionId`] it is
+//!   about; inputs for a connection the client has already left are ignored.
+//! - **Order of outputs.** Outputs come out in the order they were decided: a `Close` always
+//!   precedes the `Connect` that replaces it, a connection's `Transmit`s follow its `Connect` in
+//!   the order they must be sent (the session set-up first, then the desired subscriptions), a
+//!   heartbeat echo follows the heartbeat's message at once, and `Event`s sit between them where
+//!   they happened. There is never more than one connection in flight or open.
+//! - **Time.** `now` must not go backwards. If it does, the client treats it as the latest time
+//!   it has seen: nothing fires early and no deadline moves back. `handle_timeout` may be called
+//!   at any time and more often than needed (it fires only what is due).
+//! - **Timers.** [`Client::poll_timeout`] is the earliest deadline of the [`Timer`]s;
+//!   [`Client::deadline`] gives each one and [`Client::next_timer`] says which is next, so a log
+//!   can say why the machine woke. The deadline changes only when the client handles an input,
+//!   a timeout or an application command, so read it again after each of those.
+//! - **Bounds.** Outputs grow only in proportion to the input just handled; drain them every time.
+//!
+//! What the client decides on its own — liveness (see [`liveness`]), reconnect backoff and the
+//! breaker (see [`policy`]), rate limit, restoration, backfill, polling — follows the crate's
+//! design table; each rule has a [`Config`] field.
+//!
 //! # Driving loop
 //!
 //! ```
@@ -38,6 +63,9 @@
 //!         }
 //!     }
 //!     // Sleep until the client wants to be woken (a real driver also wakes on socket input).
+//!     if let Some((timer, at)) = client.next_timer() {
+//!         println!("next: {} at {at:?}", timer.as_str());
+//!     }
 //!     now = client.poll_timeout().unwrap_or(now + Duration::from_secs(1)).max(now);
 //! }
 //! assert!(sent[0].contains("set_auth_token"));
@@ -45,6 +73,7 @@
 //! ```
 
 mod config;
+pub mod liveness;
 pub mod policy;
 mod quote;
 mod transport;
@@ -60,12 +89,13 @@ pub use config::{
     ANONYMOUS_TOKEN, Config, ConfigError, DEFAULT_QUOTE_FIELDS, DEFAULT_URL, FALLBACK_SEED,
     PollingConfig, parse_duration,
 };
+pub use liveness::{Market, MarketStatus};
 pub use quote::{Quote, QuoteFields};
 pub use transport::{TransportError, TransportErrorKind};
 pub use types::{
     BarEvent, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters, DisconnectCause, Event,
     HistoryError, HistoryEvent, HistoryId, Input, Mode, Output, PollRequest, PolledQuote,
-    QuoteEvent, SeriesId, Source, State, StateChange, Status,
+    QuoteEvent, SeriesId, Source, State, StateChange, Status, Timer,
 };
 
 use crate::codec::{Decoder, Packet};
@@ -106,13 +136,29 @@ struct OpenLink {
     id: ConnectionId,
     opened_at: Instant,
     probe: bool,
-    /// Any packet, heartbeats included.
+    /// Any packet, heartbeats included: proves the socket.
     last_packet: Option<Instant>,
-    /// Last quote or bar (or the open time).
+    /// Last data packet (anything but a heartbeat), or the open time.
+    last_data: Instant,
+    /// Last quote or bar (or the open time): proves the market.
     last_tick: Instant,
-    /// A data packet arrived: the connection works and the backoff is reset.
+    /// A data packet arrived: the socket and the server work (state `Live`).
     live: bool,
+    /// When the server first acknowledged one of this connection's subscriptions (or found
+    /// nothing to acknowledge): proves the session.
+    proven_at: Option<Instant>,
+    /// Acknowledged for `stable_after`: the failure count was reset.
+    stable: bool,
+    /// Heartbeats since the last data packet.
     idle_heartbeats: u32,
+    /// Heartbeats since the connection opened.
+    heartbeats: u32,
+    /// A tick arrived on this connection.
+    ticked: bool,
+    /// A tick arrived since the last heartbeat.
+    ticked_since_heartbeat: bool,
+    /// Heartbeat intervals in a row that each held a tick.
+    active_intervals: u32,
     next_health_check: Instant,
     quote_session: String,
     chart_session: String,
@@ -125,6 +171,8 @@ struct ChartRequest {
     timeframe: Arc<str>,
     count: u32,
     kind: ChartKind,
+    /// The server answered this request on the current connection.
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -163,6 +211,18 @@ pub struct Client {
     breaker: Breaker,
     /// Set after `bad auth token`: hold the next attempt until the token arrives or this passes.
     awaiting_token_until: Option<Instant>,
+    /// A fresh token already got its immediate retry since the last acknowledged session.
+    token_retry_used: bool,
+    /// Why the previous connection ended, to spot a rejection that repeats.
+    last_ending: Option<DisconnectCause>,
+    /// Zombie and data-silence verdicts in a row on acknowledged, quiet links.
+    quiet_verdicts: u32,
+    /// Desired quote symbols whose `current_session` says they are out of session.
+    out_of_session: usize,
+    /// The market last reported with [`Event::Market`].
+    reported_market: Market,
+    /// The latest time seen: time never runs backwards inside the client.
+    now: Instant,
     bucket: TokenBucket,
     queue: CommandQueue,
     mode: Mode,
@@ -199,6 +259,12 @@ impl Client {
             consecutive_failures: 0,
             breaker: Breaker::Closed,
             awaiting_token_until: None,
+            token_retry_used: false,
+            last_ending: None,
+            quiet_verdicts: 0,
+            out_of_session: 0,
+            reported_market: Market::Unknown,
+            now,
             bucket: TokenBucket::per_minute(config.rate_limit_per_minute, config.burst, now),
             queue: CommandQueue::new(config.max_queued_commands),
             mode: Mode::Streaming,
@@ -229,6 +295,7 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let now = self.clock(now);
         if self.is_closed() {
             return 0;
         }
@@ -262,12 +329,12 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let now = self.clock(now);
         let removed: Vec<String> = symbols
             .into_iter()
             .filter_map(|symbol| {
-                self.quotes
-                    .remove(symbol.as_ref())
-                    .map(|quote| quote.symbol.to_string())
+                self.forget_quote(symbol.as_ref())
+                    .map(|(symbol, _)| symbol.to_string())
             })
             .collect();
         if let Some(session) = self.open_link().map(|link| link.quote_session.clone()) {
@@ -290,6 +357,7 @@ impl Client {
         timeframe: &str,
         count: u32,
     ) -> Option<SeriesId> {
+        let now = self.clock(now);
         if self.is_closed() || self.series_count() >= self.config.max_subscriptions {
             return None;
         }
@@ -306,6 +374,7 @@ impl Client {
 
     /// Stops a bar subscription.
     pub fn unsubscribe_bars(&mut self, now: Instant, series: SeriesId) {
+        let now = self.clock(now);
         let is_subscription = matches!(
             self.charts.get(&series.0),
             Some(ChartRequest {
@@ -330,6 +399,7 @@ impl Client {
         timeframe: &str,
         count: u32,
     ) -> HistoryId {
+        let now = self.clock(now);
         let deadline = now.checked_add(self.config.history_timeout).unwrap_or(now);
         let key = self.add_chart(
             symbol,
@@ -396,6 +466,7 @@ impl Client {
 
     /// Feeds one transport event.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        let now = self.clock(now);
         if self.is_closed() {
             return;
         }
@@ -404,7 +475,12 @@ impl Client {
             Input::ConnectFailed { id, error } => {
                 if matches!(self.link, Link::Connecting { id: current, .. } if current == id) {
                     self.last_failure = Some(error.to_string());
-                    self.fail_connection(now, DisconnectCause::ConnectFailed, false);
+                    self.fail_connection(
+                        now,
+                        DisconnectCause::ConnectFailed,
+                        false,
+                        Some(error.kind),
+                    );
                 }
             }
             Input::Message { id, text } => {
@@ -421,19 +497,11 @@ impl Client {
                         DisconnectCause::RemoteClosed
                     };
                     // The driver already knows the socket is gone: no Close output needed.
-                    self.fail_connection(now, cause, false);
+                    self.fail_connection(now, cause, false, Some(error.kind));
                 }
             }
             Input::PollResult { round, quotes } => self.on_poll_result(now, round, quotes),
-            Input::AuthToken(token) => {
-                if let Some(token) = token {
-                    self.auth_token = token;
-                }
-                self.awaiting_token_until = None;
-                // The attempt that waited for this token may be due now: run it in this step.
-                self.handle_timeout(now);
-                return;
-            }
+            Input::AuthToken(token) => self.on_auth_token(now, token),
         }
         self.after_step(now);
     }
@@ -441,40 +509,115 @@ impl Client {
     /// Runs everything that is due at `now`. Call it when [`Client::poll_timeout`] passes (calling
     /// it more often is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
         if self.is_closed() {
             return;
         }
-        self.expire_histories(now);
-        if self.awaiting_token_until.is_some_and(|until| now >= until) {
-            self.awaiting_token_until = None;
-        }
-        let token_ready = self.awaiting_token_until.is_none();
-        match &self.link {
-            Link::Waiting { at, .. } if now >= *at && token_ready => self.start_attempt(now, false),
-            Link::CircuitOpen { until } if now >= *until && token_ready => {
-                self.breaker = Breaker::HalfOpen;
-                self.start_attempt(now, true);
+        for timer in Timer::ALL {
+            if self.deadline(timer).is_some_and(|at| now >= at) {
+                self.fire(now, timer);
             }
-            Link::Connecting { deadline, .. } if now >= *deadline => {
-                self.fail_connection(now, DisconnectCause::ConnectTimeout, true);
-            }
-            Link::Open(_) => match self.check_open_link(now) {
-                Some(cause) => self.fail_connection(now, cause, true),
-                None => {
-                    let interval = self.config.health_interval;
-                    if let Link::Open(link) = &mut self.link {
-                        while link.next_health_check <= now {
-                            link.next_health_check = add(
-                                link.next_health_check,
-                                interval.max(Duration::from_millis(1)),
-                            );
-                        }
-                    }
-                }
-            },
-            _ => {}
         }
         self.after_step(now);
+    }
+
+    /// When `timer` next fires, if it is armed. [`Client::poll_timeout`] is the earliest of these.
+    pub fn deadline(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::History => self
+                .charts
+                .values()
+                .filter_map(|chart| match chart.kind {
+                    ChartKind::History { deadline, .. } => Some(deadline),
+                    ChartKind::Subscription(_) => None,
+                })
+                .min(),
+            Timer::Attempt => self.next_attempt(),
+            Timer::Connect => match &self.link {
+                Link::Connecting { deadline, .. } => Some(*deadline),
+                _ => None,
+            },
+            Timer::Read => self.open_link().map(|link| match link.last_packet {
+                None => add(link.opened_at, self.config.handshake_timeout),
+                Some(last) => add(last, self.config.read_timeout),
+            }),
+            Timer::Health => self.open_link().map(|link| link.next_health_check),
+            Timer::MaxAge => {
+                let age = self.config.max_age?;
+                self.open_link().map(|link| add(link.opened_at, age))
+            }
+            Timer::Stable => self
+                .open_link()
+                .filter(|link| !link.stable)
+                .and_then(|link| link.proven_at)
+                .map(|proven| add(proven, self.config.stable_after)),
+            Timer::RateLimit => (self.open_link().is_some() && !self.queue.is_empty())
+                .then(|| self.bucket.next_token_at()),
+            Timer::Poll => {
+                if self.is_closed() {
+                    return None;
+                }
+                let polling_start = match (self.config.polling, self.unavailable_since, self.mode) {
+                    (Some(polling), Some(since), Mode::Streaming) if !self.quotes.is_empty() => {
+                        Some(add(since, polling.unavailable_after))
+                    }
+                    _ => None,
+                };
+                match (self.next_poll, polling_start) {
+                    (Some(poll), Some(start)) => Some(poll.min(start)),
+                    (poll, start) => poll.or(start),
+                }
+            }
+        }
+    }
+
+    /// The timer that fires next, and when.
+    pub fn next_timer(&self) -> Option<(Timer, Instant)> {
+        Timer::ALL
+            .into_iter()
+            .filter_map(|timer| self.deadline(timer).map(|at| (timer, at)))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::History => self.expire_histories(now),
+            Timer::Attempt => {
+                if self.awaiting_token_until.take().is_some() {
+                    // No answer within the token timeout: go on with the token we have.
+                    self.push_event(Event::AuthTokenRejected { refreshed: false });
+                }
+                match self.link {
+                    Link::Waiting { .. } => self.start_attempt(now, false),
+                    Link::CircuitOpen { .. } => {
+                        self.breaker = Breaker::HalfOpen;
+                        self.start_attempt(now, true);
+                    }
+                    _ => {}
+                }
+            }
+            Timer::Connect => {
+                self.fail_connection(now, DisconnectCause::ConnectTimeout, true, None)
+            }
+            Timer::Read => {
+                let cause = match self.open_link().map(|link| link.last_packet) {
+                    Some(None) => DisconnectCause::HandshakeTimeout,
+                    _ => DisconnectCause::ReadTimeout,
+                };
+                self.fail_connection(now, cause, true, None);
+            }
+            Timer::Health => self.health_check(now),
+            Timer::MaxAge => self.fail_connection(now, DisconnectCause::MaxAge, true, None),
+            Timer::Stable => {
+                if let Link::Open(link) = &mut self.link {
+                    link.stable = true;
+                }
+                self.consecutive_failures = 0;
+                self.emit_state(None);
+            }
+            // Both run in `after_step`, which every entry point ends with.
+            Timer::RateLimit | Timer::Poll => {}
+        }
     }
 
     /// The next decision, or `None` when there is nothing to do until more input or a timeout.
@@ -484,54 +627,12 @@ impl Client {
 
     /// When [`Client::handle_timeout`] should next be called; `None` after close.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider =
-            |at: Instant| next = Some(next.map_or(at, |current: Instant| current.min(at)));
-        match &self.link {
-            Link::Closed => return None,
-            Link::Waiting { at, .. } => consider(
-                self.awaiting_token_until
-                    .map_or(*at, |until| until.max(*at)),
-            ),
-            Link::CircuitOpen { until } => consider(
-                self.awaiting_token_until
-                    .map_or(*until, |token| token.max(*until)),
-            ),
-            Link::Connecting { deadline, .. } => consider(*deadline),
-            Link::Open(link) => {
-                match link.last_packet {
-                    None => consider(add(link.opened_at, self.config.handshake_timeout)),
-                    Some(last) => consider(add(last, self.config.read_timeout)),
-                }
-                consider(link.next_health_check);
-                if let Some(age) = self.config.max_age {
-                    consider(add(link.opened_at, age));
-                }
-                if !self.queue.is_empty() {
-                    consider(self.bucket.next_token_at());
-                }
-            }
-        }
-        for chart in self.charts.values() {
-            if let ChartKind::History { deadline, .. } = chart.kind {
-                consider(deadline);
-            }
-        }
-        if let Some(at) = self.next_poll {
-            consider(at);
-        }
-        if let (Some(polling), Some(since), Mode::Streaming) =
-            (self.config.polling, self.unavailable_since, self.mode)
-        {
-            if !self.quotes.is_empty() {
-                consider(add(since, polling.unavailable_after));
-            }
-        }
-        next
+        self.next_timer().map(|(_, at)| at)
     }
 
     /// A snapshot of state, mode, breaker and counters.
     pub fn status(&self, now: Instant) -> Status {
+        let now = now.max(self.now);
         Status {
             state: self.state(),
             mode: self.mode,
@@ -544,6 +645,10 @@ impl Client {
             connection: self.current_connection(),
             counters: self.counters.clone(),
             last_failure: self.last_failure.clone(),
+            session_proven: self
+                .open_link()
+                .is_some_and(|link| link.proven_at.is_some()),
+            market: self.market_status(now),
         }
     }
 
@@ -619,9 +724,16 @@ impl Client {
             opened_at: now,
             probe,
             last_packet: None,
+            last_data: now,
             last_tick: now,
             live: false,
+            proven_at: None,
+            stable: false,
             idle_heartbeats: 0,
+            heartbeats: 0,
+            ticked: false,
+            ticked_since_heartbeat: false,
+            active_intervals: 0,
             next_health_check: add(now, self.config.health_interval),
             quote_session: quote_session.clone(),
             chart_session: chart_session.clone(),
@@ -648,68 +760,143 @@ impl Client {
         }
         let keys: Vec<u64> = self.charts.keys().copied().collect();
         for key in keys {
-            if let Some(ChartRequest {
-                kind: ChartKind::History { bars, .. },
-                ..
-            }) = self.charts.get_mut(&key)
-            {
-                // A new connection sends the whole history again.
-                bars.clear();
+            if let Some(chart) = self.charts.get_mut(&key) {
+                chart.answered = false;
+                if let ChartKind::History { bars, .. } = &mut chart.kind {
+                    // A new connection sends the whole history again.
+                    bars.clear();
+                }
             }
             self.send_chart_request(now, key);
         }
         self.emit_state(None);
     }
 
-    /// Checks the health rules of an open link; returns the cause when it must go.
-    fn check_open_link(&self, now: Instant) -> Option<DisconnectCause> {
-        let Link::Open(link) = &self.link else {
-            return None;
+    /// The data-silence and dead-session rules, on the health interval.
+    fn health_check(&mut self, now: Instant) {
+        let interval = self.config.health_interval.max(Duration::from_millis(1));
+        let Some(link) = self.open_link() else {
+            return;
         };
-        match link.last_packet {
-            None if now >= add(link.opened_at, self.config.handshake_timeout) => {
-                return Some(DisconnectCause::HandshakeTimeout);
-            }
-            Some(last) if now >= add(last, self.config.read_timeout) => {
-                return Some(DisconnectCause::ReadTimeout);
-            }
-            _ => {}
-        }
-        if self
-            .config
-            .max_age
-            .is_some_and(|age| now >= add(link.opened_at, age))
-        {
-            return Some(DisconnectCause::MaxAge);
-        }
-        let has_live_subscriptions = !self.quotes.is_empty() || self.series_count() > 0;
-        if now >= link.next_health_check
-            && link.live
-            && has_live_subscriptions
+        let unproven_too_long =
+            link.proven_at.is_none() && now >= add(link.opened_at, self.config.data_silence);
+        let silent = link.proven_at.is_some()
             && now >= add(link.last_tick, self.config.data_silence)
-        {
-            return Some(DisconnectCause::DataSilence);
+            && now >= add(link.last_tick, self.quiet_wait());
+        if self.has_subscriptions() && unproven_too_long {
+            self.fail_connection(now, DisconnectCause::DeadSession, true, None);
+            return;
         }
-        None
+        if self.has_subscriptions() && silent && !self.market_closed() {
+            self.quiet_verdict(now, DisconnectCause::DataSilence);
+            return;
+        }
+        if let Link::Open(link) = &mut self.link {
+            while link.next_health_check <= now {
+                link.next_health_check = add(link.next_health_check, interval);
+            }
+        }
+        self.report_market(now);
+    }
+
+    /// Ends a proven link whose market went quiet, and escalates the wait for the next verdict.
+    fn quiet_verdict(&mut self, now: Instant, cause: DisconnectCause) {
+        self.quiet_verdicts = self.quiet_verdicts.saturating_add(1);
+        self.fail_connection(now, cause, true, None);
+    }
+
+    /// How long a proven link must be silent before the next zombie or data-silence verdict.
+    fn quiet_wait(&self) -> Duration {
+        liveness::quiet_wait(
+            self.quiet_verdicts,
+            self.config.quiet_recheck,
+            self.config.quiet_recheck_max,
+        )
+    }
+
+    /// Whether anything was asked of the server that it should acknowledge.
+    fn has_subscriptions(&self) -> bool {
+        !self.quotes.is_empty() || self.series_count() > 0
+    }
+
+    /// Every desired symbol is out of its session: silence is expected.
+    fn market_closed(&self) -> bool {
+        if self.quotes.is_empty() || self.out_of_session < self.quotes.len() {
+            return false;
+        }
+        // A bar series says nothing of its session unless its symbol is also a quote.
+        self.charts.values().all(|chart| {
+            chart.is_history()
+                || self
+                    .quotes
+                    .get(chart.symbol.as_ref())
+                    .is_some_and(|quote| liveness::out_of_session(quote.current_session.as_deref()))
+        })
+    }
+
+    fn market_status(&self, now: Instant) -> MarketStatus {
+        let market = match self.open_link() {
+            _ if !self.has_subscriptions() => Market::Unknown,
+            Some(link) if link.proven_at.is_some() => {
+                if self.market_closed() {
+                    Market::Closed
+                } else if link.idle_heartbeats >= self.config.idle_heartbeats
+                    || now >= add(link.last_tick, self.config.data_silence)
+                {
+                    Market::Quiet
+                } else if link.ticked {
+                    Market::Active
+                } else {
+                    Market::Unknown
+                }
+            }
+            _ => Market::Unknown,
+        };
+        MarketStatus {
+            market,
+            symbols: self.quotes.len(),
+            out_of_session: self.out_of_session,
+            quiet_verdicts: self.quiet_verdicts,
+            next_verdict_after: self.quiet_wait(),
+        }
+    }
+
+    /// Reports the market when it changed since the last report.
+    fn report_market(&mut self, now: Instant) {
+        let status = self.market_status(now);
+        if status.market != self.reported_market {
+            self.reported_market = status.market;
+            self.push_event(Event::Market(status));
+        }
     }
 
     /// Ends the current attempt or connection and schedules the next one.
     ///
-    /// `send_close`: whether the driver still has to be told to close the socket.
-    fn fail_connection(&mut self, now: Instant, cause: DisconnectCause, send_close: bool) {
-        let (id, was_live, probe) = match &self.link {
-            Link::Connecting { id, probe, .. } => (*id, false, *probe),
-            Link::Open(link) => (link.id, link.live, link.probe),
+    /// `send_close`: whether the driver still has to be told to close the socket. `transport`:
+    /// what the driver reported, when it reported the failure.
+    fn fail_connection(
+        &mut self,
+        now: Instant,
+        cause: DisconnectCause,
+        send_close: bool,
+        transport: Option<TransportErrorKind>,
+    ) {
+        let (id, was_live, proven, stable, probe) = match &self.link {
+            Link::Connecting { id, probe, .. } => (*id, false, false, false, *probe),
+            Link::Open(link) => (
+                link.id,
+                link.live,
+                link.proven_at.is_some(),
+                link.stable,
+                link.probe,
+            ),
             _ => return,
         };
         if send_close {
             self.outputs.push_back(Output::Close { id, cause });
         }
-        if !matches!(
-            cause,
-            DisconnectCause::ConnectFailed | DisconnectCause::RemoteClosed
-        ) {
-            // The driver's reason is kept for those two; the others are the client's own finding.
+        if transport.is_none() {
+            // The driver's words are kept when it reported; the others are the client's finding.
             self.last_failure = Some(cause.as_str().replace('_', " "));
         }
         self.counters.disconnects.add(cause);
@@ -718,18 +905,43 @@ impl Client {
         if was_live {
             self.unavailable_since = Some(now);
         }
-        if was_live {
-            // A working connection dropped: retry after the grace delay.
+        let repeated = self.last_ending == Some(cause);
+        self.last_ending = Some(cause);
+        let failure = match cause {
+            DisconnectCause::MaxAge | DisconnectCause::ClientClosed => false,
+            // Verdicts on a proven session escalate by themselves (see `liveness`).
+            DisconnectCause::Zombie | DisconnectCause::DataSilence => !proven,
+            DisconnectCause::ConnectFailed
+            | DisconnectCause::ConnectTimeout
+            | DisconnectCause::HandshakeTimeout
+            | DisconnectCause::DeadSession
+            | DisconnectCause::BadAuthToken => true,
+            // A rejection that repeats on consecutive connections is never retried at a fixed rate.
+            DisconnectCause::ProtocolError => !stable || repeated,
+            DisconnectCause::ReadTimeout | DisconnectCause::RemoteClosed => !stable,
+        };
+        let retry_after = transport.and_then(TransportErrorKind::retry_after);
+        let refused_for_rate = transport.is_some_and(TransportErrorKind::is_rate_limited);
+        if !failure {
             self.link = Link::Waiting {
                 at: add(now, self.jittered(self.config.grace)),
                 after_failure: false,
             };
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            if probe || self.consecutive_failures >= self.config.max_attempts {
+            // The server's own wait is a floor: jitter only ever adds to it.
+            let floor = retry_after.map(|after| {
+                let spread = after.mul_f64(self.config.jitter.clamp(0.0, 1.0) * self.rng.f64());
+                after.saturating_add(spread)
+            });
+            let open_breaker = probe
+                || self.consecutive_failures >= self.config.max_attempts
+                || (refused_for_rate && retry_after.is_none());
+            if open_breaker {
                 self.breaker = Breaker::Open;
+                let recovery = self.jittered(self.config.breaker_recovery);
                 self.link = Link::CircuitOpen {
-                    until: add(now, self.config.breaker_recovery),
+                    until: add(now, recovery.max(floor.unwrap_or_default())),
                 };
             } else {
                 let delay = retry_delay(
@@ -741,12 +953,13 @@ impl Client {
                     self.unit_jitter(),
                 );
                 self.link = Link::Waiting {
-                    at: add(now, delay),
+                    at: add(now, delay.max(floor.unwrap_or_default())),
                     after_failure: true,
                 };
             }
         }
         self.emit_state(Some(cause));
+        self.report_market(now);
     }
 
     fn jittered(&mut self, base: Duration) -> Duration {
@@ -816,33 +1029,91 @@ impl Client {
             text: beat.echo(),
         });
         link.idle_heartbeats = link.idle_heartbeats.saturating_add(1);
-        if link.idle_heartbeats >= self.config.idle_heartbeats {
-            self.fail_connection(now, DisconnectCause::Zombie, true);
+        link.heartbeats = link.heartbeats.saturating_add(1);
+        link.active_intervals = if link.ticked_since_heartbeat {
+            link.active_intervals.saturating_add(1)
+        } else {
+            0
+        };
+        link.ticked_since_heartbeat = false;
+        let threshold = self.config.idle_heartbeats;
+        if link.active_intervals >= threshold {
+            // Ticks between heartbeats in a row: the market is active, escalation starts over.
+            self.quiet_verdicts = 0;
         }
+        let (proven, idle, heartbeats, last_data) = (
+            link.proven_at.is_some(),
+            link.idle_heartbeats,
+            link.heartbeats,
+            link.last_data,
+        );
+        if self.has_subscriptions() {
+            if !proven && heartbeats >= threshold {
+                self.fail_connection(now, DisconnectCause::DeadSession, true, None);
+                return;
+            }
+            if proven
+                && idle >= threshold
+                && !self.market_closed()
+                && now >= add(last_data, self.quiet_wait())
+            {
+                self.quiet_verdict(now, DisconnectCause::Zombie);
+                return;
+            }
+        }
+        self.report_market(now);
     }
 
     fn on_data_packet(&mut self, now: Instant) {
+        let nothing_to_prove = !self.has_subscriptions();
         let Link::Open(link) = &mut self.link else {
             return;
         };
         link.idle_heartbeats = 0;
+        link.last_data = now;
         if link.live {
             return;
         }
         link.live = true;
         link.last_tick = now;
-        self.consecutive_failures = 0;
-        self.breaker = Breaker::Closed;
         self.unavailable_since = None;
         if self.mode == Mode::Polling {
             // The stream is back: polling stops in the same step.
             self.mode = Mode::Streaming;
             self.next_poll = None;
         }
+        if nothing_to_prove {
+            self.prove(now);
+        }
         self.emit_state(None);
     }
 
+    /// The server answered on this connection's sessions: the session works.
+    fn prove(&mut self, now: Instant) {
+        let Link::Open(link) = &mut self.link else {
+            return;
+        };
+        if link.proven_at.is_some() {
+            return;
+        }
+        link.proven_at = Some(now);
+        self.breaker = Breaker::Closed;
+        self.token_retry_used = false;
+        self.emit_state(None);
+    }
+
+    /// Whether `session` is this connection's quote or chart session.
+    fn is_our_session(&self, session: &str) -> bool {
+        self.open_link()
+            .is_some_and(|link| link.quote_session == session || link.chart_session == session)
+    }
+
     fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
+        if let Some(session) = acknowledging_session(&parsed) {
+            if self.is_our_session(session) {
+                self.prove(now);
+            }
+        }
         match parsed {
             ServerMessage::QuoteData(quote) => {
                 if self
@@ -853,7 +1124,7 @@ impl Client {
                 }
             }
             ServerMessage::QuoteError(error) => {
-                if let Some((symbol, _)) = self.quotes.remove_entry(error.symbol.as_ref()) {
+                if let Some((symbol, _)) = self.forget_quote(error.symbol.as_ref()) {
                     self.push_event(Event::QuoteError {
                         symbol,
                         reason: error.message.into_owned(),
@@ -867,6 +1138,9 @@ impl Client {
                 if let Some(key) =
                     self.chart_key(&completed.session, &completed.series_id, SERIES_PREFIX)
                 {
+                    if let Some(chart) = self.charts.get_mut(&key) {
+                        chart.answered = true;
+                    }
                     if self.charts.get(&key).is_some_and(ChartRequest::is_history) {
                         let bars = match self.charts.get_mut(&key).map(|chart| &mut chart.kind) {
                             Some(ChartKind::History { bars, .. }) => {
@@ -885,7 +1159,7 @@ impl Client {
                 reason,
             } => {
                 if let Some(key) = self.chart_key(&session, &symbol_id, SYMBOL_PREFIX) {
-                    self.fail_chart(key, reason.into_owned(), true);
+                    self.fail_chart(key, ChartFailure::Symbol(reason.into_owned()));
                 }
             }
             ServerMessage::SeriesError {
@@ -895,7 +1169,7 @@ impl Client {
                 ..
             } => {
                 if let Some(key) = self.chart_key(&session, &series_id, SERIES_PREFIX) {
-                    self.fail_chart(key, reason.into_owned(), false);
+                    self.fail_chart(key, ChartFailure::Series(reason.into_owned()));
                     self.send_remove_series(now, key);
                 }
             }
@@ -903,22 +1177,27 @@ impl Client {
                 session,
                 name,
                 detail,
-            } => self.push_event(Event::CriticalError {
-                session: session.into_owned(),
-                name: name.into_owned(),
-                detail: detail.map(|detail| detail.into_owned()),
-            }),
+            } => {
+                self.on_critical_error(&session, &name, detail.as_deref());
+                self.push_event(Event::CriticalError {
+                    session: session.into_owned(),
+                    name: name.into_owned(),
+                    detail: detail.map(|detail| detail.into_owned()),
+                });
+            }
             ServerMessage::ProtocolError { text } => {
                 let bad_token = text.contains("bad auth token");
                 self.push_event(Event::ProtocolError {
                     text: text.into_owned(),
                 });
                 if bad_token {
+                    self.fail_connection(now, DisconnectCause::BadAuthToken, true, None);
+                    // The next attempt waits for the application's answer (or the token timeout).
                     self.outputs.push_back(Output::RequestAuthToken);
                     self.awaiting_token_until = Some(add(now, self.config.token_timeout));
-                    self.fail_connection(now, DisconnectCause::BadAuthToken, true);
+                    self.emit_state(None);
                 } else {
-                    self.fail_connection(now, DisconnectCause::ProtocolError, true);
+                    self.fail_connection(now, DisconnectCause::ProtocolError, true, None);
                 }
             }
             ServerMessage::Hello(_)
@@ -933,6 +1212,83 @@ impl Client {
         }
     }
 
+    /// A `critical_error` on the chart session that names a chart command fails the requests it
+    /// names at once (the server will never complete them), or, when it names none, every chart
+    /// request the server has not answered on this connection.
+    fn on_critical_error(&mut self, session: &str, name: &str, detail: Option<&str>) {
+        let Some(link) = self.open_link() else {
+            return;
+        };
+        if link.chart_session != session {
+            return;
+        }
+        let detail = detail.unwrap_or_default();
+        let names_chart_command = ["create_series", "modify_series", "resolve_symbol"]
+            .iter()
+            .any(|method| detail.contains(method) || name.contains(method));
+        if !names_chart_command {
+            return;
+        }
+        let reason = if detail.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}: {detail}")
+        };
+        let mut keys: Vec<u64> = chart_keys_named(detail)
+            .filter(|key| self.charts.contains_key(key))
+            .collect();
+        if keys.is_empty() {
+            keys = self
+                .charts
+                .iter()
+                .filter(|(_, chart)| !chart.answered)
+                .map(|(key, _)| *key)
+                .collect();
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            self.fail_chart(key, ChartFailure::Rejected(reason.clone()));
+        }
+    }
+
+    fn on_auth_token(&mut self, now: Instant, token: Option<String>) {
+        let fresh = token.filter(|token| !token.is_empty() && *token != self.auth_token);
+        if self.awaiting_token_until.take().is_none() {
+            // Not after a rejection: just the token to use from the next connection on.
+            if let Some(token) = fresh {
+                self.auth_token = token;
+            }
+            return;
+        }
+        let refreshed = fresh.is_some();
+        if let Some(token) = fresh {
+            self.auth_token = token;
+        }
+        self.push_event(Event::AuthTokenRejected { refreshed });
+        if refreshed && !self.token_retry_used {
+            // One immediate retry with the fresh token; another rejection waits for the backoff.
+            self.token_retry_used = true;
+            match &mut self.link {
+                Link::Waiting { at, .. } => *at = now,
+                Link::CircuitOpen { until } => *until = now,
+                _ => {}
+            }
+        }
+        self.emit_state(None);
+        // The attempt may be due now: run it in this step.
+        self.handle_timeout(now);
+    }
+
+    /// Removes a desired quote, keeping the out-of-session count right.
+    fn forget_quote(&mut self, symbol: &str) -> Option<(Arc<str>, Quote)> {
+        let (symbol, quote) = self.quotes.remove_entry(symbol)?;
+        if liveness::out_of_session(quote.current_session.as_deref()) {
+            self.out_of_session = self.out_of_session.saturating_sub(1);
+        }
+        Some((symbol, quote))
+    }
+
     fn apply_quote(
         &mut self,
         now: Instant,
@@ -943,7 +1299,19 @@ impl Client {
         let Some(quote) = self.quotes.get_mut(symbol) else {
             return;
         };
+        let was_out = liveness::out_of_session(quote.current_session.as_deref());
         let changed = quote.apply(values);
+        if changed.contains(QuoteFields::CURRENT_SESSION) {
+            let is_out = liveness::out_of_session(quote.current_session.as_deref());
+            match (was_out, is_out) {
+                (false, true) => self.out_of_session = self.out_of_session.saturating_add(1),
+                (true, false) => self.out_of_session = self.out_of_session.saturating_sub(1),
+                _ => {}
+            }
+        }
+        let Some(quote) = self.quotes.get(symbol) else {
+            return;
+        };
         let event = QuoteEvent {
             quote: quote.clone(),
             changed,
@@ -952,13 +1320,24 @@ impl Client {
         self.mark_tick(now);
         self.counters.quotes = self.counters.quotes.saturating_add(1);
         self.push_event(Event::Quote(event));
+        if changed.contains(QuoteFields::CURRENT_SESSION) {
+            self.report_market(now);
+        }
     }
 
     fn mark_tick(&mut self, now: Instant) {
         self.last_tick = Some(now);
         if let Link::Open(link) = &mut self.link {
             link.last_tick = now;
+            link.ticked = true;
+            link.ticked_since_heartbeat = true;
         }
+    }
+
+    /// The client's clock: the latest `now` seen, so time never runs backwards inside.
+    fn clock(&mut self, now: Instant) -> Instant {
+        self.now = self.now.max(now);
+        self.now
     }
 
     fn on_chart_update(&mut self, now: Instant, update: &ChartUpdate<'_>) {
@@ -973,6 +1352,7 @@ impl Client {
                 continue;
             };
             ticked = true;
+            chart.answered = true;
             match &mut chart.kind {
                 ChartKind::History { bars, .. } => {
                     for bar in &series.bars {
@@ -1173,6 +1553,7 @@ impl Client {
                 timeframe: Arc::from(timeframe),
                 count,
                 kind,
+                answered: false,
             },
         );
         key
@@ -1187,18 +1568,22 @@ impl Client {
         self.charts.contains_key(&key).then_some(key)
     }
 
-    fn fail_chart(&mut self, key: u64, reason: String, symbol_error: bool) {
+    fn fail_chart(&mut self, key: u64, failure: ChartFailure) {
         let Some(chart) = self.charts.get(&key) else {
             return;
         };
         if chart.is_history() {
-            let error = if symbol_error {
-                HistoryError::Symbol(reason)
-            } else {
-                HistoryError::Series(reason)
+            let error = match failure {
+                ChartFailure::Symbol(reason) => HistoryError::Symbol(reason),
+                ChartFailure::Series(reason) => HistoryError::Series(reason),
+                ChartFailure::Rejected(reason) => HistoryError::Rejected(reason),
             };
             self.finish_history(key, Err(error));
         } else if let Some(chart) = self.charts.remove(&key) {
+            let reason = match failure {
+                ChartFailure::Symbol(reason) | ChartFailure::Series(reason) => reason,
+                ChartFailure::Rejected(reason) => format!("rejected by the server: {reason}"),
+            };
             self.push_event(Event::SeriesError {
                 series: SeriesId(key),
                 symbol: chart.symbol,
@@ -1285,6 +1670,46 @@ impl Client {
         };
         self.push_event(Event::State(change));
     }
+}
+
+/// Why the server will never complete a chart request.
+#[derive(Debug)]
+enum ChartFailure {
+    /// `symbol_error`.
+    Symbol(String),
+    /// `series_error`.
+    Series(String),
+    /// `critical_error` naming the request's command.
+    Rejected(String),
+}
+
+/// The session a server message answers, when the message acknowledges a subscription.
+fn acknowledging_session<'a>(message: &'a ServerMessage<'_>) -> Option<&'a str> {
+    Some(match message {
+        ServerMessage::QuoteData(quote) => &quote.session,
+        ServerMessage::QuoteError(error) => &error.session,
+        ServerMessage::QuoteCompleted { session, .. }
+        | ServerMessage::SymbolError { session, .. }
+        | ServerMessage::SeriesError { session, .. }
+        | ServerMessage::SeriesLoading { session, .. } => session,
+        ServerMessage::SymbolResolved(resolved) => &resolved.session,
+        ServerMessage::SeriesCompleted(completed) => &completed.session,
+        ServerMessage::TimescaleUpdate(update) | ServerMessage::DataUpdate(update) => {
+            &update.session
+        }
+        _ => return None,
+    })
+}
+
+/// The request keys a server text names by our ids (`sds_7`, `sds_sym_7`), in order.
+fn chart_keys_named(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.match_indices(SERIES_PREFIX)
+        .filter_map(move |(at, _)| {
+            let rest = text.get(at.saturating_add(SERIES_PREFIX.len())..)?;
+            let rest = rest.strip_prefix("sym_").unwrap_or(rest);
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest.get(..digits)?.parse().ok()
+        })
 }
 
 impl ChartRequest {

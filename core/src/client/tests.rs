@@ -67,6 +67,25 @@ impl Harness {
         id
     }
 
+    /// Heartbeats every `every` until `until` (relative to the start), firing timers on the way;
+    /// returns everything that came out.
+    fn heartbeats_until(
+        &mut self,
+        id: ConnectionId,
+        every: Duration,
+        until: Duration,
+    ) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        let mut beat = 0u64;
+        while self.now - self.start + every <= until {
+            outputs.extend(self.at(self.now - self.start + every));
+            beat += 1;
+            outputs.extend(self.raw(id, &frame(&format!("~h~{beat}"))));
+        }
+        outputs.extend(self.at(until));
+        outputs
+    }
+
     fn server(&mut self, id: ConnectionId, payload: &str) -> Vec<Output> {
         self.raw(id, &frame(payload))
     }
@@ -271,7 +290,10 @@ fn heartbeats_are_echoed_at_once_even_when_rate_limited_and_never_become_events(
 #[test]
 fn zombie_link_is_dropped_exactly_on_the_fifth_idle_heartbeat() {
     let mut h = Harness::new(no_jitter());
+    h.client.subscribe_quotes(h.now, ["A"]);
     let id = h.go_live();
+    let session = h.quote_session();
+    h.server(id, &qsd(&session, "A", r#""lp":1"#));
     for beat in 1..=4 {
         h.now += SECOND;
         let outputs = h.raw(id, &frame(&format!("~h~{beat}")));
@@ -280,7 +302,8 @@ fn zombie_link_is_dropped_exactly_on_the_fifth_idle_heartbeat() {
     // A data packet resets the count.
     h.server(id, r#"{"m":"quote_completed","p":["qs_x","A"]}"#);
     for beat in 5..=8 {
-        assert!(closes(&h.raw(id, &frame(&format!("~h~{beat}")))).is_empty());
+        let outputs = h.raw(id, &frame(&format!("~h~{beat}")));
+        assert!(closes(&outputs).is_empty(), "{beat}: {outputs:?}");
     }
     let outputs = h.raw(id, "~m~4~m~~h~9");
     assert_eq!(
@@ -419,15 +442,21 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
     let status = h.client.status(h.now);
     assert_eq!(
         (status.breaker, status.consecutive_failures, status.state),
-        (Breaker::Closed, 0, State::Live)
+        (Breaker::Closed, 4, State::Live),
+        "the breaker closes at once; failures reset once the connection is stable"
     );
+    let stable_at = h.now - h.start + Config::default().stable_after;
+    h.heartbeats_until(probe, 10 * SECOND, stable_at - Duration::from_millis(1));
+    assert_eq!(h.client.status(h.now).consecutive_failures, 4);
+    h.at(stable_at);
+    assert_eq!(h.client.status(h.now).consecutive_failures, 0);
 }
 
 #[test]
 fn a_working_connection_that_drops_is_retried_after_the_grace_delay() {
     let mut h = Harness::new(no_jitter());
     let id = h.go_live();
-    h.now += 100 * SECOND;
+    h.heartbeats_until(id, 10 * SECOND, 100 * SECOND);
     h.input(Input::Disconnected {
         id,
         error: TransportError::new(TransportErrorKind::Reset, "reset"),
@@ -916,6 +945,8 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
     h.input(Input::Connected(probe));
     h.server(probe, r#"{"protocol":"json"}"#);
     assert_eq!(h.client.status(h.now).mode, Mode::Streaming);
+    let session = h.quote_session();
+    h.server(probe, &qsd(&session, "A", r#""lp":2"#));
     let late = h.input(Input::PollResult {
         round: round.round,
         quotes: vec![PolledQuote {
@@ -926,7 +957,7 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
     });
     assert!(quote_events(&late).is_empty());
     assert!(
-        !h.at(base + 100 * SECOND)
+        !h.heartbeats_until(probe, 10 * SECOND, base + 100 * SECOND)
             .iter()
             .any(|output| matches!(output, Output::Poll(_)))
     );

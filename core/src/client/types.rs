@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::liveness::MarketStatus;
 use super::quote::{Quote, QuoteFields};
 use super::transport::TransportError;
 use crate::message::Bar;
@@ -178,6 +179,13 @@ pub enum HistoryError {
     /// The server refused the series (e.g. `seconds_not_entitled`).
     #[error("series error: {0}")]
     Series(String),
+    /// The server answered the request with `critical_error` (e.g. `invalid parameters` for a
+    /// timeframe it does not know); the text is the server's.
+    #[error("rejected by the server: {0}")]
+    Rejected(String),
+    /// The timeframe was refused before anything was sent.
+    #[error("{0}")]
+    InvalidTimeframe(String),
     /// No answer within the configured history timeout.
     #[error("timed out")]
     Timeout,
@@ -245,6 +253,17 @@ pub enum Event {
         /// The server's text.
         text: String,
     },
+    /// The server rejected the auth token (`bad auth token`). The client asked the application
+    /// for a fresh one ([`Output::RequestAuthToken`]); `refreshed` says whether it got one. A
+    /// rejected token with no fresh one is retried only after the backoff, counted as a failure,
+    /// so an application with a fixed token should stop here.
+    AuthTokenRejected {
+        /// A different token arrived and the next attempt uses it.
+        refreshed: bool,
+    },
+    /// What the client knows of the market changed: active, quiet, closed (every symbol out of
+    /// session) or unknown.
+    Market(MarketStatus),
     /// The command queue was full: these commands were not sent on this connection. The
     /// desired state still has them, so the next connection replays them.
     CommandsDropped {
@@ -266,7 +285,9 @@ pub struct StateChange {
     pub cause: Option<DisconnectCause>,
     /// Consecutive failed attempts so far.
     pub consecutive_failures: u32,
-    /// When the next connection attempt is due, when one is scheduled.
+    /// When the next connection attempt is due, when one is scheduled. This is the time the
+    /// attempt happens: whenever it moves (a token arrived, the breaker opened), a new change
+    /// is reported.
     pub next_attempt: Option<Instant>,
 }
 
@@ -348,6 +369,8 @@ pub enum DisconnectCause {
     DataSilence,
     /// The server sent `protocol_error`.
     ProtocolError,
+    /// The session never acknowledged a subscription although the socket was alive.
+    DeadSession,
     /// The server rejected the auth token.
     BadAuthToken,
     /// The peer or the network closed it.
@@ -360,7 +383,7 @@ pub enum DisconnectCause {
 
 impl DisconnectCause {
     /// Every cause, in counter order.
-    pub const ALL: [DisconnectCause; 11] = [
+    pub const ALL: [DisconnectCause; 12] = [
         DisconnectCause::ConnectFailed,
         DisconnectCause::ConnectTimeout,
         DisconnectCause::HandshakeTimeout,
@@ -368,6 +391,7 @@ impl DisconnectCause {
         DisconnectCause::Zombie,
         DisconnectCause::DataSilence,
         DisconnectCause::ProtocolError,
+        DisconnectCause::DeadSession,
         DisconnectCause::BadAuthToken,
         DisconnectCause::RemoteClosed,
         DisconnectCause::MaxAge,
@@ -384,6 +408,7 @@ impl DisconnectCause {
             DisconnectCause::Zombie => "zombie",
             DisconnectCause::DataSilence => "data_silence",
             DisconnectCause::ProtocolError => "protocol_error",
+            DisconnectCause::DeadSession => "dead_session",
             DisconnectCause::BadAuthToken => "bad_auth_token",
             DisconnectCause::RemoteClosed => "remote_closed",
             DisconnectCause::MaxAge => "max_age",
@@ -472,6 +497,67 @@ pub struct Status {
     pub connection: Option<ConnectionId>,
     /// What the driver reported when the last attempt or connection failed.
     pub last_failure: Option<String>,
+    /// Whether the open connection's session acknowledged a subscription.
+    pub session_proven: bool,
+    /// Active, quiet or closed market, and how far quiet verdicts have escalated.
+    pub market: MarketStatus,
     /// Running totals.
     pub counters: Counters,
+}
+
+/// The client's timers. [`super::Client::poll_timeout`] is the earliest of their deadlines and
+/// [`super::Client::handle_timeout`] fires every one that is due, both through the same
+/// [`super::Client::deadline`], so a driver can log which one woke it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// A history request times out.
+    History,
+    /// The next connection attempt: after the grace delay, the backoff, a fresh token or the
+    /// open circuit's recovery time.
+    Attempt,
+    /// The attempt in flight gives up (connect timeout).
+    Connect,
+    /// The open socket has been silent too long: no first packet within the handshake timeout,
+    /// or no packet at all within the read timeout.
+    Read,
+    /// The data-silence and dead-session check.
+    Health,
+    /// The connection reaches its maximum age and is rotated.
+    MaxAge,
+    /// The acknowledged connection has lasted long enough: the failure count resets.
+    Stable,
+    /// The rate limit lets the next queued command go.
+    RateLimit,
+    /// The next poll, or the moment polling takes over from an unavailable stream.
+    Poll,
+}
+
+impl Timer {
+    /// Every timer, in the order `handle_timeout` fires them.
+    pub const ALL: [Timer; 9] = [
+        Timer::History,
+        Timer::Attempt,
+        Timer::Connect,
+        Timer::Read,
+        Timer::Health,
+        Timer::MaxAge,
+        Timer::Stable,
+        Timer::RateLimit,
+        Timer::Poll,
+    ];
+
+    /// Snake-case name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::History => "history",
+            Timer::Attempt => "attempt",
+            Timer::Connect => "connect",
+            Timer::Read => "read",
+            Timer::Health => "health",
+            Timer::MaxAge => "max_age",
+            Timer::Stable => "stable",
+            Timer::RateLimit => "rate_limit",
+            Timer::Poll => "poll",
+        }
+    }
 }
