@@ -278,3 +278,27 @@ pub(crate) fn human_duration(duration: Duration) -> String {
         format!("{}ms", duration.as_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_are_integers_when_integral_and_exact() {
+        let text = |value: f64| json_number(value).to_string();
+        assert_eq!(text(1_700_000_000.0), "1700000000");
+        assert_eq!(text(0.0), "0");
+        assert_eq!(text(-0.0), "0");
+        assert_eq!(text(-42.0), "-42");
+        assert_eq!(text(1.5), "1.5");
+        assert_eq!(text(9_007_199_254_740_991.0), "9007199254740991");
+        assert_eq!(text(-9_007_199_254_740_991.0), "-9007199254740991");
+        assert_eq!(text(9_007_199_254_740_992.0), "9007199254740992.0");
+        assert_eq!(text(1e300), "1e+300");
+        assert_eq!(text(f64::NAN), "null");
+        assert_eq!(text(f64::INFINITY), "null");
+        assert_eq!(json_optional_number(None), Value::Null);
+        assert_eq!(number_text(1_700_000_000.0), "1700000000");
+        assert_eq!(number_text(f64::NAN), "NaN");
+    }
+}
