@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use clap::Args;
 use tickwire_core::message::Bar;
+use tickwire_core::timeframe::Timeframe;
 use tickwire_driver::{Options, State};
 
 use crate::Failure;
 use crate::feed_args::FeedArgs;
-use crate::output::bar_object;
+use crate::output::{bar_object, number_text, unix_now};
 use crate::stream::unreachable;
 
 /// Fetch bars of one symbol and exit.
@@ -17,9 +18,10 @@ use crate::stream::unreachable;
 pub(crate) struct HistoryArgs {
     /// Symbol such as BINANCE:BTCUSDT.
     symbol: String,
-    /// Bar timeframe: 1, 5, 15, 60, 240, 1D, 1W, 1M…
-    #[arg(long, short)]
-    timeframe: String,
+    /// Bar timeframe: seconds 5S; minutes 1, 5, 15, 60, 240 (or 1m, 1h, 4h); days 1D (1d);
+    /// weeks 1W (1w); months 1M. Sent in the server's form (1h as 60).
+    #[arg(long, short, value_parser = Timeframe::parse)]
+    timeframe: Timeframe,
     /// How many bars.
     #[arg(long, short, default_value_t = 300)]
     count: u32,
@@ -36,7 +38,7 @@ pub(crate) struct HistoryArgs {
 pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
     let config = args.feed.config()?;
     let feed = args.feed.connect(config, Options::default());
-    let request = feed.history(&args.symbol, &args.timeframe, args.count);
+    let request = feed.history(&args.symbol, args.timeframe.as_str(), args.count);
     tokio::pin!(request);
     let mut ever_live = false;
     let result = loop {
@@ -51,32 +53,48 @@ pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
         }
     };
     feed.close().await;
-    print(&args, &result?)
+    print(&args, &result?, unix_now())
 }
 
-fn print(args: &HistoryArgs, bars: &[Bar]) -> Result<(), Failure> {
+/// Whether the bar at `position` of `count` bars has closed at Unix second `now`: every bar
+/// but the last has; the last is still forming while its period has not ended.
+fn is_closed(timeframe: &Timeframe, bar: &Bar, position: usize, count: usize, now: i64) -> bool {
+    if position.saturating_add(1) < count || !bar.time.is_finite() {
+        return true;
+    }
+    // A float time: the bar's second (the cast saturates far outside i64).
+    let start = bar.time.floor() as i64;
+    timeframe.period_end(start).is_none_or(|end| end <= now)
+}
+
+fn print(args: &HistoryArgs, bars: &[Bar], now: i64) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write = |line: String| writeln!(out, "{line}");
+    let timeframe = args.timeframe.as_str();
     let written: std::io::Result<()> = (|| {
         if args.csv {
-            write("time,open,high,low,close,volume".to_owned())?;
+            write("time,open,high,low,close,volume,closed".to_owned())?;
         }
-        for bar in bars {
-            let volume = bar
-                .volume
-                .map_or_else(String::new, |volume| volume.to_string());
+        for (position, bar) in bars.iter().enumerate() {
+            let closed = is_closed(&args.timeframe, bar, position, bars.len(), now);
+            let time = number_text(bar.time);
+            let volume = bar.volume.map_or_else(String::new, number_text);
             let line = if args.csv {
                 format!(
-                    "{},{},{},{},{},{volume}",
-                    bar.time, bar.open, bar.high, bar.low, bar.close
+                    "{time},{},{},{},{},{volume},{closed}",
+                    bar.open, bar.high, bar.low, bar.close
                 )
             } else if args.json {
-                bar_object(&args.symbol, &args.timeframe, bar, true).to_string()
+                bar_object(&args.symbol, timeframe, bar, closed).to_string()
             } else {
                 format!(
-                    "{:>14} o {:>12} h {:>12} l {:>12} c {:>12} v {}",
-                    bar.time, bar.open, bar.high, bar.low, bar.close, volume
+                    "{time:>14} o {:>12} h {:>12} l {:>12} c {:>12} v {volume}{}",
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    if closed { "" } else { " forming" }
                 )
             };
             write(line)?;

@@ -7,6 +7,7 @@ mod feed_args;
 mod history;
 mod output;
 mod relay;
+mod signals;
 mod stream;
 
 use std::fs::File;

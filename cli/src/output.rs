@@ -40,6 +40,42 @@ impl std::fmt::Display for Object {
     }
 }
 
+/// Largest magnitude below which every integer is exactly an `f64` (2^53).
+const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
+
+/// The one rule for times and volumes in JSON: an integer when the value is integral and
+/// exact (|v| < 2^53), otherwise a float (`null` when not finite).
+pub(crate) fn json_number(value: f64) -> Value {
+    if value.is_finite() && value.fract() == 0.0 && value.abs() < EXACT_INTEGER_LIMIT {
+        Value::from(value as i64)
+    } else {
+        Value::from(value)
+    }
+}
+
+/// [`json_number`] of an optional value (`null` when absent).
+pub(crate) fn json_optional_number(value: Option<f64>) -> Value {
+    value.map_or(Value::Null, json_number)
+}
+
+/// A time or volume as text, by the same rule as [`json_number`]: `1700000000`, `12.5`
+/// (`NaN`, `inf` as Rust prints them).
+pub(crate) fn number_text(value: f64) -> String {
+    match json_number(value) {
+        Value::Null => value.to_string(),
+        number => number.to_string(),
+    }
+}
+
+/// Unix seconds of now.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
 /// `HH:MM:SS.mmm` UTC of now.
 pub(crate) fn clock() -> String {
     let since_epoch = SystemTime::now()
@@ -69,7 +105,7 @@ pub(crate) fn quote_json(event: &QuoteEvent) -> Object {
     object.insert("price", quote.last_price);
     object.insert("bid", quote.bid);
     object.insert("ask", quote.ask);
-    object.insert("volume", quote.volume);
+    object.insert("volume", json_optional_number(quote.volume));
     object.insert("change", quote.change);
     object.insert("change_pct", quote.change_percent);
     object.insert("time", quote.last_price_time);
@@ -92,12 +128,12 @@ pub(crate) fn bar_object(
     let mut object = Object::new("type", "bar");
     object.insert("symbol", symbol);
     object.insert("timeframe", timeframe);
-    object.insert("time", bar.time);
+    object.insert("time", json_number(bar.time));
     object.insert("open", bar.open);
     object.insert("high", bar.high);
     object.insert("low", bar.low);
     object.insert("close", bar.close);
-    object.insert("volume", bar.volume);
+    object.insert("volume", json_optional_number(bar.volume));
     object.insert("closed", closed);
     object
 }
@@ -161,6 +197,11 @@ fn number(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| format!("{value}"))
 }
 
+/// A time or volume for people: [`number_text`], `-` when absent.
+fn optional_number_text(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), number_text)
+}
+
 /// The line a person reads for an event.
 pub(crate) fn event_text(event: &Event) -> Option<String> {
     let time = clock();
@@ -181,19 +222,19 @@ pub(crate) fn event_text(event: &Event) -> Option<String> {
                 number(quote.last_price),
                 number(quote.bid),
                 number(quote.ask),
-                number(quote.volume)
+                optional_number_text(quote.volume)
             )
         }
         Event::Bar(bar) => format!(
             "{time} {:<18} bar {} @{} o {} h {} l {} c {} v {} {}",
             bar.symbol,
             bar.timeframe,
-            bar.bar.time,
+            number_text(bar.bar.time),
             bar.bar.open,
             bar.bar.high,
             bar.bar.low,
             bar.bar.close,
-            number(bar.bar.volume),
+            optional_number_text(bar.bar.volume),
             if bar.closed { "closed" } else { "forming" }
         ),
         Event::State(change) => {
@@ -235,5 +276,29 @@ pub(crate) fn human_duration(duration: Duration) -> String {
         format!("{:.2}s", duration.as_secs_f64())
     } else {
         format!("{}ms", duration.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_are_integers_when_integral_and_exact() {
+        let text = |value: f64| json_number(value).to_string();
+        assert_eq!(text(1_700_000_000.0), "1700000000");
+        assert_eq!(text(0.0), "0");
+        assert_eq!(text(-0.0), "0");
+        assert_eq!(text(-42.0), "-42");
+        assert_eq!(text(1.5), "1.5");
+        assert_eq!(text(9_007_199_254_740_991.0), "9007199254740991");
+        assert_eq!(text(-9_007_199_254_740_991.0), "-9007199254740991");
+        assert_eq!(text(9_007_199_254_740_992.0), "9007199254740992.0");
+        assert_eq!(text(1e300), "1e+300");
+        assert_eq!(text(f64::NAN), "null");
+        assert_eq!(text(f64::INFINITY), "null");
+        assert_eq!(json_optional_number(None), Value::Null);
+        assert_eq!(number_text(1_700_000_000.0), "1700000000");
+        assert_eq!(number_text(f64::NAN), "NaN");
     }
 }

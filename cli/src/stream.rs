@@ -1,24 +1,27 @@
-//! `tickwire stream`: live quotes (and bars) until Ctrl-C.
+//! `tickwire stream`: live quotes (and bars) until Ctrl-C or SIGTERM.
 
 use std::io::Write;
 
 use clap::Args;
 use futures::StreamExt;
+use tickwire_core::timeframe::Timeframe;
 use tickwire_driver::{Event, Feed, Options, State};
 
 use crate::Failure;
 use crate::feed_args::FeedArgs;
 use crate::output;
 
-/// Stream live quotes (and bars) until Ctrl-C.
+/// Stream live quotes (and bars) until Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
 pub(crate) struct StreamArgs {
     /// Symbols such as BINANCE:BTCUSDT or NASDAQ:AAPL.
     #[arg(required = true)]
     symbols: Vec<String>,
-    /// Also stream bars: TIMEFRAME[:COUNT], e.g. 1, 5:100, 1D:30 (COUNT bars of history first).
-    #[arg(long, value_parser = parse_bars)]
-    bars: Option<(String, u32)>,
+    /// Also stream bars: TIMEFRAME[:COUNT], e.g. 1, 5:100, 1h, 1D:30 (COUNT bars of history
+    /// first). Timeframes: seconds 5S, minutes 1, 5, 15, 60 (or 1m, 1h, 4h), days 1D, weeks 1W,
+    /// months 1M.
+    #[arg(long, value_parser = parse_bar_spec)]
+    bars: Option<(Timeframe, u32)>,
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -26,8 +29,8 @@ pub(crate) struct StreamArgs {
     feed: FeedArgs,
 }
 
-/// `TF[:COUNT]`, COUNT defaulting to 100.
-pub(crate) fn parse_bars(text: &str) -> Result<(String, u32), String> {
+/// `TF[:COUNT]`, COUNT defaulting to 100; the timeframe checked and in the server's form.
+pub(crate) fn parse_bar_spec(text: &str) -> Result<(Timeframe, u32), String> {
     let (timeframe, count) = match text.split_once(':') {
         Some((timeframe, count)) => (
             timeframe,
@@ -37,12 +40,13 @@ pub(crate) fn parse_bars(text: &str) -> Result<(String, u32), String> {
         ),
         None => (text, 100),
     };
-    if timeframe.is_empty() || !timeframe.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "timeframe {timeframe:?}: expected e.g. 1, 5, 60, 1D, 1W"
-        ));
-    }
-    Ok((timeframe.to_owned(), count.max(1)))
+    let timeframe = Timeframe::parse(timeframe).map_err(|error| error.to_string())?;
+    Ok((timeframe, count.max(1)))
+}
+
+/// [`parse_bar_spec`] with the timeframe as the text to send (`1h` gives `"60"`).
+pub(crate) fn parse_bars(text: &str) -> Result<(String, u32), String> {
+    parse_bar_spec(text).map(|(timeframe, count)| (timeframe.as_str().to_owned(), count))
 }
 
 /// Whether the feed has given up before ever working: the breaker opened without one live
@@ -67,31 +71,41 @@ fn feed_url(feed: &Feed) -> String {
 
 pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
     let config = args.feed.config()?;
+    // Before connecting, so SIGTERM during the handshake also ends us cleanly.
+    let stop = crate::signals::stop();
     let feed = args.feed.connect(config, Options::default());
     feed.subscribe(&args.symbols);
     let mut wanted = args.symbols.len();
     if let Some((timeframe, count)) = &args.bars {
         for symbol in &args.symbols {
-            if feed.subscribe_bars(symbol, timeframe, *count).is_some() {
+            if feed
+                .subscribe_bars(symbol, timeframe.as_str(), *count)
+                .is_some()
+            {
                 wanted += 1;
             }
         }
     }
-    let result = print_events(&feed, &args, wanted).await;
+    let result = print_events(&feed, &args, wanted, stop).await;
     feed.close().await;
     result
 }
 
-async fn print_events(feed: &Feed, args: &StreamArgs, wanted: usize) -> Result<(), Failure> {
+/// Prints events until `stop` completes (Ctrl-C, SIGTERM), the feed ends or fails for good.
+async fn print_events(
+    feed: &Feed,
+    args: &StreamArgs,
+    wanted: usize,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
     let mut events = feed.events();
     let mut ever_live = false;
     let mut rejected = Vec::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(stop);
     let stdout = std::io::stdout();
     loop {
         let event = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            () = &mut stop => return Ok(()),
             event = events.next() => match event {
                 Some(event) => event,
                 None => return Ok(()),

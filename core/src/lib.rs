@@ -12,6 +12,8 @@
 //!   the payload.
 //! - [`command`]: builds the client commands a streaming client sends, encoded byte-for-byte as
 //!   the real clients send them.
+//! - [`timeframe`]: bar timeframes checked and mapped to the server's form (`1h` → `60`), with
+//!   when a bar of each closes.
 //! - [`json`]: the compact, ASCII-only JSON writer behind every payload tickwire emits.
 //! - [`client`]: the resilient streaming client as a state machine (time in, decisions out).
 //! - [`hub`]: the relay's fan-out: downstream subscriptions, change-only broadcast, per-connection
@@ -82,3 +84,4 @@ pub mod command;
 pub mod hub;
 pub mod json;
 pub mod message;
+pub mod timeframe;
