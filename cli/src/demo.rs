@@ -179,7 +179,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
                             cause.as_str().replace('_', " "),
                             human_duration(took),
                             SYMBOLS.len(),
-                            usize::from(series.is_some())
+                            usize::from(series.is_ok())
                         );
                     }
                 } else if tally.quoted_since_live.len() == SYMBOLS.len() {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
-use tickwire_core::client::{BarEvent, QuoteEvent, Source, StateChange};
+use tickwire_core::client::{BarEvent, Market, MarketStatus, QuoteEvent, Source, StateChange};
 use tickwire_driver::Event;
 
 /// A JSON object that keeps its keys in insertion order, so `type`/`kind` come first.
@@ -151,6 +151,39 @@ pub(crate) fn status_json(change: &StateChange) -> Object {
     object
 }
 
+pub(crate) fn market_json(status: &MarketStatus) -> Object {
+    let mut object = Object::new("type", "market");
+    object.insert("market", status.market.as_str());
+    object.insert("symbols", status.symbols);
+    object.insert("out_of_session", status.out_of_session);
+    object.insert("quiet_verdicts", status.quiet_verdicts);
+    object.insert(
+        "next_verdict_after_ms",
+        u64::try_from(status.next_verdict_after.as_millis()).unwrap_or(u64::MAX),
+    );
+    object
+}
+
+/// The line a person reads when the market changes: why the client is (not) reconnecting.
+fn market_text(status: &MarketStatus) -> String {
+    let sessions = format!(
+        "{}/{} symbols out of session",
+        status.out_of_session, status.symbols
+    );
+    match status.market {
+        Market::Closed => format!("market closed ({sessions}): no reconnect while it is"),
+        Market::Quiet if status.next_verdict_after.is_zero() => {
+            format!("market quiet ({sessions}): heartbeats only")
+        }
+        Market::Quiet => format!(
+            "market quiet ({sessions}): the session is alive, next check after {} of silence",
+            human_duration(status.next_verdict_after)
+        ),
+        Market::Active => format!("market active ({sessions})"),
+        Market::Unknown => format!("market unknown ({sessions})"),
+    }
+}
+
 fn error_json(code: &str, symbol: Option<&str>, message: String) -> Object {
     let mut object = Object::new("type", "error");
     object.insert("code", code);
@@ -184,6 +217,16 @@ pub(crate) fn event_json(event: &Event) -> Option<Object> {
             ),
         ),
         Event::ProtocolError { text } => error_json("protocol", None, text.clone()),
+        Event::AuthTokenRejected { refreshed } => error_json(
+            "auth_token",
+            None,
+            if *refreshed {
+                "the server rejected the auth token; retrying with a fresh one".to_owned()
+            } else {
+                "the server rejected the auth token and no fresh one is available".to_owned()
+            },
+        ),
+        Event::Market(market) => market_json(market),
         Event::CommandsDropped { count, bound } => error_json(
             "commands_dropped",
             None,
@@ -254,6 +297,7 @@ pub(crate) fn event_text(event: &Event) -> Option<String> {
                 change.mode.as_str()
             )
         }
+        Event::Market(status) => format!("{time} -- {}", market_text(status)),
         other => {
             let object = event_json(other)?;
             format!(
@@ -270,9 +314,14 @@ pub(crate) fn event_text(event: &Event) -> Option<String> {
     })
 }
 
-/// `1.25s`, `340ms`.
+/// `1.25s`, `340ms`, `5m30s`, `6h00m`.
 pub(crate) fn human_duration(duration: Duration) -> String {
-    if duration >= Duration::from_secs(1) {
+    let seconds = duration.as_secs();
+    if seconds >= 3600 {
+        format!("{}h{:02}m", seconds / 3600, seconds / 60 % 60)
+    } else if seconds >= 120 {
+        format!("{}m{:02}s", seconds / 60, seconds % 60)
+    } else if duration >= Duration::from_secs(1) {
         format!("{:.2}s", duration.as_secs_f64())
     } else {
         format!("{}ms", duration.as_millis())

@@ -80,7 +80,7 @@ pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
         for symbol in &args.symbols {
             if feed
                 .subscribe_bars(symbol, timeframe.as_str(), *count)
-                .is_some()
+                .is_ok()
             {
                 wanted += 1;
             }

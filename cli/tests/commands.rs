@@ -197,7 +197,7 @@ fn history_prints_csv_and_fails_clearly_on_a_bad_symbol() {
     );
     let text = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "time,open,high,low,close,volume");
+    assert_eq!(lines[0], "time,open,high,low,close,volume,closed");
     assert_eq!(lines.len(), 8);
 
     let output = tickwire()

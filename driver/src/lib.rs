@@ -24,11 +24,11 @@ use futures::{Sink, SinkExt, Stream};
 
 pub use events::{EventQueue, Events};
 pub use socket::{TungsteniteSocket, upgrade_request, websocket_config};
-use tickwire_core::client::{Client, Output, TransportError, TransportErrorKind};
 pub use tickwire_core::client::{
-    Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote, SeriesId, State,
-    Status,
+    BarsError, Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote,
+    SeriesId, State, Status,
 };
+use tickwire_core::client::{Client, Output, TransportError, TransportErrorKind};
 pub use tickwire_core::message::Bar;
 
 /// What arrives on a socket.
@@ -199,7 +199,15 @@ impl Feed {
     }
 
     /// Subscribes to bars, loading `count` bars of history first.
-    pub fn subscribe_bars(&self, symbol: &str, timeframe: &str, count: u32) -> Option<SeriesId> {
+    ///
+    /// # Errors
+    /// An invalid timeframe (the text lists the valid forms), too many series, or closed.
+    pub fn subscribe_bars(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        count: u32,
+    ) -> Result<SeriesId, BarsError> {
         let series = self
             .shared
             .client()

@@ -93,14 +93,15 @@ pub use liveness::{Market, MarketStatus};
 pub use quote::{Quote, QuoteFields};
 pub use transport::{TransportError, TransportErrorKind};
 pub use types::{
-    BarEvent, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters, DisconnectCause, Event,
-    HistoryError, HistoryEvent, HistoryId, Input, Mode, Output, PollRequest, PolledQuote,
-    QuoteEvent, SeriesId, Source, State, StateChange, Status, Timer,
+    BarEvent, BarsError, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters,
+    DisconnectCause, Event, HistoryError, HistoryEvent, HistoryId, Input, Mode, Output,
+    PollRequest, PolledQuote, QuoteEvent, SeriesId, Source, State, StateChange, Status, Timer,
 };
 
 use crate::codec::{Decoder, Packet};
 use crate::command::{Adjustment, Command, SymbolSpec};
 use crate::message::{self, Bar, ChartUpdate, FieldUpdate, QuoteValues, ServerMessage};
+use crate::timeframe::Timeframe;
 use policy::{CommandQueue, TokenBucket, retry_delay};
 
 /// Quote symbols per `quote_add_symbols` command.
@@ -348,28 +349,37 @@ impl Client {
         self.after_step(now);
     }
 
-    /// Subscribes to the bars of `symbol` at `timeframe` (`1`, `60`, `1D`…), loading `count`
-    /// bars of history first. Returns `None` past [`Config::max_subscriptions`] or after close.
+    /// Subscribes to the bars of `symbol` at `timeframe`, loading `count` bars of history first.
+    /// The timeframe is any form [`Timeframe::parse`] accepts (`1`, `60`, `1D`, `1h`, `5m`…) and
+    /// is sent in the server's form; an invalid one is refused before anything is sent.
+    ///
+    /// # Errors
+    /// [`BarsError`]: an invalid timeframe, [`Config::max_subscriptions`] reached, or closed.
     pub fn subscribe_bars(
         &mut self,
         now: Instant,
         symbol: &str,
         timeframe: &str,
         count: u32,
-    ) -> Option<SeriesId> {
+    ) -> Result<SeriesId, BarsError> {
         let now = self.clock(now);
-        if self.is_closed() || self.series_count() >= self.config.max_subscriptions {
-            return None;
+        if self.is_closed() {
+            return Err(BarsError::Closed);
+        }
+        let timeframe = Timeframe::parse(timeframe)
+            .map_err(|error| BarsError::InvalidTimeframe(error.to_string()))?;
+        if self.series_count() >= self.config.max_subscriptions {
+            return Err(BarsError::TooMany(self.config.max_subscriptions));
         }
         let key = self.add_chart(
             symbol,
-            timeframe,
+            timeframe.as_str(),
             count,
             ChartKind::Subscription(SeriesState::default()),
         );
         self.send_chart_request(now, key);
         self.after_step(now);
-        Some(SeriesId(key))
+        Ok(SeriesId(key))
     }
 
     /// Stops a bar subscription.
@@ -389,7 +399,8 @@ impl Client {
         self.after_step(now);
     }
 
-    /// Fetches `count` bars of `symbol` at `timeframe`. The answer is one
+    /// Fetches `count` bars of `symbol` at `timeframe` (any form [`Timeframe::parse`] accepts;
+    /// an invalid one fails at once with [`HistoryError::InvalidTimeframe`]). The answer is one
     /// [`Event::History`] with this id: the bars, or a typed error — never silence, since the
     /// request times out after [`Config::history_timeout`]. Survives reconnects.
     pub fn request_history(
@@ -401,9 +412,10 @@ impl Client {
     ) -> HistoryId {
         let now = self.clock(now);
         let deadline = now.checked_add(self.config.history_timeout).unwrap_or(now);
+        let parsed = Timeframe::parse(timeframe);
         let key = self.add_chart(
             symbol,
-            timeframe,
+            parsed.as_ref().map_or(timeframe, Timeframe::as_str),
             count,
             ChartKind::History {
                 deadline,
@@ -412,6 +424,8 @@ impl Client {
         );
         if self.is_closed() {
             self.finish_history(key, Err(HistoryError::Closed));
+        } else if let Err(error) = parsed {
+            self.finish_history(key, Err(HistoryError::InvalidTimeframe(error.to_string())));
         } else {
             self.send_chart_request(now, key);
         }

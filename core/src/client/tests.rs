@@ -1014,7 +1014,10 @@ fn close_ends_everything() {
         error: TransportError::new(TransportErrorKind::Reset, "x"),
     });
     h.client.subscribe_quotes(h.now, ["A"]);
-    assert!(h.client.subscribe_bars(h.now, "A", "1", 1).is_none());
+    assert_eq!(
+        h.client.subscribe_bars(h.now, "A", "1", 1),
+        Err(BarsError::Closed)
+    );
     assert!(h.at(1_000 * SECOND).is_empty());
     assert!(h.drain().is_empty());
 }
@@ -1137,10 +1140,10 @@ fn subscriptions_and_history_have_bounds_with_clear_outcomes() {
         0,
         "already subscribed"
     );
-    assert!(h.client.subscribe_bars(h.now, "A", "1", 5).is_some());
-    assert!(h.client.subscribe_bars(h.now, "B", "1", 5).is_some());
+    assert!(h.client.subscribe_bars(h.now, "A", "1", 5).is_ok());
+    assert!(h.client.subscribe_bars(h.now, "B", "1", 5).is_ok());
     assert!(
-        h.client.subscribe_bars(h.now, "C", "1", 5).is_none(),
+        h.client.subscribe_bars(h.now, "C", "1", 5).is_err(),
         "past the bound"
     );
     let request = h.client.request_history(h.now, "A", "1D", 10);

@@ -197,6 +197,20 @@ pub enum HistoryError {
     Closed,
 }
 
+/// Why a bar subscription was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BarsError {
+    /// The timeframe is not one the server accepts; the text lists the valid forms.
+    #[error("{0}")]
+    InvalidTimeframe(String),
+    /// [`super::Config::max_subscriptions`] series are subscribed already.
+    #[error("at most {0} bar series can be subscribed")]
+    TooMany(usize),
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
 /// A finished history request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEvent {

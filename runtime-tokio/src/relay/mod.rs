@@ -564,8 +564,11 @@ impl HubTask {
             self.feed.subscribe(subscribe.iter());
             if let Some(timeframe) = &self.bars {
                 for symbol in subscribe {
-                    if let Some(series) = self.feed.subscribe_bars(&symbol, timeframe, 2) {
-                        self.series.insert(symbol, series);
+                    match self.feed.subscribe_bars(&symbol, timeframe, 2) {
+                        Ok(series) => {
+                            self.series.insert(symbol, series);
+                        }
+                        Err(error) => tracing::warn!(%symbol, %error, "bars not subscribed"),
                     }
                 }
             }
