@@ -26,4 +26,6 @@ mod server;
 pub mod session;
 
 pub use fault::{Fault, FaultAction};
-pub use server::{Emulator, EmulatorConfig, Stats};
+pub use server::{
+    ConnectionEvent, Emulator, EmulatorConfig, MarketHours, QUOTE_SESSIONS_KEPT, Stats,
+};
