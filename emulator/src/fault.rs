@@ -7,8 +7,13 @@
 //!
 //! Actions: `drop` (TCP reset, no close frame), `close` (close frame, then TCP close), `drop-mid`
 //! (half a WebSocket frame, then reset), `stall` (send nothing, keep the socket),
-//! `heartbeats-only`, `garbage`, `bad-length`, `protocol-error`, `slow`, and at accept time
-//! `refuse` (reset before the upgrade), `delay` (accept late) and `http-429` (refuse the upgrade).
+//! `heartbeats-only`, `garbage`, `bad-length`, `protocol-error` (`protocol_error` "wrong data",
+//! then a close frame), `slow`, the auth faults `bad-token` (from AT on, `set_auth_token` is
+//! refused with `protocol_error` "bad auth token" and a close, whatever the token) and
+//! `expire-token` (at AT the connection's token expires: "bad auth token", a close frame, and
+//! every later connection presenting that token is refused; other tokens still work), and at
+//! accept time `refuse` (reset before the upgrade), `delay` (accept late) and `http-429` (refuse
+//! the upgrade).
 //!
 //! ```
 //! use std::time::Duration;
@@ -41,8 +46,13 @@ pub enum FaultAction {
     Garbage,
     /// One packet whose length prefix is wrong.
     BadLength,
-    /// `protocol_error` ("wrong data"), then close.
+    /// `protocol_error` ("wrong data"), then a close frame.
     ProtocolError,
+    /// Refuse every `set_auth_token` from now on, whatever the token.
+    BadToken,
+    /// The connection's current token expires now: `protocol_error` ("bad auth token"), a close
+    /// frame, and the token is refused on every connection from then on.
+    ExpireToken,
     /// Pause this long before every write.
     Slow(Duration),
     /// Reset the TCP connection before the upgrade.
@@ -141,6 +151,8 @@ impl FromStr for Fault {
             "garbage" => FaultAction::Garbage,
             "bad-length" => FaultAction::BadLength,
             "protocol-error" => FaultAction::ProtocolError,
+            "bad-token" => FaultAction::BadToken,
+            "expire-token" => FaultAction::ExpireToken,
             "slow" => FaultAction::Slow(needs("PAUSE")?),
             "refuse" => FaultAction::Refuse,
             "delay" => FaultAction::Delay(needs("DURATION")?),
@@ -148,7 +160,7 @@ impl FromStr for Fault {
             other => {
                 return Err(FaultSpecError(format!(
                     "{spec:?}: unknown fault {other:?} (drop, close, drop-mid, stall, heartbeats-only, garbage, \
-                     bad-length, protocol-error, slow, refuse, delay, http-429)"
+                     bad-length, protocol-error, slow, bad-token, expire-token, refuse, delay, http-429)"
                 )));
             }
         };
@@ -186,6 +198,20 @@ mod tests {
         );
         assert_eq!(parse("#1:http-429").unwrap().action, FaultAction::Http429);
         assert!(parse("#1:delay/2s").unwrap().action.at_accept());
+        assert_eq!(
+            parse("#1:bad-token"),
+            Ok(Fault {
+                connection: Some(1),
+                action: FaultAction::BadToken,
+                at: Duration::ZERO
+            })
+        );
+        let expire = parse("expire-token@30s").unwrap();
+        assert_eq!(
+            (expire.action, expire.at),
+            (FaultAction::ExpireToken, Duration::from_secs(30))
+        );
+        assert!(!expire.action.at_accept());
     }
 
     #[test]

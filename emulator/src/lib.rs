@@ -6,6 +6,12 @@
 //! messages, heartbeats with a lenient liveness rule) and able to misbehave on demand
 //! ([`fault`]). A seeded random-walk [`market`] feeds it.
 //!
+//! It can also show the real feed's field conditions: market hours (symbols go
+//! `out_of_session` and stop ticking, crypto trades on; [`EmulatorConfig::market_hours`],
+//! [`Emulator::set_market_open`]), refused and expiring auth tokens (the `bad-token` and
+//! `expire-token` faults, [`Emulator::revoke_token`]), the real `critical_error` for bad series
+//! parameters, heartbeats batched with data, and a proper close handshake.
+//!
 //! The protocol logic ([`session::Session`]) is plain code without I/O; [`Emulator`] serves it
 //! over loopback on tokio.
 //!
@@ -26,4 +32,6 @@ mod server;
 pub mod session;
 
 pub use fault::{Fault, FaultAction};
-pub use server::{Emulator, EmulatorConfig, Stats};
+pub use server::{
+    ConnectionEvent, Emulator, EmulatorConfig, MarketHours, QUOTE_SESSIONS_KEPT, Stats,
+};

@@ -93,6 +93,11 @@ impl Instrument {
         )
     }
 
+    /// Whether it trades around the clock (crypto), so market hours never close it.
+    pub fn always_open(&self) -> bool {
+        self.kind == Kind::Crypto
+    }
+
     /// Whether bars and quotes carry a volume.
     pub fn has_volume(&self) -> bool {
         matches!(self.kind, Kind::Stock | Kind::Crypto)
@@ -148,10 +153,16 @@ pub struct Tick {
 }
 
 /// All symbols and their random walks.
+///
+/// The market is open or closed as a whole; a closed market still trades its around-the-clock
+/// symbols ([`Instrument::always_open`]) and nothing else.
 #[derive(Debug, Clone)]
 pub struct Market {
     instruments: Vec<Instrument>,
     by_name: HashMap<String, usize>,
+    /// Indices of the symbols that trade while the market is closed.
+    always_open: Vec<usize>,
+    open: bool,
     rng: fastrand::Rng,
 }
 
@@ -191,10 +202,48 @@ impl Market {
             .enumerate()
             .map(|(index, instrument)| (instrument.name.clone(), index))
             .collect();
+        let always_open = instruments
+            .iter()
+            .enumerate()
+            .filter(|(_, instrument)| instrument.always_open())
+            .map(|(index, _)| index)
+            .collect();
         Market {
             instruments,
             by_name,
+            always_open,
+            open: true,
             rng,
+        }
+    }
+
+    /// Whether the market is open (in session).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Opens or closes the market; returns whether that changed anything.
+    pub fn set_open(&mut self, open: bool) -> bool {
+        let changed = self.open != open;
+        self.open = open;
+        changed
+    }
+
+    /// Whether symbol `index` trades now: the market is open, or the symbol never closes.
+    pub fn is_trading(&self, index: usize) -> bool {
+        self.open
+            || self
+                .instruments
+                .get(index)
+                .is_some_and(Instrument::always_open)
+    }
+
+    /// The `current_session` quote value of symbol `index` now: `market` or `out_of_session`.
+    pub fn current_session(&self, index: usize) -> &'static str {
+        if self.is_trading(index) {
+            "market"
+        } else {
+            "out_of_session"
         }
     }
 
@@ -213,12 +262,22 @@ impl Market {
         self.by_name.get(name).copied()
     }
 
-    /// Moves one random symbol's price and returns the tick.
+    /// Moves one random trading symbol's price and returns the tick; `None` when nothing trades
+    /// (no symbols, or a closed market without around-the-clock symbols).
     pub fn tick(&mut self, now: f64) -> Option<Tick> {
-        if self.instruments.is_empty() {
-            return None;
-        }
-        let symbol = self.rng.usize(..self.instruments.len());
+        let symbol = if self.open {
+            if self.instruments.is_empty() {
+                return None;
+            }
+            self.rng.usize(..self.instruments.len())
+        } else {
+            if self.always_open.is_empty() {
+                return None;
+            }
+            *self
+                .always_open
+                .get(self.rng.usize(..self.always_open.len()))?
+        };
         let step = (self.rng.f64() - 0.5) * 0.002;
         let size = (self.rng.f64() * 100.0).round() + 1.0;
         let instrument = self.instruments.get_mut(symbol)?;
@@ -234,32 +293,43 @@ impl Market {
     }
 }
 
-/// Seconds per bar for a timeframe string, `None` when it is not one the server knows.
-/// Second-based timeframes (`1S`) are known but not entitled for anonymous users.
+/// Seconds per bar for a timeframe string, `None` when the real server would answer it with
+/// `critical_error` "invalid parameters".
+///
+/// The forms it knows: digits only = minutes (`1` to `1440`); `NS` = seconds (known, but not
+/// entitled for anonymous users: the caller answers `series_error`); `D` / `ND` days; `W` / `NW`
+/// weeks; `M` / `NM` months (30 days each, for history spacing). Lower-case units (`15m`, `1h`,
+/// `1d`), hours (`4H`) and anything else are not timeframes.
 pub fn timeframe_seconds(timeframe: &str) -> Option<u64> {
-    let (digits, unit) = timeframe.split_at(
-        timeframe
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(timeframe.len()),
-    );
-    let count: u64 = if digits.is_empty() {
-        1
+    let split = timeframe
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(timeframe.len());
+    let (digits, unit) = timeframe.split_at(split);
+    let count: Option<u64> = if digits.is_empty() {
+        None
     } else {
-        digits.parse().ok()?
+        Some(digits.parse().ok()?)
     };
-    if count == 0 {
-        return None;
-    }
-    let unit_secs = match unit {
-        "" => 60,
-        "S" => 1,
-        "H" => 3_600,
+    let per_unit = match unit {
+        "" => {
+            let minutes = count?;
+            return (1..=1_440).contains(&minutes).then_some(minutes * 60);
+        }
+        // Seconds need a count: a bare `S` is not a timeframe.
+        "S" => {
+            count?;
+            1
+        }
         "D" => 86_400,
         "W" => 7 * 86_400,
         "M" => 30 * 86_400,
         _ => return None,
     };
-    count.checked_mul(unit_secs)
+    let count = count.unwrap_or(1);
+    if count == 0 {
+        return None;
+    }
+    count.checked_mul(per_unit)
 }
 
 /// `value` rounded to `decimals` places.
@@ -285,6 +355,34 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_market_trades_only_crypto() {
+        let mut market = Market::new(20, 3);
+        assert!(market.is_open() && market.is_trading(2));
+        assert!(market.set_open(false));
+        assert!(!market.set_open(false), "no change the second time");
+        assert_eq!(market.current_session(0), "market", "crypto never closes");
+        assert_eq!(market.current_session(2), "out_of_session");
+        assert_eq!(
+            market.current_session(5),
+            "out_of_session",
+            "forex closes too"
+        );
+        for _ in 0..500 {
+            let tick = market.tick(1.0).unwrap();
+            assert_eq!(market.instrument(tick.symbol).unwrap().kind, Kind::Crypto);
+        }
+        let mut stocks_only = Market::new(20, 3);
+        stocks_only
+            .instruments
+            .retain(|instrument| instrument.kind != Kind::Crypto);
+        stocks_only.always_open.clear();
+        stocks_only.set_open(false);
+        assert_eq!(stocks_only.tick(1.0), None);
+        market.set_open(true);
+        assert!((0..500).any(|_| market.tick(1.0).unwrap().symbol >= 2));
+    }
+
+    #[test]
     fn history_ends_at_the_current_bar_and_is_deterministic() {
         let market = Market::new(10, 1);
         let btc = market.instrument(0).unwrap();
@@ -306,9 +404,17 @@ mod tests {
         assert_eq!(timeframe_seconds("15"), Some(900));
         assert_eq!(timeframe_seconds("1D"), Some(86_400));
         assert_eq!(timeframe_seconds("D"), Some(86_400));
-        assert_eq!(timeframe_seconds("4H"), Some(14_400));
+        assert_eq!(timeframe_seconds("1440"), Some(86_400));
+        assert_eq!(timeframe_seconds("2D"), Some(2 * 86_400));
+        assert_eq!(timeframe_seconds("W"), Some(7 * 86_400));
+        assert_eq!(timeframe_seconds("3M"), Some(90 * 86_400));
+        assert_eq!(timeframe_seconds("M"), Some(30 * 86_400));
         assert_eq!(timeframe_seconds("5S"), Some(5));
-        assert_eq!(timeframe_seconds("15m"), None);
-        assert_eq!(timeframe_seconds("0"), None);
+        for invalid in [
+            "15m", "1h", "1d", "4H", "1H", "0", "1441", "0D", "S", "", "1 ", "-1", "1.5", "D1",
+            "60s", "1w",
+        ] {
+            assert_eq!(timeframe_seconds(invalid), None, "{invalid:?}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The emulator's tokio server: TCP accept, WebSocket upgrade, one task per connection.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +23,7 @@ use tokio_tungstenite::{WebSocketStream, accept_hdr_async};
 
 use crate::fault::{Fault, FaultAction};
 use crate::market::{Market, Tick};
-use crate::session::{self, Session};
+use crate::session::{self, RevokedTokens, Session};
 use tickwire_core::codec::{Decoder, Packet, encode_into};
 
 /// How the emulator behaves.
@@ -46,6 +48,34 @@ pub struct EmulatorConfig {
     pub faults: Vec<Fault>,
     /// Add the send time to every quote delta as `emu_ns` (for latency benchmarks).
     pub stamp_quotes: bool,
+    /// Market hours: open and closed in turn from the start (open first). `None`: always open.
+    /// Crypto symbols trade around the clock whatever the hours.
+    pub market_hours: Option<MarketHours>,
+    /// Start with the market closed; it stays closed (the schedule is ignored) until
+    /// [`Emulator::set_market_open`].
+    pub start_closed: bool,
+    /// Auth tokens refused from the start (as if expired).
+    pub revoked_tokens: Vec<String>,
+}
+
+/// A market-hours cycle: open for `open`, then closed for `closed`, and again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarketHours {
+    /// How long the market stays open each cycle.
+    pub open: Duration,
+    /// How long it then stays closed.
+    pub closed: Duration,
+}
+
+impl MarketHours {
+    /// Whether the market is open `elapsed` after the start of the first cycle.
+    pub fn is_open_at(&self, elapsed: Duration) -> bool {
+        let cycle = self.open.saturating_add(self.closed).as_nanos();
+        if cycle == 0 || self.closed.is_zero() {
+            return true;
+        }
+        elapsed.as_nanos() % cycle < self.open.as_nanos()
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -60,9 +90,15 @@ impl Default for EmulatorConfig {
             batch: true,
             faults: Vec::new(),
             stamp_quotes: false,
+            market_hours: None,
+            start_closed: false,
+            revoked_tokens: Vec::new(),
         }
     }
 }
+
+/// How many quote session ids [`Stats::quote_sessions`] keeps.
+pub const QUOTE_SESSIONS_KEPT: usize = 1_000;
 
 /// Counters of what the emulator did.
 #[derive(Debug, Default)]
@@ -79,8 +115,101 @@ pub struct Stats {
     pub messages_sent: AtomicU64,
     /// Faults carried out.
     pub faults: AtomicU64,
+    /// Auth tokens refused at `set_auth_token` or expired on a live connection.
+    pub token_rejections: AtomicU64,
+    quote_session_ids: Mutex<VecDeque<String>>,
 }
 
+impl Stats {
+    /// Every `quote_create_session` id seen, oldest first (the last [`QUOTE_SESSIONS_KEPT`]).
+    pub fn quote_sessions(&self) -> Vec<String> {
+        self.quote_session_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record_quote_session(&self, id: &str) {
+        let mut ids = self
+            .quote_session_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if ids.len() >= QUOTE_SESSIONS_KEPT {
+            ids.pop_front();
+        }
+        ids.push_back(id.to_owned());
+    }
+}
+
+/// Something that happened to a connection, for logs (`tickwire emulate --verbose`). Token
+/// values are never part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The WebSocket upgrade succeeded.
+    Open {
+        /// Connection number (1-based accept order).
+        connection: u64,
+    },
+    /// The client created a quote session.
+    QuoteSession {
+        /// Connection number.
+        connection: u64,
+        /// The client-chosen session id.
+        id: String,
+    },
+    /// The connection's auth token was refused or expired.
+    TokenRejected {
+        /// Connection number.
+        connection: u64,
+    },
+    /// The connection ended.
+    Closed {
+        /// Connection number.
+        connection: u64,
+    },
+}
+
+impl fmt::Display for ConnectionEvent {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionEvent::Open { connection } => write!(formatter, "conn #{connection} open"),
+            ConnectionEvent::QuoteSession { connection, id } => write!(
+                formatter,
+                "conn #{connection} quote session {}",
+                id.escape_debug()
+            ),
+            ConnectionEvent::TokenRejected { connection } => {
+                write!(formatter, "conn #{connection} token rejected")
+            }
+            ConnectionEvent::Closed { connection } => {
+                write!(formatter, "conn #{connection} closed")
+            }
+        }
+    }
+}
+
+/// Whether the market is open: the schedule, unless a start-closed config or
+/// [`Emulator::set_market_open`] forced it.
+#[derive(Debug)]
+struct MarketClock {
+    hours: Option<MarketHours>,
+    start: Instant,
+    forced: Option<bool>,
+}
+
+impl MarketClock {
+    fn open_now(&self) -> bool {
+        self.forced.unwrap_or_else(|| {
+            self.hours
+                .is_none_or(|hours| hours.is_open_at(self.start.elapsed()))
+        })
+    }
+}
+
+#[derive(Debug)]
 struct Shared {
     market: Mutex<Market>,
     config: EmulatorConfig,
@@ -90,6 +219,36 @@ struct Shared {
     control: broadcast::Sender<FaultAction>,
     shutdown: watch::Receiver<bool>,
     paused: Arc<AtomicBool>,
+    clock: Mutex<MarketClock>,
+    /// Bumped when the market opens or closes; connections then tell their quote sessions.
+    market_changes: watch::Sender<u64>,
+    revoked: Arc<RevokedTokens>,
+    events: broadcast::Sender<ConnectionEvent>,
+}
+
+impl Shared {
+    /// Brings the market's open state in line with the clock (both locked, so a forced state
+    /// and the schedule cannot race).
+    fn update_market_session(&self, force: Option<bool>) {
+        let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+        if force.is_some() {
+            clock.forced = force;
+        }
+        let open = clock.open_now();
+        let changed = self
+            .market
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_open(open);
+        drop(clock);
+        if changed {
+            self.market_changes.send_modify(|changes| *changes += 1);
+        }
+    }
+
+    fn event(&self, event: ConnectionEvent) {
+        let _ = self.events.send(event);
+    }
 }
 
 /// A running emulator. Dropping it stops accepting; [`Emulator::shutdown`] also closes every
@@ -102,6 +261,7 @@ pub struct Emulator {
     control: broadcast::Sender<FaultAction>,
     faults: Arc<Mutex<Vec<Fault>>>,
     paused: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
     market_task: JoinHandle<()>,
 }
@@ -126,8 +286,20 @@ impl Emulator {
         let (control, _) = broadcast::channel(64);
         let faults = Arc::new(Mutex::new(Vec::new()));
         let paused = Arc::new(AtomicBool::new(false));
+        let mut market = Market::new(config.symbols, config.seed);
+        market.set_open(!config.start_closed);
+        let (market_changes, _) = watch::channel(0);
+        let (events, _) = broadcast::channel(1_024);
         let shared = Arc::new(Shared {
-            market: Mutex::new(Market::new(config.symbols, config.seed)),
+            market: Mutex::new(market),
+            clock: Mutex::new(MarketClock {
+                hours: config.market_hours,
+                start: Instant::now(),
+                forced: config.start_closed.then_some(false),
+            }),
+            market_changes,
+            revoked: Arc::new(RevokedTokens::new(config.revoked_tokens.iter().cloned())),
+            events,
             config: config.clone(),
             faults: Mutex::new(config.faults.clone()),
             stats: Arc::clone(&stats),
@@ -149,9 +321,37 @@ impl Emulator {
             control,
             faults,
             paused,
+            shared,
             accept_task,
             market_task,
         })
+    }
+
+    /// Opens or closes the market now; the schedule ([`EmulatorConfig::market_hours`]) is
+    /// ignored from then on. Quote sessions get a `current_session` delta for every symbol
+    /// that changed; closed symbols stop ticking (crypto never closes).
+    pub fn set_market_open(&self, open: bool) {
+        self.shared.update_market_session(Some(open));
+    }
+
+    /// Whether the market is open now.
+    pub fn is_market_open(&self) -> bool {
+        self.shared
+            .market
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_open()
+    }
+
+    /// From now on, every connection presenting `token` at `set_auth_token` is refused
+    /// (`protocol_error` "bad auth token", then a close). Connections already using it go on.
+    pub fn revoke_token(&self, token: &str) {
+        self.shared.revoked.revoke(token);
+    }
+
+    /// Connection events from now on (open, quote session, token rejected, closed).
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.shared.events.subscribe()
     }
 
     /// The address it listens on.
@@ -208,8 +408,12 @@ async fn run_market(shared: Arc<Shared>) {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut owed = 0.0f64;
     let mut last = Instant::now();
+    let scheduled = shared.config.market_hours.is_some();
     loop {
         ticker.tick().await;
+        if scheduled {
+            shared.update_market_session(None);
+        }
         // Ticks owed for the time that really passed, so a late timer does not lower the rate.
         let now = Instant::now();
         owed += shared.config.rate_hz * now.duration_since(last).as_secs_f64();
@@ -293,14 +497,25 @@ async fn serve(tcp: TcpStream, number: u64, faults: Vec<Fault>, shared: Arc<Shar
     };
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     shared.stats.open.fetch_add(1, Ordering::Relaxed);
+    shared.event(ConnectionEvent::Open { connection: number });
     let mut connection = Connection::new(ws, number, faults, &shared);
     connection.run(&shared).await;
     shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+    shared.event(ConnectionEvent::Closed { connection: number });
 }
+
+/// How long a heartbeat that falls due while data flows may wait to share a message with it.
+const HEARTBEAT_HOLD: Duration = Duration::from_millis(50);
+
+/// Data sent this recently counts as flowing, for [`HEARTBEAT_HOLD`].
+const DATA_FLOWING: Duration = Duration::from_secs(1);
 
 /// How a connection ends.
 enum Ending {
+    /// Send what is queued, then a close frame.
     CloseFrame,
+    /// The client sent a close frame: answer it.
+    PeerClosed,
     Reset,
     ResetMidMessage,
     Gone,
@@ -319,6 +534,10 @@ struct Connection {
     heartbeat_counter: u64,
     unanswered_heartbeats: u32,
     outbox: Vec<String>,
+    /// A heartbeat waiting (until the instant) to go out with the next data.
+    held_heartbeat: Option<(String, Instant)>,
+    /// When market data last went into the outbox.
+    last_data: Option<Instant>,
 }
 
 impl Connection {
@@ -332,12 +551,21 @@ impl Connection {
             .into_iter()
             .filter(|fault| !fault.action.at_accept())
             .collect();
+        let mut session = Session::with_revoked_tokens(Arc::clone(&shared.revoked));
+        // A token refusal from the start must be in place before the first client packet.
+        pending_faults.retain(|fault| {
+            let at_once = fault.action == FaultAction::BadToken && fault.at.is_zero();
+            if at_once {
+                shared.stats.faults.fetch_add(1, Ordering::Relaxed);
+                session.reject_every_token();
+            }
+            !at_once
+        });
         pending_faults.sort_by_key(|fault| std::cmp::Reverse(fault.at));
-        let _ = shared;
         Connection {
             ws,
             number,
-            session: Session::new(),
+            session,
             decoder: Decoder::new(),
             opened: Instant::now(),
             pending_faults,
@@ -347,6 +575,8 @@ impl Connection {
             heartbeat_counter: 0,
             unanswered_heartbeats: 0,
             outbox: Vec::new(),
+            held_heartbeat: None,
+            last_data: None,
         }
     }
 
@@ -354,6 +584,7 @@ impl Connection {
         let mut ticks = shared.ticks.subscribe();
         let mut control = shared.control.subscribe();
         let mut shutdown = shared.shutdown.clone();
+        let mut market_changes = shared.market_changes.subscribe();
         let mut heartbeat = interval(shared.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -372,6 +603,13 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let held_until = self.held_heartbeat.as_ref().map(|(_, until)| *until);
+            let hold_timer = async {
+                match held_until {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 incoming = self.ws.next() => match incoming {
                     Some(Ok(Message::Text(text))) => {
@@ -380,7 +618,8 @@ impl Connection {
                             break ending;
                         }
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break Ending::Gone,
+                    Some(Ok(Message::Close(_))) => break Ending::PeerClosed,
+                    None | Some(Err(_)) => break Ending::Gone,
                     Some(Ok(_)) => {}
                 },
                 batch = ticks.recv() => match batch {
@@ -394,12 +633,21 @@ impl Connection {
                     }
                     self.heartbeat_counter += 1;
                     self.unanswered_heartbeats += 1;
-                    self.outbox.push(format!("~h~{}", self.heartbeat_counter));
+                    self.on_heartbeat_due(shared);
+                }
+                () = hold_timer => {
+                    if let Some((beat, _)) = self.held_heartbeat.take() {
+                        self.outbox.push(beat);
+                    }
+                }
+                Ok(()) = market_changes.changed() => {
+                    let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.session.on_market_session(&market, &mut self.outbox);
                 }
                 () = fault_timer => {
                     if let Some(fault) = self.pending_faults.pop() {
                         shared.stats.faults.fetch_add(1, Ordering::Relaxed);
-                        if let Some(ending) = self.apply(fault.action) {
+                        if let Some(ending) = self.apply(fault.action, shared) {
                             break ending;
                         }
                     }
@@ -407,7 +655,7 @@ impl Connection {
                 action = control.recv() => {
                     if let Ok(action) = action {
                         shared.stats.faults.fetch_add(1, Ordering::Relaxed);
-                        if let Some(ending) = self.apply(action) {
+                        if let Some(ending) = self.apply(action, shared) {
                             break ending;
                         }
                     }
@@ -415,7 +663,37 @@ impl Connection {
                 _ = shutdown.changed() => break Ending::CloseFrame,
             }
         };
-        self.end(ending).await;
+        self.end(ending, shared).await;
+    }
+
+    /// A heartbeat falls due: in batch mode, while data flows, it waits up to
+    /// [`HEARTBEAT_HOLD`] to share a message with the next data (as the real server's
+    /// batching does); otherwise it goes out at once.
+    fn on_heartbeat_due(&mut self, shared: &Shared) {
+        let beat = format!("~h~{}", self.heartbeat_counter);
+        let now = Instant::now();
+        let flowing = self
+            .last_data
+            .is_some_and(|at| now.duration_since(at) < DATA_FLOWING);
+        if let Some((earlier, _)) = self.held_heartbeat.take() {
+            self.outbox.push(earlier);
+        }
+        if shared.config.batch && flowing {
+            self.held_heartbeat = Some((beat, now + HEARTBEAT_HOLD));
+        } else {
+            self.outbox.push(beat);
+        }
+    }
+
+    /// Counts and reports a refused or expired token.
+    fn token_rejected(&self, shared: &Shared) {
+        shared
+            .stats
+            .token_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        shared.event(ConnectionEvent::TokenRejected {
+            connection: self.number,
+        });
     }
 
     fn on_client_text(&mut self, text: Bytes, shared: &Shared) -> Option<Ending> {
@@ -426,11 +704,20 @@ impl Connection {
                 Ok(Packet::Heartbeat(_)) => self.unanswered_heartbeats = 0,
                 Ok(Packet::Json(payload) | Packet::LegacyJson(payload)) => {
                     let payload = String::from_utf8_lossy(&payload);
-                    if self
+                    let result = self
                         .session
-                        .handle(&payload, &market, now, &mut self.outbox)
-                        .is_err()
-                    {
+                        .handle(&payload, &market, now, &mut self.outbox);
+                    for id in self.session.take_created_quote_sessions() {
+                        shared.stats.record_quote_session(&id);
+                        shared.event(ConnectionEvent::QuoteSession {
+                            connection: self.number,
+                            id,
+                        });
+                    }
+                    if let Err(fatal) = result {
+                        if fatal.is_bad_token() {
+                            self.token_rejected(shared);
+                        }
                         return Some(Ending::CloseFrame);
                     }
                 }
@@ -447,14 +734,18 @@ impl Connection {
             return;
         }
         let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = self.outbox.len();
         for tick in batch {
             self.session
                 .on_tick(tick, &market, shared.config.stamp_quotes, &mut self.outbox);
         }
+        if self.outbox.len() > before {
+            self.last_data = Some(Instant::now());
+        }
     }
 
     /// Carries out a fault; `Some` when it ends the connection.
-    fn apply(&mut self, action: FaultAction) -> Option<Ending> {
+    fn apply(&mut self, action: FaultAction, shared: &Shared) -> Option<Ending> {
         let now = Instant::now();
         match action {
             FaultAction::Drop | FaultAction::Refuse => return Some(Ending::Reset),
@@ -467,6 +758,14 @@ impl Connection {
             FaultAction::ProtocolError => {
                 self.outbox
                     .push(r#"{"m":"protocol_error","p":["wrong data"]}"#.to_owned());
+                return Some(Ending::CloseFrame);
+            }
+            FaultAction::BadToken => self.session.reject_every_token(),
+            FaultAction::ExpireToken => {
+                if self.session.expire_token(&mut self.outbox).is_err() {
+                    self.token_rejected(shared);
+                    return Some(Ending::CloseFrame);
+                }
             }
             FaultAction::Slow(pause) => self.slow = Some(pause),
             FaultAction::Delay(_) | FaultAction::Http429 => {}
@@ -478,6 +777,10 @@ impl Connection {
     async fn flush(&mut self, shared: &Shared) -> Option<Ending> {
         if self.outbox.is_empty() {
             return None;
+        }
+        // A held heartbeat rides along with whatever goes out first.
+        if let Some((beat, _)) = self.held_heartbeat.take() {
+            self.outbox.insert(0, beat);
         }
         let now = Instant::now();
         if self.stalled_until.is_some_and(|until| now < until) {
@@ -546,15 +849,26 @@ impl Connection {
         None
     }
 
-    async fn end(&mut self, ending: Ending) {
+    async fn end(&mut self, ending: Ending, shared: &Shared) {
         match ending {
             Ending::CloseFrame => {
+                // What the ending itself queued (protocol_error) goes out before the close.
+                if self.flush(shared).await.is_some() {
+                    return;
+                }
                 let frame = CloseFrame {
                     code: CloseCode::Normal,
                     reason: Utf8Bytes::from_static("bye"),
                 };
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+            }
+            Ending::PeerClosed => {
+                // tungstenite queued the reply to the client's close frame; the sink's close
+                // (not the stream's inherent `close`, which would send a second frame and fail)
+                // writes it out.
+                let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut self.ws))
+                    .await;
             }
             Ending::Reset => reset(self.ws.get_ref()),
             Ending::ResetMidMessage => {

@@ -2,7 +2,8 @@
 //! payloads out. Faithful to PROTOCOL.md: client-chosen ids and quote keys are echoed exactly,
 //! quotes start with a full snapshot then deltas, charts load history then stream `du`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 use tickwire_core::json::to_ascii_string;
@@ -15,15 +16,70 @@ pub const STAMP_PLACEHOLDER: &str = "0000000000000000000";
 /// Bars an anonymous user may load per series.
 pub const MAX_BARS: usize = 5_000;
 
+/// The `protocol_error` text of a refused or expired auth token.
+pub const BAD_AUTH_TOKEN: &str = "bad auth token";
+
 /// A client command that ends the connection after the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fatal(pub String);
 
+impl Fatal {
+    /// Whether the connection ends because its auth token was refused or expired.
+    pub fn is_bad_token(&self) -> bool {
+        self.0 == BAD_AUTH_TOKEN
+    }
+}
+
+/// Auth tokens no connection may use any more (expired or revoked), shared by every connection
+/// of an emulator.
+#[derive(Debug, Default)]
+pub struct RevokedTokens(Mutex<HashSet<String>>);
+
+impl RevokedTokens {
+    /// A list holding `tokens`.
+    pub fn new<I: IntoIterator<Item = String>>(tokens: I) -> RevokedTokens {
+        RevokedTokens(Mutex::new(tokens.into_iter().collect()))
+    }
+
+    /// From now on, `set_auth_token` with `token` is refused.
+    pub fn revoke(&self, token: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.to_owned());
+    }
+
+    /// Whether `token` was revoked.
+    pub fn is_revoked(&self, token: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(token)
+    }
+}
+
+#[derive(Debug)]
+struct QuoteSymbol {
+    index: usize,
+    /// The `current_session` this session was last told for the symbol.
+    current_session: &'static str,
+}
+
 #[derive(Debug, Default)]
 struct QuoteSession {
     fields: Option<Vec<String>>,
-    /// Quote key as added → symbol index.
-    symbols: BTreeMap<String, usize>,
+    /// Quote key as added → symbol.
+    symbols: BTreeMap<String, QuoteSymbol>,
+}
+
+impl QuoteSession {
+    fn wants(&self, field: &str) -> bool {
+        wants(self.fields.as_deref(), field)
+    }
+}
+
+fn wants(fields: Option<&[String]>, field: &str) -> bool {
+    fields.is_none_or(|fields| fields.iter().any(|wanted| wanted == field))
 }
 
 #[derive(Debug)]
@@ -46,25 +102,33 @@ struct ChartSession {
 #[derive(Debug, Default)]
 pub struct Session {
     token: Option<String>,
+    /// Refuse every `set_auth_token`, whatever the token (the `bad-token` fault).
+    reject_tokens: bool,
+    revoked: Arc<RevokedTokens>,
     quote_sessions: BTreeMap<String, QuoteSession>,
     chart_sessions: BTreeMap<String, ChartSession>,
+    /// `quote_create_session` ids not yet taken by [`Session::take_created_quote_sessions`].
+    created_quote_sessions: Vec<String>,
 }
 
-/// The hello the server sends first.
+/// The hello the server sends first, its fields in the real server's order (`session_id`
+/// first), compact ASCII JSON.
 pub fn hello(now: f64, connection: u64) -> String {
-    let seconds = now.floor();
-    to_ascii_string(&json!({
-        "session_id": format!("<0.{connection}.1>_emu-charts-1@tickwire-emulator"),
-        "timestamp": seconds as u64,
-        "timestampMs": (now * 1000.0).round() as u64,
-        "release": "tickwire-emulator",
-        "studies_metadata_hash": "0000000000000000000000000000000000000000",
-        "auth_scheme_vsn": 2,
-        "protocol": "json",
-        "via": "127.0.0.1:443",
-        "javastudies": ["3.66"],
-    }))
-    .unwrap_or_default()
+    let session_id = to_ascii_string(&format!(
+        "<0.{connection}.1>_emu-charts-1@tickwire-emulator"
+    ))
+    .unwrap_or_default();
+    let seconds = now.floor() as u64;
+    let millis = (now * 1000.0).round() as u64;
+    format!(
+        concat!(
+            r#"{{"session_id":{},"timestamp":{},"timestampMs":{},"#,
+            r#""release":"tickwire-emulator","#,
+            r#""studies_metadata_hash":"0000000000000000000000000000000000000000","#,
+            r#""auth_scheme_vsn":2,"protocol":"json","via":"127.0.0.1:443","javastudies":["3.66"]}}"#
+        ),
+        session_id, seconds, millis
+    )
 }
 
 fn message(method: &str, params: Value) -> String {
@@ -109,7 +173,7 @@ fn quote_delta(
     stamp: bool,
 ) -> String {
     use std::fmt::Write as _;
-    let wanted = |name: &str| fields.is_none_or(|fields| fields.iter().any(|field| field == name));
+    let wanted = |name: &str| wants(fields, name);
     let mut values = String::with_capacity(160);
     let mut put = |name: &str, value: &dyn std::fmt::Display| {
         if wanted(name) {
@@ -138,11 +202,45 @@ fn quote_delta(
     format!(r#"{{"m":"qsd","p":[{session},{{"n":{key},"s":"ok","v":{{{values}}}}}]}}"#)
 }
 
-fn quote_values(instrument: &Instrument, fields: Option<&[String]>, full: bool, now: f64) -> Value {
+/// A `qsd` delta of just `current_session`, as the real server sends when a symbol's session
+/// opens or closes.
+fn session_delta(session: &str, key: &str, current_session: &str) -> String {
+    message(
+        "qsd",
+        json!([session, {"n": key, "s": "ok", "v": {"current_session": current_session}}]),
+    )
+}
+
+/// The `critical_error` the real server sends for a series command with bad parameters: every
+/// parameter after the session, in order, strings bare, joined by ", " (so an empty last range
+/// string ends it in ", ]").
+fn invalid_parameters(session: &str, method: &str, params: &[Value]) -> String {
+    let args: Vec<String> = params
+        .iter()
+        .skip(1)
+        .map(|param| match param {
+            Value::String(text) => text.clone(),
+            other => to_ascii_string(other).unwrap_or_default(),
+        })
+        .collect();
+    let detail = format!("method: {method}. args: \"[{}]\"", args.join(", "));
+    message(
+        "critical_error",
+        json!([session, "invalid parameters", detail]),
+    )
+}
+
+fn quote_values(
+    instrument: &Instrument,
+    fields: Option<&[String]>,
+    full: bool,
+    current_session: &str,
+    now: f64,
+) -> Value {
     let (bid, ask) = instrument.bid_ask();
     let mut values = serde_json::Map::new();
     let mut put = |name: &str, value: Value| {
-        if fields.is_none_or(|fields| fields.iter().any(|field| field == name)) {
+        if wants(fields, name) {
             values.insert(name.to_owned(), value);
         }
     };
@@ -177,7 +275,7 @@ fn quote_values(instrument: &Instrument, fields: Option<&[String]>, full: bool, 
         );
         put("currency_code", json!("USD"));
         put("update_mode", json!("streaming"));
-        put("current_session", json!("market"));
+        put("current_session", json!(current_session));
         put(
             "type",
             json!(format!("{:?}", instrument.kind).to_lowercase()),
@@ -198,6 +296,45 @@ impl Session {
     /// A fresh connection.
     pub fn new() -> Session {
         Session::default()
+    }
+
+    /// A fresh connection that refuses the tokens in `revoked` (a list shared with other
+    /// connections).
+    pub fn with_revoked_tokens(revoked: Arc<RevokedTokens>) -> Session {
+        Session {
+            revoked,
+            ..Session::default()
+        }
+    }
+
+    /// From now on every `set_auth_token` is refused, whatever the token.
+    pub fn reject_every_token(&mut self) {
+        self.reject_tokens = true;
+    }
+
+    /// The auth token the connection was accepted with, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The connection's token expires now: it is revoked for every connection, and this one
+    /// gets `protocol_error` "bad auth token" in `out`.
+    ///
+    /// # Errors
+    /// [`Fatal`] (the connection must close after `out` is sent) when the connection had a
+    /// token; without one nothing happens.
+    pub fn expire_token(&mut self, out: &mut Vec<String>) -> Result<(), Fatal> {
+        let Some(token) = self.token.take() else {
+            return Ok(());
+        };
+        self.revoked.revoke(&token);
+        out.push(message("protocol_error", json!([BAD_AUTH_TOKEN])));
+        Err(Fatal(BAD_AUTH_TOKEN.into()))
+    }
+
+    /// The ids of the `quote_create_session` commands handled since the last call, in order.
+    pub fn take_created_quote_sessions(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.created_quote_sessions)
     }
 
     /// Whether any quote or chart session exists (the client has set up).
@@ -234,13 +371,18 @@ impl Session {
         match method {
             "set_auth_token" => {
                 let token = text(params.first()).unwrap_or_default();
-                if token.is_empty() || token.starts_with("bad") {
-                    out.push(message("protocol_error", json!(["bad auth token"])));
-                    return Err(Fatal("bad auth token".into()));
+                if self.reject_tokens
+                    || token.is_empty()
+                    || token.starts_with("bad")
+                    || self.revoked.is_revoked(token)
+                {
+                    out.push(message("protocol_error", json!([BAD_AUTH_TOKEN])));
+                    return Err(Fatal(BAD_AUTH_TOKEN.into()));
                 }
                 self.token = Some(token.to_owned());
             }
             "quote_create_session" => {
+                self.created_quote_sessions.push(session.clone());
                 self.quote_sessions.entry(session).or_default();
             }
             "quote_delete_session" => {
@@ -265,14 +407,26 @@ impl Session {
                             let Some(instrument) = market.instrument(index) else {
                                 continue;
                             };
-                            let values =
-                                quote_values(instrument, quotes.fields.as_deref(), true, now);
+                            let current_session = market.current_session(index);
+                            let values = quote_values(
+                                instrument,
+                                quotes.fields.as_deref(),
+                                true,
+                                current_session,
+                                now,
+                            );
                             out.push(message(
                                 "qsd",
                                 json!([session, {"n": key, "s": "ok", "v": values}]),
                             ));
                             out.push(message("quote_completed", json!([session, key])));
-                            quotes.symbols.insert(key, index);
+                            quotes.symbols.insert(
+                                key,
+                                QuoteSymbol {
+                                    index,
+                                    current_session,
+                                },
+                            );
                         }
                         None => {
                             out.push(message(
@@ -298,7 +452,7 @@ impl Session {
             }
             "resolve_symbol" => self.resolve_symbol(&session, params, market, now, out),
             "create_series" | "modify_series" => {
-                self.create_series(&session, params, market, now, out)
+                self.create_series(method, &session, params, market, now, out)
             }
             "remove_series" => {
                 if let (Some(chart), Some(series)) =
@@ -364,6 +518,7 @@ impl Session {
 
     fn create_series(
         &mut self,
+        method: &str,
         session: &str,
         params: &[Value],
         market: &Market,
@@ -379,24 +534,15 @@ impl Session {
             text(params.get(3)),
             text(params.get(4)),
         ) else {
-            out.push(message(
-                "critical_error",
-                json!([session, "invalid parameters", "create_series"]),
-            ));
+            out.push(invalid_parameters(session, method, params));
+            return;
+        };
+        let Some(timeframe_secs) = timeframe_seconds(timeframe) else {
+            out.push(invalid_parameters(session, method, params));
             return;
         };
         // A symbol that failed to resolve already had its symbol_error: the series never completes.
         let Some(Some(symbol)) = chart.symbols.get(symbol_id).copied() else {
-            return;
-        };
-        let Some(timeframe_secs) = timeframe_seconds(timeframe) else {
-            let detail = format!(
-                "method: create_series. args: \"[{series_id}, {turnaround}, {symbol_id}, {timeframe}]\""
-            );
-            out.push(message(
-                "critical_error",
-                json!([session, "invalid parameters", detail]),
-            ));
             return;
         };
         if timeframe.ends_with('S') {
@@ -465,15 +611,20 @@ impl Session {
     /// With `stamp`, each quote gets an `emu_ns` field holding [`STAMP_PLACEHOLDER`], which the
     /// server replaces with the Unix nanoseconds of the write, so a benchmark can measure
     /// latency from the emulator's send to the application.
+    ///
+    /// A symbol out of session gets nothing (a tick made before it closed may still arrive).
     pub fn on_tick(&mut self, tick: &Tick, market: &Market, stamp: bool, out: &mut Vec<String>) {
         let Some(instrument) = market.instrument(tick.symbol) else {
             return;
         };
+        if !market.is_trading(tick.symbol) {
+            return;
+        }
         for (session, quotes) in &self.quote_sessions {
             for (key, _) in quotes
                 .symbols
                 .iter()
-                .filter(|(_, index)| **index == tick.symbol)
+                .filter(|(_, symbol)| symbol.index == tick.symbol)
             {
                 out.push(quote_delta(
                     session,
@@ -518,6 +669,24 @@ impl Session {
                     "lbs": {"bar_close_time": (bar_time + step) as u64},
                 });
                 out.push(message("du", json!([session, {series_id.as_str(): entry}])));
+            }
+        }
+    }
+
+    /// The market opened or closed: every quote session gets a `qsd` delta of just the new
+    /// `current_session` for each of its symbols whose session changed since it was last told
+    /// (sessions whose field list leaves out `current_session` are told nothing).
+    pub fn on_market_session(&mut self, market: &Market, out: &mut Vec<String>) {
+        for (session, quotes) in &mut self.quote_sessions {
+            let told = quotes.wants("current_session");
+            for (key, symbol) in &mut quotes.symbols {
+                let now = market.current_session(symbol.index);
+                if now != symbol.current_session {
+                    symbol.current_session = now;
+                    if told {
+                        out.push(session_delta(session, key, now));
+                    }
+                }
             }
         }
     }
@@ -718,5 +887,277 @@ mod tests {
         assert!(out[0].contains("bad auth token"));
         assert!(run(&mut session, &market, "not json")[0].contains("wrong data"));
         assert!(hello(1.5, 3).contains("\"protocol\":\"json\""));
+    }
+
+    #[test]
+    fn closed_symbols_snapshot_out_of_session_get_no_ticks_and_a_delta_when_they_open() {
+        let mut market = Market::new(12, 1);
+        market.set_open(false);
+        let mut session = Session::new();
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_create_session","p":["qs_a"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_create_session","p":["qs_lp"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_set_fields","p":["qs_lp","lp"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"chart_create_session","p":["cs_a"]}"#,
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_add_symbols","p":["qs_a","NASDAQ:AAPL","BINANCE:BTCUSDT"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"quote_add_symbols","p":["qs_lp","NASDAQ:AAPL"]}"#,
+        );
+        let snapshot = |index: usize| {
+            let ServerMessage::QuoteData(quote) = message::parse(out[index].as_bytes()).unwrap()
+            else {
+                panic!("{}", out[index])
+            };
+            (
+                quote.values.current_session.value().map(|s| s.to_string()),
+                quote.values.update_mode.value().map(|s| s.to_string()),
+            )
+        };
+        assert_eq!(
+            snapshot(0),
+            (Some("out_of_session".into()), Some("streaming".into()))
+        );
+        assert_eq!(
+            snapshot(2),
+            (Some("market".into()), Some("streaming".into())),
+            "crypto trades 24x7"
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"resolve_symbol","p":["cs_a","sym","NASDAQ:AAPL"]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_a","s1","s1","sym","1",5,""]}"#,
+        );
+        let tick = |symbol: usize| Tick {
+            symbol,
+            price: 100.0,
+            size: 1.0,
+            time: 1_700_000_031.0,
+        };
+        let mut ticks = Vec::new();
+        session.on_tick(&tick(2), &market, false, &mut ticks);
+        assert!(ticks.is_empty(), "no qsd nor du while closed: {ticks:?}");
+        session.on_tick(&tick(0), &market, false, &mut ticks);
+        assert_eq!(ticks.len(), 1, "crypto still ticks");
+        let mut deltas = Vec::new();
+        session.on_market_session(&market, &mut deltas);
+        assert!(deltas.is_empty(), "nothing changed since the snapshot");
+        market.set_open(true);
+        session.on_market_session(&market, &mut deltas);
+        assert_eq!(
+            deltas,
+            [
+                r#"{"m":"qsd","p":["qs_a",{"n":"NASDAQ:AAPL","s":"ok","v":{"current_session":"market"}}]}"#
+            ],
+            "one delta of just current_session, not to qs_lp (no such field) nor for crypto"
+        );
+        deltas.clear();
+        session.on_market_session(&market, &mut deltas);
+        assert!(deltas.is_empty(), "told once");
+        let mut ticks = Vec::new();
+        session.on_tick(&tick(2), &market, false, &mut ticks);
+        assert_eq!(ticks.len(), 3, "two qsd and a du once open: {ticks:?}");
+        market.set_open(false);
+        session.on_market_session(&market, &mut deltas);
+        assert_eq!(
+            deltas,
+            [
+                r#"{"m":"qsd","p":["qs_a",{"n":"NASDAQ:AAPL","s":"ok","v":{"current_session":"out_of_session"}}]}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_series_parameters_get_the_real_critical_error() {
+        let market = Market::new(12, 1);
+        let mut session = Session::new();
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
+        );
+        run(
+            &mut session,
+            &market,
+            r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","NASDAQ:AAPL"]}"#,
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1h",300,""]}"#,
+        );
+        assert_eq!(
+            out,
+            [
+                r#"{"m":"critical_error","p":["cs_x","invalid parameters","method: create_series. args: \"[sds_1, s1, sds_sym_1, 1h, 300, ]\""]}"#
+            ]
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"modify_series","p":["cs_x","sds_1","s2","sds_sym_1","15m",""]}"#,
+        );
+        assert_eq!(
+            out,
+            [
+                r#"{"m":"critical_error","p":["cs_x","invalid parameters","method: modify_series. args: \"[sds_1, s2, sds_sym_1, 15m, ]\""]}"#
+            ]
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","4H",["bar_count",1700000000,10]]}"#,
+        );
+        assert_eq!(
+            out,
+            [
+                r#"{"m":"critical_error","p":["cs_x","invalid parameters","method: create_series. args: \"[sds_1, s1, sds_sym_1, 4H, [\"bar_count\",1700000000,10]]\""]}"#
+            ]
+        );
+        let out = run(
+            &mut session,
+            &market,
+            r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1",60,10]}"#,
+        );
+        assert!(
+            out[0].contains("method: create_series. args: \\\"[sds_1, s1, sds_sym_1, 60, 10]\\\""),
+            "{out:?}"
+        );
+        for good in ["1", "1440", "D", "2D", "W", "1W", "M", "3M"] {
+            let out = run(
+                &mut session,
+                &market,
+                &format!(
+                    r#"{{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","{good}",3,""]}}"#
+                ),
+            );
+            assert!(
+                out.last().unwrap().contains("series_completed"),
+                "{good}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_and_revoked_tokens_are_refused_everywhere_others_work() {
+        let market = Market::new(2, 1);
+        let revoked = Arc::new(RevokedTokens::new(["old".to_owned()]));
+        let set = |session: &mut Session, token: &str| {
+            let mut out = Vec::new();
+            let result = session.handle(
+                &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
+                &market,
+                1.0,
+                &mut out,
+            );
+            (result, out)
+        };
+        let refused = (
+            Err(Fatal(BAD_AUTH_TOKEN.into())),
+            vec![r#"{"m":"protocol_error","p":["bad auth token"]}"#.to_owned()],
+        );
+        let mut first = Session::with_revoked_tokens(Arc::clone(&revoked));
+        assert_eq!(set(&mut first, "old"), refused, "configured as revoked");
+        assert_eq!(set(&mut first, "jwt-1"), (Ok(()), vec![]));
+        assert_eq!(first.token(), Some("jwt-1"));
+        let mut out = Vec::new();
+        assert!(first.expire_token(&mut out).unwrap_err().is_bad_token());
+        assert_eq!(out, refused.1);
+        assert!(revoked.is_revoked("jwt-1"));
+        let mut second = Session::with_revoked_tokens(Arc::clone(&revoked));
+        assert_eq!(set(&mut second, "jwt-1"), refused, "the expired token");
+        assert_eq!(set(&mut second, "jwt-2"), (Ok(()), vec![]), "another one");
+        revoked.revoke("jwt-3");
+        assert_eq!(set(&mut second, "jwt-3"), refused);
+        let mut anonymous = Session::new();
+        let mut out = Vec::new();
+        assert_eq!(
+            anonymous.expire_token(&mut out),
+            Ok(()),
+            "no token, nothing to expire"
+        );
+        assert!(out.is_empty());
+        anonymous.reject_every_token();
+        assert_eq!(set(&mut anonymous, "unauthorized_user_token"), refused);
+    }
+
+    #[test]
+    fn quote_session_ids_are_reported_once_in_order() {
+        let market = Market::new(2, 1);
+        let mut session = Session::new();
+        for id in ["qs_b", "qs_a", "qs_b"] {
+            run(
+                &mut session,
+                &market,
+                &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
+            );
+        }
+        assert_eq!(
+            session.take_created_quote_sessions(),
+            ["qs_b", "qs_a", "qs_b"]
+        );
+        assert!(session.take_created_quote_sessions().is_empty());
+    }
+
+    #[test]
+    fn the_hello_lists_session_id_first_in_the_real_order() {
+        let hello = hello(1_700_000_000.25, 7);
+        assert!(hello.is_ascii() && !hello.contains(' '), "{hello}");
+        let parsed: Value = serde_json::from_str(&hello).unwrap();
+        assert_eq!(parsed["timestampMs"], 1_700_000_000_250u64);
+        assert_eq!(
+            parsed["session_id"],
+            "<0.7.1>_emu-charts-1@tickwire-emulator"
+        );
+        let order = [
+            "session_id",
+            "timestamp",
+            "timestampMs",
+            "release",
+            "studies_metadata_hash",
+            "auth_scheme_vsn",
+            "protocol",
+            "via",
+            "javastudies",
+        ];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|key| hello.find(&format!("\"{key}\":")).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{hello}"
+        );
+        assert!(hello.starts_with(r#"{"session_id":"#));
+        assert_eq!(parsed.as_object().unwrap().len(), order.len());
+        assert!(matches!(
+            message::parse(hello.as_bytes()).unwrap(),
+            ServerMessage::Hello(_)
+        ));
     }
 }
