@@ -48,6 +48,7 @@ struct ServerConn {
     rejections: Vec<String>,
     series: BTreeMap<String, f64>,
     idle_heartbeats: u32,
+    heartbeats: u32,
     heartbeat_counter: u64,
     unechoed: VecDeque<String>,
     stalled_until: Option<Instant>,
@@ -71,6 +72,9 @@ struct Sim {
     closed_series_times: BTreeMap<u64, f64>,
     pending_token: bool,
     poll_round: Option<u64>,
+    /// The next attempt the client last reported, and the time of the step before this one.
+    reported_attempt: Option<Instant>,
+    previous_now: Instant,
     closed: bool,
     step: u64,
     stats: Stats,
@@ -127,6 +131,8 @@ impl Sim {
             closed_series_times: BTreeMap::new(),
             pending_token: false,
             poll_round: None,
+            reported_attempt: None,
+            previous_now: start,
             closed: false,
             step: 0,
             stats: Stats::default(),
@@ -156,6 +162,7 @@ impl Sim {
     // ----- the world acts ------------------------------------------------------------------
 
     fn act(&mut self) {
+        self.previous_now = self.now;
         self.now += Duration::from_millis(self.rng.u64(0..1_500));
         if let Some(due) = self.client.poll_timeout() {
             if due <= self.now {
@@ -355,10 +362,15 @@ impl Sim {
         let Some((id, _)) = self.connection else {
             return;
         };
+        let before = self.client.status(self.now);
+        let subscribed =
+            !self.client.quote_symbols().is_empty() || !self.client.bar_subscriptions().is_empty();
+        let mut proven = before.session_proven;
         let mut zombie_expected = false;
+        let mut dead_expected = false;
         let mut fatal = false;
         for packet in packets {
-            if fatal || zombie_expected {
+            if fatal || zombie_expected || dead_expected {
                 break;
             }
             if packet.contains("~h~") {
@@ -369,10 +381,21 @@ impl Sim {
                     .to_owned();
                 self.server.unechoed.push_back(payload);
                 self.server.idle_heartbeats += 1;
-                zombie_expected = self.server.idle_heartbeats >= self.config.idle_heartbeats;
+                self.server.heartbeats += 1;
+                let limit = self.config.idle_heartbeats;
+                // The client's rules (see `liveness`): an unproven session is dead after `limit`
+                // heartbeats; a proven one is a zombie after `limit` idle ones, unless its quiet
+                // wait has grown (which takes hours of silence, never reached here).
+                dead_expected = subscribed && !proven && self.server.heartbeats >= limit;
+                zombie_expected = subscribed
+                    && proven
+                    && before.market.next_verdict_after.is_zero()
+                    && self.server.idle_heartbeats >= limit;
                 continue;
             }
             self.server.idle_heartbeats = 0;
+            // Every qsd and du the simulated server sends answers one of the client's sessions.
+            proven |= packet.contains("\"m\":\"qsd\"") || packet.contains("\"m\":\"du\"");
             fatal = packet.contains("protocol_error");
             if let Some(rest) = packet.split("\"n\":\"").nth(1) {
                 let symbol = rest.split('"').next().unwrap_or_default().to_owned();
@@ -396,18 +419,23 @@ impl Sim {
             },
         );
         let outputs = self.drain();
-        let zombie_closed = outputs.iter().any(|output| {
-            matches!(
-                output,
-                Output::Close {
-                    cause: DisconnectCause::Zombie,
-                    ..
-                }
-            )
-        });
+        let closed_for = |cause: DisconnectCause| {
+            outputs
+                .iter()
+                .any(|output| matches!(output, Output::Close { cause: c, .. } if *c == cause))
+        };
+        let zombie_closed = closed_for(DisconnectCause::Zombie);
+        let dead_closed = closed_for(DisconnectCause::DeadSession);
+        check!(
+            self,
+            dead_closed == (dead_expected && !self.closed),
+            "dead session closed: {dead_closed}, expected: {dead_expected}"
+        );
         if zombie_expected {
             self.stats.zombie += 1;
             let limit = self.config.idle_heartbeats;
+            // A proven session with nothing to wait for is judged at once; an unproven one is a
+            // dead session, and a quiet one waits longer (checked by the scenarios below).
             check!(
                 self,
                 zombie_closed || self.closed,
@@ -453,6 +481,17 @@ impl Sim {
                     "a second connection while {:?} exists",
                     self.connection
                 );
+                // A delay the status reports is the delay that happens: the attempt comes at the
+                // first step at or after the reported time, never before it.
+                if let Some(reported) = self.reported_attempt {
+                    check!(
+                        self,
+                        reported <= self.now && (reported > self.previous_now || reported == self.now),
+                        "attempt at {:?}, but the status said {:?}",
+                        self.now - self.start,
+                        reported - self.start
+                    );
+                }
                 self.stats.connects += 1;
                 let delay = Duration::from_millis(self.rng.u64(0..3_000));
                 let pending = match self.rng.u8(0..10) {
@@ -593,6 +632,7 @@ impl Sim {
                 );
             }
             Event::State(change) => {
+                self.reported_attempt = change.next_attempt;
                 // After a rejected token the attempt also waits for the fresh token (or its timeout).
                 let awaiting_token =
                     self.pending_token || change.cause == Some(DisconnectCause::BadAuthToken);
@@ -601,7 +641,13 @@ impl Sim {
                         .next_attempt
                         .expect("a scheduled attempt")
                         .saturating_duration_since(self.now);
-                    let base = if change.consecutive_failures == 0 {
+                    // Verdicts on a proven session retry after the grace delay whatever the
+                    // failure count; everything else backs off by the count.
+                    let verdict = matches!(
+                        change.cause,
+                        Some(DisconnectCause::Zombie | DisconnectCause::DataSilence | DisconnectCause::MaxAge)
+                    );
+                    let base = if change.consecutive_failures == 0 || verdict {
                         self.config.grace
                     } else {
                         let doublings = (change.consecutive_failures - 1).min(31);
