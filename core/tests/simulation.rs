@@ -486,7 +486,8 @@ impl Sim {
                 if let Some(reported) = self.reported_attempt {
                     check!(
                         self,
-                        reported <= self.now && (reported > self.previous_now || reported == self.now),
+                        reported <= self.now
+                            && (reported > self.previous_now || reported == self.now),
                         "attempt at {:?}, but the status said {:?}",
                         self.now - self.start,
                         reported - self.start
@@ -645,7 +646,11 @@ impl Sim {
                     // failure count; everything else backs off by the count.
                     let verdict = matches!(
                         change.cause,
-                        Some(DisconnectCause::Zombie | DisconnectCause::DataSilence | DisconnectCause::MaxAge)
+                        Some(
+                            DisconnectCause::Zombie
+                                | DisconnectCause::DataSilence
+                                | DisconnectCause::MaxAge
+                        )
                     );
                     let base = if change.consecutive_failures == 0 || verdict {
                         self.config.grace

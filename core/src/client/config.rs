@@ -96,7 +96,11 @@ pub struct Config {
     /// Consecutive failures that open the circuit breaker (`TICKWIRE_MAX_ATTEMPTS`).
     pub max_attempts: u32,
     /// How long the open circuit waits before a half-open probe (`TICKWIRE_BREAKER_RECOVERY`).
+    /// Each time the probe fails too, the wait doubles, up to `breaker_recovery_max`, so even an
+    /// open circuit never settles into a fixed-rate loop.
     pub breaker_recovery: Duration,
+    /// The longest wait of the open circuit (`TICKWIRE_BREAKER_RECOVERY_MAX`).
+    pub breaker_recovery_max: Duration,
     /// Outbound commands allowed per minute (`TICKWIRE_RATE_LIMIT`).
     pub rate_limit_per_minute: u32,
     /// Commands that may go at once (`TICKWIRE_BURST`).
@@ -172,6 +176,7 @@ impl Default for Config {
             jitter: 0.2,
             max_attempts: 3,
             breaker_recovery: Duration::from_secs(60),
+            breaker_recovery_max: Duration::from_secs(600),
             rate_limit_per_minute: 60,
             burst: 10,
             max_queued_commands: 1024,
@@ -247,6 +252,7 @@ impl Config {
             self.backoff_initial,
             self.backoff_max,
             self.breaker_recovery,
+            self.breaker_recovery_max,
             self.history_timeout,
             self.token_timeout,
             self.max_age.unwrap_or_default(),
@@ -259,6 +265,9 @@ impl Config {
         .unwrap_or_default();
         if longest > MAX_DURATION {
             return invalid("durations must not exceed 30 days");
+        }
+        if self.breaker_recovery_max < self.breaker_recovery {
+            return invalid("breaker recovery must not be above the breaker recovery max");
         }
         if self.quiet_recheck.is_zero() || self.quiet_recheck_max < self.quiet_recheck {
             return invalid("quiet recheck must be positive and not above the quiet recheck max");
@@ -317,7 +326,7 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        let durations: [(&str, &mut Duration); 15] = [
+        let durations: [(&str, &mut Duration); 16] = [
             ("TICKWIRE_CONNECT_TIMEOUT", &mut config.connect_timeout),
             ("TICKWIRE_HANDSHAKE_TIMEOUT", &mut config.handshake_timeout),
             ("TICKWIRE_READ_TIMEOUT", &mut config.read_timeout),
@@ -331,6 +340,10 @@ impl Config {
             ("TICKWIRE_BACKOFF_INITIAL", &mut config.backoff_initial),
             ("TICKWIRE_BACKOFF_MAX", &mut config.backoff_max),
             ("TICKWIRE_BREAKER_RECOVERY", &mut config.breaker_recovery),
+            (
+                "TICKWIRE_BREAKER_RECOVERY_MAX",
+                &mut config.breaker_recovery_max,
+            ),
             ("TICKWIRE_HISTORY_TIMEOUT", &mut config.history_timeout),
             ("TICKWIRE_TOKEN_TIMEOUT", &mut config.token_timeout),
         ];

@@ -216,6 +216,10 @@ pub struct Client {
     token_retry_used: bool,
     /// Why the previous connection ended, to spot a rejection that repeats.
     last_ending: Option<DisconnectCause>,
+    /// Times the breaker opened since the last stable connection: its wait doubles each time.
+    breaker_trips: u32,
+    /// The market may have changed during the message being handled: report it at the end.
+    market_dirty: bool,
     /// Zombie and data-silence verdicts in a row on acknowledged, quiet links.
     quiet_verdicts: u32,
     /// Desired quote symbols whose `current_session` says they are out of session.
@@ -262,6 +266,8 @@ impl Client {
             awaiting_token_until: None,
             token_retry_used: false,
             last_ending: None,
+            breaker_trips: 0,
+            market_dirty: false,
             quiet_verdicts: 0,
             out_of_session: 0,
             reported_market: Market::Unknown,
@@ -627,6 +633,7 @@ impl Client {
                     link.stable = true;
                 }
                 self.consecutive_failures = 0;
+                self.breaker_trips = 0;
                 self.emit_state(None);
             }
             // Both run in `after_step`, which every entry point ends with.
@@ -953,7 +960,18 @@ impl Client {
                 || (refused_for_rate && retry_after.is_none());
             if open_breaker {
                 self.breaker = Breaker::Open;
-                let recovery = self.jittered(self.config.breaker_recovery);
+                self.breaker_trips = self.breaker_trips.saturating_add(1);
+                let doublings = self.breaker_trips.saturating_sub(1).min(31);
+                let recovery = self
+                    .config
+                    .breaker_recovery
+                    .saturating_mul(1u32 << doublings)
+                    .min(
+                        self.config
+                            .breaker_recovery_max
+                            .max(self.config.breaker_recovery),
+                    );
+                let recovery = self.jittered(recovery);
                 self.link = Link::CircuitOpen {
                     until: add(now, recovery.max(floor.unwrap_or_default())),
                 };
@@ -1030,6 +1048,9 @@ impl Client {
             .counters
             .resyncs
             .saturating_add(u64::from(packets.resyncs()));
+        if std::mem::take(&mut self.market_dirty) {
+            self.report_market(now);
+        }
     }
 
     fn on_heartbeat(&mut self, now: Instant, beat: &crate::codec::Heartbeat) {
@@ -1111,6 +1132,7 @@ impl Client {
             return;
         }
         link.proven_at = Some(now);
+        self.market_dirty = true;
         self.breaker = Breaker::Closed;
         self.token_retry_used = false;
         self.emit_state(None);
@@ -1335,7 +1357,7 @@ impl Client {
         self.counters.quotes = self.counters.quotes.saturating_add(1);
         self.push_event(Event::Quote(event));
         if changed.contains(QuoteFields::CURRENT_SESSION) {
-            self.report_market(now);
+            self.market_dirty = true;
         }
     }
 
@@ -1343,6 +1365,7 @@ impl Client {
         self.last_tick = Some(now);
         if let Link::Open(link) = &mut self.link {
             link.last_tick = now;
+            self.market_dirty |= !link.ticked;
             link.ticked = true;
             link.ticked_since_heartbeat = true;
         }

@@ -420,7 +420,7 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
     assert_eq!(status.next_attempt, Some(h.now + 60 * SECOND));
     // Nothing before the recovery time.
     assert!(connect_id(&h.at(62 * SECOND)).is_none());
-    // The half-open probe fails: the breaker re-opens for another recovery period.
+    // The half-open probe fails: the breaker re-opens for twice the recovery period.
     let probe_at = 63 * SECOND;
     let probe = connect_id(&h.at(probe_at)).expect("probe");
     assert_eq!(h.client.status(h.now).breaker, Breaker::HalfOpen);
@@ -429,9 +429,9 @@ fn failed_attempts_back_off_then_open_the_breaker_then_probe() {
         error: TransportError::new(TransportErrorKind::Refused, "refused"),
     });
     assert_eq!(h.client.status(h.now).breaker, Breaker::Open);
-    assert!(connect_id(&h.at(probe_at + 59 * SECOND)).is_none());
+    assert!(connect_id(&h.at(probe_at + 119 * SECOND)).is_none());
     // The next probe succeeds: the breaker closes and failures reset on the first data packet.
-    let probe = connect_id(&h.at(probe_at + 60 * SECOND)).expect("second probe");
+    let probe = connect_id(&h.at(probe_at + 120 * SECOND)).expect("second probe");
     h.input(Input::Connected(probe));
     assert_eq!(
         h.client.status(h.now).breaker,
@@ -1159,4 +1159,146 @@ fn subscriptions_and_history_have_bounds_with_clear_outcomes() {
         Event::History(HistoryEvent { id, result: Err(HistoryError::TooManyBars(3)), .. }) if *id == request
     )));
     assert!(methods(&outputs).contains(&"remove_series".to_owned()));
+}
+
+#[test]
+fn critical_error_naming_a_chart_command_fails_that_request_at_once() {
+    let mut h = Harness::new(no_jitter());
+    let id = h.go_live();
+    let history = h.client.request_history(h.now, "A", "60", 10);
+    let series = h.client.subscribe_bars(h.now, "B", "1D", 10).unwrap();
+    h.drain();
+    let chart = h.chart_session();
+    let detail = format!(
+        r#"method: create_series. args: \"[sds_{}, s1, sds_sym_{}, 60, 10, ]\""#,
+        history.0, history.0
+    );
+    let outputs = h.server(
+        id,
+        &format!(r#"{{"m":"critical_error","p":["{chart}","invalid parameters","{detail}"]}}"#),
+    );
+    let answered: Vec<&Event> = events(&outputs);
+    assert!(
+        answered.iter().any(|event| matches!(event,
+            Event::History(HistoryEvent { id, result: Err(HistoryError::Rejected(reason)), .. })
+                if *id == history && reason.contains("invalid parameters") && reason.contains("create_series"))),
+        "{answered:?}"
+    );
+    assert!(h.client.pending_history().is_empty());
+    assert_eq!(
+        h.client.bar_subscriptions().len(),
+        1,
+        "the other request stands"
+    );
+    assert!(closes(&outputs).is_empty(), "the socket stays");
+    // Naming no id, it fails what the server has not answered yet: here the bar series.
+    let outputs = h.server(
+        id,
+        &format!(
+            r#"{{"m":"critical_error","p":["{chart}","invalid parameters","create_series"]}}"#
+        ),
+    );
+    assert!(events(&outputs).iter().any(|event| matches!(event,
+        Event::SeriesError { series: failed, reason, .. } if *failed == series && reason.contains("rejected"))));
+    assert!(h.client.bar_subscriptions().is_empty());
+    // On the quote session it is only reported.
+    let quote = h.quote_session();
+    let outputs = h.server(
+        id,
+        &format!(
+            r#"{{"m":"critical_error","p":["{quote}","invalid_parameters","quote_add_symbols"]}}"#
+        ),
+    );
+    assert!(matches!(
+        events(&outputs)[..],
+        [Event::CriticalError { .. }]
+    ));
+}
+
+#[test]
+fn time_that_runs_backwards_is_read_as_the_latest_time_seen() {
+    let mut h = Harness::new(no_jitter());
+    let id = h.expect_connect();
+    h.input(Input::ConnectFailed {
+        id,
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
+    });
+    let due = h.client.poll_timeout().unwrap();
+    h.now = due;
+    assert!(connect_id(&h.at(due - h.start)).is_some());
+    // A clock that jumps back fires nothing early and moves no deadline back.
+    let deadline = h.client.deadline(Timer::Connect).unwrap();
+    h.client.handle_timeout(h.start);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.client.deadline(Timer::Connect), Some(deadline));
+    assert_eq!(h.client.next_timer(), Some((Timer::Connect, deadline)));
+}
+
+#[test]
+fn a_young_connection_that_drops_is_a_failure_and_a_stable_one_is_not() {
+    let mut h = Harness::new(no_jitter());
+    h.client.subscribe_quotes(h.now, ["A"]);
+    let id = h.go_live();
+    let session = h.quote_session();
+    h.server(id, &qsd(&session, "A", r#""lp":1"#));
+    assert_eq!(
+        h.client.deadline(Timer::Stable),
+        Some(h.start + 30 * SECOND)
+    );
+    h.input(Input::Disconnected {
+        id,
+        error: TransportError::new(TransportErrorKind::Reset, "reset"),
+    });
+    let status = h.client.status(h.now);
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(
+        status.next_attempt,
+        Some(h.now + SECOND),
+        "backoff, not grace"
+    );
+}
+
+#[test]
+fn the_first_protocol_error_on_a_stable_connection_is_not_a_failure_but_a_repeat_is() {
+    let mut h = Harness::new(no_jitter());
+    let id = h.go_live();
+    h.heartbeats_until(id, 10 * SECOND, 40 * SECOND);
+    h.server(id, r#"{"m":"protocol_error","p":["wrong data"]}"#);
+    assert_eq!(h.client.status(h.now).consecutive_failures, 0);
+    let at = h.client.poll_timeout().unwrap() - h.start;
+    let id = connect_id(&h.at(at)).unwrap();
+    h.input(Input::Connected(id));
+    h.server(id, r#"{"protocol":"json"}"#);
+    h.heartbeats_until(id, 10 * SECOND, at + 40 * SECOND);
+    h.server(id, r#"{"m":"protocol_error","p":["wrong data"]}"#);
+    assert_eq!(h.client.status(h.now).consecutive_failures, 1);
+}
+
+#[test]
+fn out_of_session_symbols_are_counted_through_subscribe_changes() {
+    let mut h = Harness::new(no_jitter());
+    h.client.subscribe_quotes(h.now, ["A", "B"]);
+    let id = h.go_live();
+    let session = h.quote_session();
+    h.server(
+        id,
+        &qsd(&session, "A", r#""current_session":"out_of_session""#),
+    );
+    assert_eq!(h.client.status(h.now).market.out_of_session, 1);
+    let outputs = h.server(
+        id,
+        &qsd(&session, "B", r#""current_session":"out_of_session""#),
+    );
+    assert!(
+        events(&outputs)
+            .iter()
+            .any(|event| matches!(event, Event::Market(status) if status.market == Market::Closed))
+    );
+    h.client.unsubscribe_quotes(h.now, ["A"]);
+    assert_eq!(h.client.status(h.now).market.out_of_session, 1);
+    // Closed: heartbeats for an hour take no verdict; only the read timeout still applies.
+    let outputs = h.heartbeats_until(id, 10 * SECOND, 3_600 * SECOND);
+    assert!(closes(&outputs).is_empty(), "{:?}", closes(&outputs));
+    let outputs = h.at(3_600 * SECOND + 16 * SECOND);
+    assert_eq!(closes(&outputs), [DisconnectCause::ReadTimeout]);
 }
