@@ -135,12 +135,22 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// the scheme's default port when the URL names none).
 ///
 /// # Errors
-/// [`TransportErrorKind::BadUrl`] for a URL without a host, or without a port and a `ws`/`wss`
-/// scheme.
+/// [`TransportErrorKind::BadUrl`] for a URL without a host or with a scheme other than `ws` or
+/// `wss`.
 pub fn host_and_port(
     request: &tungstenite::handshake::client::Request,
 ) -> Result<(String, u16), TransportError> {
     let uri = request.uri();
+    let default_port = match uri.scheme_str() {
+        Some("wss") => 443,
+        Some("ws") => 80,
+        _ => {
+            return Err(TransportError::new(
+                TransportErrorKind::BadUrl,
+                format!("{uri} is not a ws:// or wss:// URL"),
+            ));
+        }
+    };
     let host = uri.host().filter(|host| !host.is_empty()).ok_or_else(|| {
         TransportError::new(TransportErrorKind::BadUrl, format!("no host in {uri}"))
     })?;
@@ -148,16 +158,7 @@ pub fn host_and_port(
         .strip_prefix('[')
         .and_then(|host| host.strip_suffix(']'))
         .unwrap_or(host);
-    let port = uri
-        .port_u16()
-        .or(match uri.scheme_str() {
-            Some("wss") => Some(443),
-            Some("ws") => Some(80),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            TransportError::new(TransportErrorKind::BadUrl, format!("no port for {uri}"))
-        })?;
+    let port = uri.port_u16().unwrap_or(default_port);
     Ok((host.to_owned(), port))
 }
 
@@ -521,6 +522,10 @@ mod tests {
         );
         assert_eq!(
             request("not a url").err().map(|error| error.kind),
+            Some(TransportErrorKind::BadUrl)
+        );
+        assert_eq!(
+            host("http://127.0.0.1:80/").err().map(|error| error.kind),
             Some(TransportErrorKind::BadUrl)
         );
     }
