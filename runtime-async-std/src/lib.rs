@@ -119,3 +119,69 @@ pub fn connect_with(config: Config, options: Options) -> Feed {
     async_std::task::spawn(driver);
     feed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_tungstenite::stream::Stream as Switch;
+    use async_tungstenite::tungstenite;
+    use std::net::TcpListener;
+    use std::time::Duration;
+    use tickwire_driver::TransportErrorKind;
+
+    fn request(url: String) -> ConnectRequest {
+        ConnectRequest {
+            id: tickwire_core::client::ConnectionId(1),
+            url,
+            origin: "https://www.tradingview.com".to_owned(),
+            timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A loopback WebSocket server for one connection, read until it ends.
+    fn server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                if let Ok(mut ws) = tungstenite::accept(stream) {
+                    while ws.read().is_ok() {}
+                }
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn sockets_have_nodelay_like_tokio() {
+        let address = server();
+        smol::block_on(async {
+            let socket = AsyncIoRuntime
+                .connect(&request(format!("ws://{address}/")))
+                .await
+                .expect("connects");
+            match socket.0.get_ref() {
+                Switch::Plain(stream) => assert!(stream.nodelay().expect("nodelay")),
+                Switch::Tls(_) => panic!("a ws:// socket is plain TCP"),
+            }
+        });
+    }
+
+    #[test]
+    fn wss_to_a_plain_tcp_port_fails_typed() {
+        // The peer hangs up on the TLS client hello.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        std::thread::spawn(move || drop(listener.accept()));
+        let error = smol::block_on(AsyncIoRuntime.connect(&request(format!("wss://{address}/"))))
+            .expect_err("fails");
+        assert!(
+            matches!(
+                error.kind,
+                TransportErrorKind::Tls | TransportErrorKind::Reset
+            ),
+            "{error}"
+        );
+    }
+}
