@@ -348,6 +348,8 @@ struct StuckRuntime {
     closes_started: Arc<AtomicUsize>,
     closes_finished: Arc<AtomicUsize>,
     release: Shared<futures::channel::oneshot::Receiver<()>>,
+    /// Sends never complete either (the peer takes nothing).
+    blocked_sends: bool,
 }
 
 struct StuckSocket {
@@ -365,7 +367,11 @@ impl Stream for StuckSocket {
 impl Sink<String> for StuckSocket {
     type Error = TransportError;
     fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        Poll::Ready(Ok(()))
+        if self.runtime.blocked_sends {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
     fn start_send(self: Pin<&mut Self>, _: String) -> Result<(), TransportError> {
         Ok(())
@@ -422,6 +428,7 @@ fn a_close_that_never_finishes_does_not_hold_up_the_next_connect() {
         closes_started: Arc::default(),
         closes_finished: Arc::default(),
         release: released.shared(),
+        blocked_sends: false,
     };
     let (config, options) = impatient("ws://127.0.0.1:1/".to_owned());
     let (feed, driver) = tickwire_driver::start(runtime.clone(), config, options);
@@ -454,6 +461,127 @@ fn a_close_that_never_finishes_does_not_hold_up_the_next_connect() {
         runtime.closes_started.load(Ordering::SeqCst),
         "every close ran to its end before the feed reported itself closed"
     );
+}
+
+/// A runtime whose connects never finish; counts the attempts started and dropped.
+#[derive(Clone, Default)]
+struct HangingRuntime {
+    connects: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts its drop.
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Runtime for HangingRuntime {
+    type Socket = StuckSocket;
+
+    fn connect(
+        &self,
+        _: &ConnectRequest,
+    ) -> BoxFuture<'static, Result<StuckSocket, TransportError>> {
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        let counter = DropCounter(Arc::clone(&self.dropped));
+        async move {
+            let _counter = counter;
+            futures::future::pending().await
+        }
+        .boxed()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        async move {
+            async_io::Timer::at(deadline).await;
+        }
+        .boxed()
+    }
+}
+
+#[test]
+fn the_core_times_out_a_hanging_connect_and_the_driver_drops_it() {
+    let runtime = HangingRuntime::default();
+    let (config, options) = impatient("ws://127.0.0.1:1/".to_owned());
+    let config = Config {
+        connect_timeout: Duration::from_millis(200),
+        ..config
+    };
+    let (feed, driver) = tickwire_driver::start(runtime.clone(), config, options);
+    let driver = std::thread::spawn(move || futures::executor::block_on(driver));
+    futures::executor::block_on(async {
+        eventually(Duration::from_secs(10), "a second attempt", || {
+            runtime.connects.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+    });
+    assert!(
+        runtime.dropped.load(Ordering::SeqCst) >= 1,
+        "the timed-out attempt was dropped"
+    );
+    assert!(
+        feed.status()
+            .client
+            .counters
+            .disconnects
+            .get(tickwire_core::client::DisconnectCause::ConnectTimeout)
+            >= 1
+    );
+    futures::executor::block_on(within(
+        Duration::from_secs(10),
+        "the feed to close",
+        feed.close(),
+    ));
+    assert!(driver.join().is_ok());
+    assert_eq!(
+        runtime.dropped.load(Ordering::SeqCst),
+        runtime.connects.load(Ordering::SeqCst),
+        "no attempt outlives the feed"
+    );
+}
+
+#[test]
+fn a_send_the_peer_never_takes_ends_in_a_send_timeout() {
+    let (release, released) = futures::channel::oneshot::channel::<()>();
+    let runtime = StuckRuntime {
+        connects: Arc::default(),
+        closes_started: Arc::default(),
+        closes_finished: Arc::default(),
+        release: released.shared(),
+        blocked_sends: false,
+    };
+    let blocked = StuckRuntime {
+        blocked_sends: true,
+        ..runtime.clone()
+    };
+    let (config, options) = impatient("ws://127.0.0.1:1/".to_owned());
+    let config = Config {
+        send_timeout: Duration::from_millis(200),
+        handshake_timeout: Duration::from_secs(30),
+        ..config
+    };
+    let (feed, driver) = tickwire_driver::start(blocked, config, options);
+    let driver = std::thread::spawn(move || futures::executor::block_on(driver));
+    futures::executor::block_on(async {
+        eventually(Duration::from_secs(10), "a send timeout", || {
+            feed.status()
+                .client
+                .last_failure
+                .is_some_and(|failure| failure.starts_with("send timeout"))
+        })
+        .await;
+    });
+    let _ = release.send(());
+    futures::executor::block_on(within(
+        Duration::from_secs(10),
+        "the feed to close",
+        feed.close(),
+    ));
+    assert!(driver.join().is_ok());
 }
 
 // ----- runtimes ---------------------------------------------------------------------------------
