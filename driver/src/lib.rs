@@ -12,23 +12,25 @@ mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
-use futures::future::{BoxFuture, Fuse, FutureExt};
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{Sink, SinkExt, Stream};
 
 pub use events::{EventQueue, Events};
-pub use socket::{TungsteniteSocket, upgrade_request, websocket_config};
+pub use socket::{
+    Phase, TungsteniteSocket, connect_first, host_and_port, io_error_kind, is_dns_failure,
+    resolve_error, retry_after, transport_error, upgrade_request, websocket_config,
+};
+use tickwire_core::client::{Client, ConnectionId, Output};
 pub use tickwire_core::client::{
     BarsError, Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote,
-    SeriesId, State, Status,
+    SeriesId, State, Status, TransportError, TransportErrorKind,
 };
-use tickwire_core::client::{Client, Output, TransportError, TransportErrorKind};
 pub use tickwire_core::message::Bar;
 
 /// What arrives on a socket.
@@ -36,18 +38,20 @@ pub use tickwire_core::message::Bar;
 pub enum SocketEvent {
     /// One text message.
     Text(Bytes),
-    /// The socket closed or failed.
-    Closed(String),
+    /// The socket closed (a close frame: [`TransportErrorKind::Closed`] with its code) or failed
+    /// (a reset, a TLS error…). The stream simply ending is reported as a reset by the driver.
+    Closed(TransportError),
 }
 
-/// An open WebSocket as the driver sees it: text messages in, text messages out.
+/// An open WebSocket as the driver sees it: text messages in, text messages out; a failed send
+/// says why with a typed [`TransportError`].
 pub trait Socket:
-    Stream<Item = SocketEvent> + Sink<String, Error = String> + Send + Unpin + 'static
+    Stream<Item = SocketEvent> + Sink<String, Error = TransportError> + Send + Unpin + 'static
 {
 }
 
 impl<T> Socket for T where
-    T: Stream<Item = SocketEvent> + Sink<String, Error = String> + Send + Unpin + 'static
+    T: Stream<Item = SocketEvent> + Sink<String, Error = TransportError> + Send + Unpin + 'static
 {
 }
 
@@ -56,9 +60,15 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Its socket type.
     type Socket: Socket;
 
-    /// Opens a WebSocket as `request` says (URL, `Origin`). The driver applies the timeout.
-    fn connect(&self, request: &ConnectRequest)
-    -> BoxFuture<'static, Result<Self::Socket, String>>;
+    /// Opens a WebSocket as `request` says (URL, `Origin`), or says why it could not with a
+    /// typed [`TransportError`] (see [`transport_error`]).
+    ///
+    /// Neither the runtime nor the driver times the attempt: the core owns the connect timeout
+    /// and, when it passes, asks for the attempt to be closed; the driver then drops this future.
+    fn connect(
+        &self,
+        request: &ConnectRequest,
+    ) -> BoxFuture<'static, Result<Self::Socket, TransportError>>;
 
     /// Completes at `deadline`.
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
@@ -82,7 +92,9 @@ pub struct Options {
     pub token_provider: Option<TokenProvider>,
     /// Runs fallback polls; without one, poll requests are ignored.
     pub poller: Option<Arc<dyn Poller>>,
-    /// How long a close frame may take on shutdown.
+    /// How long closing a socket may take (sending the close frame). Closes run beside the
+    /// driver loop, which keeps serving the client meanwhile; on shutdown the driver waits for
+    /// the last ones, this long at most, before the feed reports itself closed.
     pub close_timeout: Duration,
 }
 
@@ -283,11 +295,18 @@ impl Feed {
 }
 
 /// Creates the feed and the driver future; the runtime crate spawns the future.
+///
+/// A `config` without a [`Config::seed`] gets one drawn from the operating system for this
+/// client (through the standard library's randomly keyed hasher, see [`os_seed`]), so every feed
+/// has its own session ids and reconnect jitter; set a seed to make both reproducible.
 pub fn start<R: Runtime>(
     runtime: R,
-    config: Config,
+    mut config: Config,
     options: Options,
 ) -> (Feed, impl Future<Output = ()> + Send + 'static) {
+    if config.seed.is_none() {
+        config.seed = Some(os_seed());
+    }
     let (wake, wakeups) = mpsc::channel(1);
     let (done, finished) = oneshot::channel();
     let shared = Arc::new(Shared {
@@ -304,6 +323,7 @@ pub fn start<R: Runtime>(
         socket: None,
         connecting: None,
         tasks: FuturesUnordered::new(),
+        closing: FuturesUnordered::new(),
     };
     let future = async move {
         driver.run(wakeups).await;
@@ -319,23 +339,49 @@ pub fn start<R: Runtime>(
     )
 }
 
-type Connecting<S> =
-    Pin<Box<Fuse<BoxFuture<'static, (tickwire_core::client::ConnectionId, Result<S, String>)>>>>;
+/// A seed for one client from the operating system's randomness, with no dependency: each
+/// [`RandomState`](std::collections::hash_map::RandomState) is keyed from OS randomness (drawn
+/// once per thread, then varied per instance), and a process-wide counter hashed in keeps two
+/// clients created in one process apart even if keys ever repeat.
+pub fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
+/// The open connection, with the send timeout its [`ConnectRequest`] set.
+struct Open<S> {
+    id: ConnectionId,
+    socket: S,
+    send_timeout: Duration,
+}
+
+/// The connection attempt in flight.
+struct Attempt<S> {
+    id: ConnectionId,
+    send_timeout: Duration,
+    connect: BoxFuture<'static, Result<S, TransportError>>,
+}
 
 struct Driver<R: Runtime> {
     runtime: R,
     shared: Arc<Shared>,
     options: Options,
-    socket: Option<(tickwire_core::client::ConnectionId, R::Socket)>,
-    connecting: Option<Connecting<R::Socket>>,
+    socket: Option<Open<R::Socket>>,
+    connecting: Option<Attempt<R::Socket>>,
     /// Token requests and polls in flight; each ends as an input for the client.
     tasks: FuturesUnordered<BoxFuture<'static, Input>>,
+    /// Sockets being closed, each within the close timeout, beside the loop.
+    closing: FuturesUnordered<BoxFuture<'static, ()>>,
 }
 
 /// What woke the driver.
 enum Wakeup<S> {
     Socket(Option<SocketEvent>),
-    Connected(tickwire_core::client::ConnectionId, Result<S, String>),
+    Connected(Result<S, TransportError>),
     Task(Input),
     Changed,
     Timer,
@@ -358,9 +404,12 @@ impl<R: Runtime> Driver<R> {
             let wakeup = self.wait(&mut wakeups, deadline).await;
             self.handle(wakeup);
         }
-        if let Some((_, socket)) = self.socket.take() {
-            self.close_socket(socket).await;
+        self.connecting = None;
+        if let Some(open) = self.socket.take() {
+            self.close_socket(open.socket);
         }
+        // Every close started at most `close_timeout` ago and ends by then.
+        while self.closing.next().await.is_some() {}
         self.shared.events.close();
         // Pending history waiters were answered with Closed by the client; drop any leftovers.
         self.shared
@@ -380,6 +429,7 @@ impl<R: Runtime> Driver<R> {
             socket,
             connecting,
             tasks,
+            closing,
             ..
         } = self;
         let timer = match deadline {
@@ -389,7 +439,7 @@ impl<R: Runtime> Driver<R> {
         futures::pin_mut!(timer);
         let socket_next = async {
             match socket.as_mut() {
-                Some((_, socket)) => socket.next().await,
+                Some(open) => open.socket.next().await,
                 None => futures::future::pending().await,
             }
         }
@@ -397,7 +447,7 @@ impl<R: Runtime> Driver<R> {
         futures::pin_mut!(socket_next);
         let connecting = async {
             match connecting.as_mut() {
-                Some(connecting) => connecting.await,
+                Some(attempt) => (&mut attempt.connect).await,
                 None => futures::future::pending().await,
             }
         }
@@ -412,10 +462,20 @@ impl<R: Runtime> Driver<R> {
         }
         .fuse();
         futures::pin_mut!(task);
+        let closed = async {
+            if closing.is_empty() {
+                futures::future::pending::<Option<()>>().await
+            } else {
+                closing.next().await
+            }
+        }
+        .fuse();
+        futures::pin_mut!(closed);
         futures::select_biased! {
             event = socket_next => Wakeup::Socket(event),
-            (id, result) = connecting => Wakeup::Connected(id, result),
+            result = connecting => Wakeup::Connected(result),
             input = task => input.map_or(Wakeup::Changed, Wakeup::Task),
+            _ = closed => Wakeup::Changed,
             _ = wakeups.next() => Wakeup::Changed,
             () = timer => Wakeup::Timer,
         }
@@ -423,41 +483,48 @@ impl<R: Runtime> Driver<R> {
 
     fn handle(&mut self, wakeup: Wakeup<R::Socket>) {
         let now = Instant::now();
-        let mut client = self.shared.client();
+        let shared = Arc::clone(&self.shared);
+        let mut client = shared.client();
         match wakeup {
             Wakeup::Socket(Some(SocketEvent::Text(text))) => {
-                if let Some((id, _)) = &self.socket {
-                    client.handle_input(now, Input::Message { id: *id, text });
+                if let Some(open) = &self.socket {
+                    client.handle_input(now, Input::Message { id: open.id, text });
                 }
             }
-            Wakeup::Socket(Some(SocketEvent::Closed(reason))) => {
-                if let Some((id, _)) = self.socket.take() {
-                    let error = TransportError::new(TransportErrorKind::Other, reason);
-                    client.handle_input(now, Input::Disconnected { id, error });
+            Wakeup::Socket(Some(SocketEvent::Closed(error))) => {
+                if let Some(open) = self.socket.take() {
+                    client.handle_input(now, Input::Disconnected { id: open.id, error });
+                    // After a close frame this sends the reply tungstenite queued; after a
+                    // failure it ends at once. Either way, beside the loop.
+                    self.close_socket(open.socket);
                 }
             }
             Wakeup::Socket(None) => {
-                if let Some((id, _)) = self.socket.take() {
+                if let Some(open) = self.socket.take() {
                     client.handle_input(
                         now,
                         Input::Disconnected {
-                            id,
+                            id: open.id,
                             error: TransportError::new(TransportErrorKind::Reset, "socket ended"),
                         },
                     );
                 }
             }
-            Wakeup::Connected(id, result) => {
-                self.connecting = None;
+            Wakeup::Connected(result) => {
+                let Some(attempt) = self.connecting.take() else {
+                    return;
+                };
+                let id = attempt.id;
                 match result {
                     Ok(socket) => {
-                        self.socket = Some((id, socket));
+                        self.socket = Some(Open {
+                            id,
+                            socket,
+                            send_timeout: attempt.send_timeout,
+                        });
                         client.handle_input(now, Input::Connected(id));
                     }
-                    Err(reason) => {
-                        let error = TransportError::new(TransportErrorKind::Other, reason);
-                        client.handle_input(now, Input::ConnectFailed { id, error });
-                    }
+                    Err(error) => client.handle_input(now, Input::ConnectFailed { id, error }),
                 }
             }
             Wakeup::Task(input) => client.handle_input(now, input),
@@ -486,54 +553,51 @@ impl<R: Runtime> Driver<R> {
     async fn execute(&mut self, output: Output) {
         match output {
             Output::Connect(request) => {
-                if let Some((_, socket)) = self.socket.take() {
-                    self.close_socket(socket).await;
+                if let Some(open) = self.socket.take() {
+                    self.close_socket(open.socket);
                 }
-                let connect = self.runtime.connect(&request);
-                let timer = self.runtime.sleep_until(Instant::now() + request.timeout);
-                let id = request.id;
-                let attempt = async move {
-                    futures::select_biased! {
-                        result = connect.fuse() => (id, result),
-                        () = timer.fuse() => (id, Err("connect timed out".to_owned())),
-                    }
-                }
-                .boxed()
-                .fuse();
-                self.connecting = Some(Box::pin(attempt));
+                // No timer here: the core owns the connect timeout and sends `Close` for this
+                // attempt when it passes, which drops the future below.
+                self.connecting = Some(Attempt {
+                    id: request.id,
+                    send_timeout: request.send_timeout,
+                    connect: self.runtime.connect(&request),
+                });
             }
             Output::Transmit { id, text } => {
-                let Some((current, socket)) = self.socket.as_mut() else {
+                let Some(open) = self.socket.as_mut().filter(|open| open.id == id) else {
                     return;
                 };
-                if *current != id {
-                    return;
-                }
-                let send_timeout = self.shared.client().config().send_timeout;
-                let timer = self.runtime.sleep_until(Instant::now() + send_timeout);
+                let timer = self.runtime.sleep_until(Instant::now() + open.send_timeout);
                 let sent = futures::select_biased! {
-                    result = socket.send(text).fuse() => result,
-                    () = timer.fuse() => Err("send timed out: the peer is not reading".to_owned()),
+                    result = open.socket.send(text).fuse() => result,
+                    () = timer.fuse() => Err(TransportError::new(
+                        TransportErrorKind::SendTimeout,
+                        format!("send blocked for {:?}: the peer is not reading", open.send_timeout),
+                    )),
                 };
-                if let Err(reason) = sent {
+                if let Err(error) = sent {
+                    // Dropped, not closed: a close frame would queue behind the stuck send.
                     self.socket = None;
-                    let error = TransportError::new(TransportErrorKind::Other, reason);
                     self.shared
                         .client()
                         .handle_input(Instant::now(), Input::Disconnected { id, error });
                 }
             }
             Output::Close { id, .. } => {
-                if self
-                    .socket
-                    .as_ref()
-                    .is_some_and(|(current, _)| *current == id)
-                {
-                    if let Some((_, socket)) = self.socket.take() {
-                        self.close_socket(socket).await;
+                if self.socket.as_ref().is_some_and(|open| open.id == id) {
+                    if let Some(open) = self.socket.take() {
+                        self.close_socket(open.socket);
                     }
                 }
-                self.connecting = None;
+                if self
+                    .connecting
+                    .as_ref()
+                    .is_some_and(|attempt| attempt.id == id)
+                {
+                    // The attempt timed out or was abandoned: dropping it cancels the connect.
+                    self.connecting = None;
+                }
             }
             Output::RequestAuthToken => match &self.options.token_provider {
                 Some(provider) => {
@@ -579,9 +643,10 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Closes `socket` within the close timeout.
-    fn close_socket(&self, socket: R::Socket) -> impl Future<Output = ()> + Send + 'static {
-        close_socket(self.runtime.clone(), self.options.close_timeout, socket)
+    /// Starts closing `socket` within the close timeout, beside the loop.
+    fn close_socket(&mut self, socket: R::Socket) {
+        let close = close_socket(self.runtime.clone(), self.options.close_timeout, socket);
+        self.closing.push(close.boxed());
     }
 }
 
