@@ -26,11 +26,11 @@ pub use socket::{
     Phase, TungsteniteSocket, connect_first, host_and_port, io_error_kind, is_dns_failure,
     resolve_error, retry_after, transport_error, upgrade_request, websocket_config,
 };
-use tickwire_core::client::{Client, ConnectionId, Output};
 pub use tickwire_core::client::{
     BarsError, Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote,
     SeriesId, State, Status, TransportError, TransportErrorKind,
 };
+use tickwire_core::client::{Client, ConnectionId, Output};
 pub use tickwire_core::message::Bar;
 
 /// What arrives on a socket.
@@ -357,6 +357,9 @@ struct Open<S> {
     id: ConnectionId,
     socket: S,
     send_timeout: Duration,
+    /// A send failed: nothing more is sent, but what the peer sent before it closed (a
+    /// `protocol_error` saying why, typically) is still read and handed to the core.
+    send_failed: bool,
 }
 
 /// The connection attempt in flight.
@@ -521,6 +524,7 @@ impl<R: Runtime> Driver<R> {
                             id,
                             socket,
                             send_timeout: attempt.send_timeout,
+                            send_failed: false,
                         });
                         client.handle_input(now, Input::Connected(id));
                     }
@@ -565,7 +569,11 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Output::Transmit { id, text } => {
-                let Some(open) = self.socket.as_mut().filter(|open| open.id == id) else {
+                let Some(open) = self
+                    .socket
+                    .as_mut()
+                    .filter(|open| open.id == id && !open.send_failed)
+                else {
                     return;
                 };
                 let timer = self.runtime.sleep_until(Instant::now() + open.send_timeout);
@@ -576,12 +584,19 @@ impl<R: Runtime> Driver<R> {
                         format!("send blocked for {:?}: the peer is not reading", open.send_timeout),
                     )),
                 };
-                if let Err(error) = sent {
-                    // Dropped, not closed: a close frame would queue behind the stuck send.
-                    self.socket = None;
-                    self.shared
-                        .client()
-                        .handle_input(Instant::now(), Input::Disconnected { id, error });
+                match sent {
+                    Ok(()) => {}
+                    Err(error) if error.kind == TransportErrorKind::SendTimeout => {
+                        // Dropped, not closed: a close frame would queue behind the stuck send.
+                        self.socket = None;
+                        self.shared
+                            .client()
+                            .handle_input(Instant::now(), Input::Disconnected { id, error });
+                    }
+                    // The peer closed while we were sending (it rejected our token, say): keep
+                    // reading, so its last words reach the core before the close does. The
+                    // core's read timeout bounds a read side that never ends.
+                    Err(_) => open.send_failed = true,
                 }
             }
             Output::Close { id, .. } => {

@@ -56,6 +56,7 @@ fn config(server: &Server) -> Config {
         backoff_max: Duration::from_secs(1),
         jitter: 0.0,
         breaker_recovery: Duration::from_secs(1),
+        stable_after: Duration::from_millis(500),
         rate_limit_per_minute: 6_000,
         burst: 100,
         history_timeout: Duration::from_secs(5),
@@ -287,11 +288,13 @@ async fn breaker_opens_then_half_open_probe_recovers(connect: impl Fn(Config, Op
         "the probe waited for the recovery time"
     );
     let status = feed.status().client;
-    assert_eq!(
-        (status.breaker, status.consecutive_failures),
-        (Breaker::Closed, 0)
-    );
-    assert_eq!(status.counters.connection_attempts, 4);
+    assert_eq!(status.breaker, Breaker::Closed, "the probe worked");
+    // The failures reset once the connection has lasted `stable_after`.
+    eventually(Duration::from_secs(3), "the failure count to reset", || {
+        feed.status().client.consecutive_failures == 0
+    })
+    .await;
+    assert_eq!(feed.status().client.counters.connection_attempts, 4);
     feed.close().await;
 }
 
@@ -436,6 +439,177 @@ async fn a_rejected_token_is_replaced_by_the_provider(connect: impl Fn(Config, O
         1
     );
     feed.close().await;
+}
+
+/// A market that is closed: heartbeats only, every symbol out of session. The client must not
+/// churn, and must stream again on the same connection when the market opens.
+async fn a_closed_market_is_not_a_dead_link(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 200.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(100),
+        start_closed: true,
+        ..EmulatorConfig::default()
+    });
+    let feed = connect(config(&server), Options::default());
+    // Not crypto: crypto trades around the clock.
+    feed.subscribe(["NASDAQ:AAPL", "FX:EURUSD"]);
+    let mut events = feed.events();
+    let closed = wait_for(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, Event::Market(status) if status.market == tickwire_core::client::Market::Closed)
+    })
+    .await;
+    assert!(closed, "the client saw the market close");
+    // Forty heartbeats, eight zombie windows: a churning client would reconnect eight times.
+    sleep(Duration::from_secs(4)).await;
+    let status = feed.status().client;
+    assert_eq!(
+        status.counters.connections, 1,
+        "{:?}",
+        status.counters.disconnects
+    );
+    server.emulator().set_market_open(true);
+    let quoted = wait_for(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, Event::Quote(quote) if quote.changed.names().any(|name| name == "lp"))
+    })
+    .await;
+    assert!(quoted, "ticks again once the market opens");
+    assert_eq!(feed.status().client.counters.connections, 1);
+    feed.close().await;
+}
+
+/// A market in session with no ticks at all: the first verdict re-checks the session once,
+/// after that the acknowledged, quiet session is left alone.
+async fn a_quiet_market_is_checked_once_not_churned(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 0.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(100),
+        ..EmulatorConfig::default()
+    });
+    let feed = connect(config(&server), Options::default());
+    feed.subscribe(["NASDAQ:AAPL"]);
+    let mut events = feed.events();
+    let quiet = wait_for(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, Event::Market(status) if status.market == tickwire_core::client::Market::Quiet)
+    })
+    .await;
+    assert!(quiet, "the client saw the market go quiet");
+    sleep(Duration::from_secs(4)).await;
+    let status = feed.status().client;
+    assert!(
+        status.counters.connections <= 2,
+        "{} connections: {:?}",
+        status.counters.connections,
+        status.counters.disconnects
+    );
+    assert!(status.market.quiet_verdicts <= 1 && status.session_proven);
+    feed.close().await;
+}
+
+/// A token the server rejects, with nothing to replace it: the application is told, and the
+/// attempts back off instead of repeating at a fixed rate.
+async fn a_rejected_token_without_a_provider_backs_off(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(200.0);
+    let config = Config {
+        auth_token: "bad-forever".to_owned(),
+        ..config(&server)
+    };
+    let feed = connect(config, Options::default());
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    let told = wait_for(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, Event::AuthTokenRejected { refreshed: false })
+    })
+    .await;
+    assert!(told, "the rejection reached the application");
+    eventually(Duration::from_secs(5), "the breaker to open", || {
+        feed.status().client.breaker == Breaker::Open
+    })
+    .await;
+    let status = feed.status().client;
+    assert!(status.consecutive_failures >= 3, "{status:?}");
+    assert_eq!(
+        status
+            .counters
+            .disconnects
+            .get(DisconnectCause::BadAuthToken),
+        status.counters.connections,
+        "{:?} {:?}",
+        status.counters.disconnects,
+        status.last_failure
+    );
+    feed.close().await;
+}
+
+/// A token that expires mid-session: the provider's fresh one takes over.
+async fn an_expired_token_is_refreshed(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::with_faults(&["#1:expire-token@500ms"]);
+    let provider: tickwire_driver::TokenProvider =
+        std::sync::Arc::new(|| Box::pin(async { Some("fresh-token".to_owned()) }));
+    let config = Config {
+        auth_token: "short-lived".to_owned(),
+        ..config(&server)
+    };
+    let feed = connect(
+        config,
+        Options {
+            token_provider: Some(provider),
+            ..Options::default()
+        },
+    );
+    feed.subscribe(SYMBOLS);
+    let mut events = feed.events();
+    let refreshed = wait_for(&mut events, Duration::from_secs(5), |event| {
+        matches!(event, Event::AuthTokenRejected { refreshed: true })
+    })
+    .await;
+    assert!(refreshed);
+    quotes_for_every_symbol(&feed, &mut events, Duration::from_secs(5)).await;
+    assert_eq!(feed.status().client.counters.connections, 2);
+    feed.close().await;
+}
+
+/// Timeframes the server would reject are refused before anything is sent.
+async fn invalid_timeframes_are_refused_at_once(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::quick(50.0);
+    let feed = connect(config(&server), Options::default());
+    let started = Instant::now();
+    let result = feed.history("NASDAQ:AAPL", "7X", 10).await;
+    assert!(
+        matches!(&result, Err(HistoryError::InvalidTimeframe(text)) if text.contains("1D")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered without the server"
+    );
+    assert!(feed.subscribe_bars("NASDAQ:AAPL", "15min", 10).is_err());
+    // The forms people type are mapped to the server's.
+    let bars = feed
+        .history("NASDAQ:AAPL", "1h", 5)
+        .await
+        .expect("1h is 60");
+    assert_eq!(bars.len(), 5);
+    feed.close().await;
+}
+
+/// Waits until an event matches, for at most `limit`.
+async fn wait_for(
+    events: &mut tickwire_driver::Events,
+    limit: Duration,
+    mut matches: impl FnMut(&Event) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = futures::future::select(events.next(), Box::pin(sleep(left))).await;
+        match next {
+            futures::future::Either::Left((Some(event), _)) if matches(&event) => return true,
+            futures::future::Either::Left((Some(_), _)) => {}
+            _ => return false,
+        }
+    }
 }
 
 struct FixedPoller;
@@ -592,6 +766,11 @@ on_both_runtimes! {
     token_provider => a_rejected_token_is_replaced_by_the_provider;
     polling_fallback => polling_fallback_serves_quotes_while_the_stream_is_down;
     dropped_handles => dropping_every_handle_closes_the_feed;
+    closed_market => a_closed_market_is_not_a_dead_link;
+    quiet_market => a_quiet_market_is_checked_once_not_churned;
+    rejected_token => a_rejected_token_without_a_provider_backs_off;
+    expired_token => an_expired_token_is_refreshed;
+    invalid_timeframe => invalid_timeframes_are_refused_at_once;
 }
 
 #[test]
