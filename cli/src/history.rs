@@ -37,6 +37,7 @@ pub(crate) struct HistoryArgs {
 
 pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
     let config = args.feed.config()?;
+    let token = config.auth_token.clone();
     let feed = args.feed.connect(config, Options::default());
     let request = feed.history(&args.symbol, args.timeframe.as_str(), args.count);
     tokio::pin!(request);
@@ -46,7 +47,9 @@ pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
             result = &mut request => break result.map_err(|error| Failure::Message(format!("{} {}: {error}", args.symbol, args.timeframe))),
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 ever_live |= feed.status().client.state == State::Live;
-                if let Some(failure) = unreachable(&feed, ever_live) {
+                if let Some(failure) = unreachable(&feed, ever_live)
+                    .or_else(|| crate::token::rejected(&feed, &token))
+                {
                     break Err(failure);
                 }
             }

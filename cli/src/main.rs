@@ -9,6 +9,7 @@ mod output;
 mod relay;
 mod signals;
 mod stream;
+mod token;
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};

@@ -264,6 +264,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         page_symbols = args.symbols.clone();
     }
     let upstream = args.tuning.config(&url, "--upstream")?;
+    let token = upstream.auth_token.clone();
     let config = RelayConfig {
         listen: args.listen,
         upstream,
@@ -292,12 +293,26 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     );
     let _ = stdout.flush();
     drop(stdout);
-    stop_signal().await;
+    let result = tokio::select! {
+        () = stop_signal() => Ok(()),
+        failure = token_rejected(relay.feed(), &token) => Err(failure),
+    };
     relay.shutdown().await;
     if let Some(emulator) = emulator {
         emulator.shutdown().await;
     }
-    Ok(())
+    result
+}
+
+/// Completes when the upstream rejected the relay's fixed auth token: nothing here can refresh
+/// it, so serving on would only mean retrying a token that will never work.
+async fn token_rejected(feed: &tickwire_driver::Feed, token: &str) -> Failure {
+    loop {
+        if let Some(failure) = crate::token::rejected(feed, token) {
+            return failure;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ fn feed_url(feed: &Feed) -> String {
 
 pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
     let config = args.feed.config()?;
+    let token = config.auth_token.clone();
     // Before connecting, so SIGTERM during the handshake also ends us cleanly.
     let stop = crate::signals::stop();
     let feed = args.feed.connect(config, Options::default());
@@ -86,7 +87,7 @@ pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
             }
         }
     }
-    let result = print_events(&feed, &args, wanted, stop).await;
+    let result = print_events(&feed, &args, wanted, &token, stop).await;
     feed.close().await;
     result
 }
@@ -96,6 +97,7 @@ async fn print_events(
     feed: &Feed,
     args: &StreamArgs,
     wanted: usize,
+    token: &str,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), Failure> {
     let mut events = feed.events();
@@ -120,6 +122,11 @@ async fn print_events(
             }
             Event::QuoteError { symbol, reason } | Event::SeriesError { symbol, reason, .. } => {
                 rejected.push(format!("{symbol} ({reason})"));
+            }
+            Event::AuthTokenRejected { refreshed: false } => {
+                if let Some(failure) = crate::token::rejected(feed, token) {
+                    return Err(failure);
+                }
             }
             _ => {}
         }
