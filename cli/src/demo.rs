@@ -50,8 +50,8 @@ const SCHEDULE: [(&str, &str); 5] = [
 /// Run the emulator with a fault schedule and stream through it, showing every recovery.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// How long to run.
-    #[arg(long, default_value = "26s", value_parser = parse_duration)]
+    /// How long to run (the quiet-market stretch takes the second half's first part).
+    #[arg(long, default_value = "32s", value_parser = parse_duration)]
     duration: Duration,
     /// Which async runtime drives the client.
     #[arg(long, value_enum, default_value = "tokio")]
@@ -74,6 +74,8 @@ struct Tally {
     quoted_since_live: BTreeSet<String>,
     live_periods: u32,
     fully_restored_periods: u32,
+    /// Connection attempts when the quiet stretch began and ended.
+    quiet_attempts: Option<(u64, u64)>,
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -104,6 +106,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         backoff_max: Duration::from_secs(2),
         max_attempts: 4,
         breaker_recovery: Duration::from_secs(3),
+        stable_after: Duration::from_secs(2),
         seed: Some(7),
         ..Config::default()
     };
@@ -130,11 +133,43 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let mut events = feed.events();
     let deadline = tokio::time::sleep(args.duration);
     tokio::pin!(deadline);
+    // The market goes quiet for a while: a client that mistakes silence for a dead link churns.
+    let (quiet_from, quiet_for) = (args.duration.mul_f64(0.62), args.duration.mul_f64(0.22));
+    let quiet_start = tokio::time::sleep(quiet_from);
+    tokio::pin!(quiet_start);
+    let quiet_end = tokio::time::sleep(quiet_from + quiet_for);
+    tokio::pin!(quiet_end);
+    let (mut quiet_started, mut quiet_ended) = (false, false);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let event = tokio::select! {
             () = &mut deadline => break,
+            () = &mut quiet_start, if !quiet_started => {
+                quiet_started = true;
+                emulator.set_market_open(false);
+                emulator.pause_market(true);
+                let attempts = feed.status().client.counters.connection_attempts;
+                tally.quiet_attempts = Some((attempts, attempts));
+                say!(
+                    "{} ~~ the market closes and goes silent for {}: heartbeats only ({} zombie windows)",
+                    output::clock(),
+                    human_duration(quiet_for),
+                    (quiet_for.as_millis() / 2_000).max(1)
+                );
+                continue;
+            }
+            () = &mut quiet_end, if quiet_started && !quiet_ended => {
+                quiet_ended = true;
+                emulator.pause_market(false);
+                emulator.set_market_open(true);
+                let attempts = feed.status().client.counters.connection_attempts;
+                if let Some((from, _)) = tally.quiet_attempts {
+                    tally.quiet_attempts = Some((from, attempts));
+                }
+                say!("{} ~~ the market opens again", output::clock());
+                continue;
+            }
             _ = &mut ctrl_c => break,
             event = events.next() => match event { Some(event) => event, None => break },
         };
@@ -274,6 +309,18 @@ fn summary(
         tally.fully_restored_periods,
         tally.live_periods
     );
+    if let Some((from, to)) = tally.quiet_attempts {
+        let reconnects = to.saturating_sub(from);
+        let why = if reconnects == 0 {
+            "the session was known to be alive"
+        } else {
+            "the first verdict re-checks the session, later ones wait hours"
+        };
+        say!(
+            "quiet market           {reconnects} reconnect(s) while it was silent: {why} \
+             (a client that mistakes silence for a dead link reconnects every zombie window)"
+        );
+    }
     say!("heartbeats echoed      {}", counters.heartbeats);
     say!("events conflated       {}", status.events_conflated);
     Ok(())

@@ -224,7 +224,8 @@ pub struct Client {
     quiet_verdicts: u32,
     /// Desired quote symbols whose `current_session` says they are out of session.
     out_of_session: usize,
-    /// The market last reported with [`Event::Market`].
+    /// The market last reported with [`Event::Market`] (starting from `Active`: only quiet and
+    /// closed stretches, and their end, are news).
     reported_market: Market,
     /// The latest time seen: time never runs backwards inside the client.
     now: Instant,
@@ -270,7 +271,7 @@ impl Client {
             market_dirty: false,
             quiet_verdicts: 0,
             out_of_session: 0,
-            reported_market: Market::Unknown,
+            reported_market: Market::Active,
             now,
             bucket: TokenBucket::per_minute(config.rate_limit_per_minute, config.burst, now),
             queue: CommandQueue::new(config.max_queued_commands),
@@ -882,10 +883,11 @@ impl Client {
         }
     }
 
-    /// Reports the market when it changed since the last report.
+    /// Reports the market when it changed since the last report. `Unknown` (no acknowledged
+    /// connection) is not news: what matters is a quiet or closed stretch and its end.
     fn report_market(&mut self, now: Instant) {
         let status = self.market_status(now);
-        if status.market != self.reported_market {
+        if status.market != Market::Unknown && status.market != self.reported_market {
             self.reported_market = status.market;
             self.push_event(Event::Market(status));
         }

@@ -275,8 +275,8 @@ pub enum Event {
         /// A different token arrived and the next attempt uses it.
         refreshed: bool,
     },
-    /// What the client knows of the market changed: active, quiet, closed (every symbol out of
-    /// session) or unknown.
+    /// The market went quiet (acknowledged, no ticks), closed (every symbol out of session), or
+    /// active again after one of those.
     Market(MarketStatus),
     /// The command queue was full: these commands were not sent on this connection. The
     /// desired state still has them, so the next connection replays them.
