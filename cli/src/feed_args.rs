@@ -57,6 +57,17 @@ pub(crate) struct TuningArgs {
     /// How often data silence is checked.
     #[arg(long, env = "TICKWIRE_HEALTH_INTERVAL", value_parser = duration)]
     health_interval: Option<Duration>,
+    /// How long a quiet but acknowledged session must stay silent before the second verdict
+    /// in a row; each further one waits 8 times longer.
+    #[arg(long, env = "TICKWIRE_QUIET_RECHECK", value_parser = duration)]
+    quiet_recheck: Option<Duration>,
+    /// The longest wait between verdicts on a quiet session.
+    #[arg(long, env = "TICKWIRE_QUIET_RECHECK_MAX", value_parser = duration)]
+    quiet_recheck_max: Option<Duration>,
+    /// A connection acknowledged for this long resets the failure count; one that ends sooner
+    /// counts as a failure.
+    #[arg(long, env = "TICKWIRE_STABLE_AFTER", value_parser = duration)]
+    stable_after: Option<Duration>,
     /// Delay before retrying after a working connection drops.
     #[arg(long, env = "TICKWIRE_GRACE", value_parser = duration)]
     grace: Option<Duration>,
@@ -72,9 +83,16 @@ pub(crate) struct TuningArgs {
     /// Failures in a row that open the circuit breaker.
     #[arg(long, env = "TICKWIRE_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
-    /// How long the open circuit waits before probing.
+    /// How long the open circuit waits before probing (doubling after each failed probe).
     #[arg(long, env = "TICKWIRE_BREAKER_RECOVERY", value_parser = duration)]
     breaker_recovery: Option<Duration>,
+    /// The longest wait of the open circuit.
+    #[arg(long, env = "TICKWIRE_BREAKER_RECOVERY_MAX", value_parser = duration)]
+    breaker_recovery_max: Option<Duration>,
+    /// Seed of the jitter and session ids, for a run that repeats exactly; by default each
+    /// process draws one from the operating system.
+    #[arg(long, env = "TICKWIRE_SEED")]
+    seed: Option<u64>,
     /// Commands per minute sent to the server.
     #[arg(long, env = "TICKWIRE_RATE_LIMIT")]
     rate_limit: Option<u32>,
@@ -112,6 +130,10 @@ impl TuningArgs {
             (&mut config.read_timeout, self.read_timeout),
             (&mut config.data_silence, self.data_silence),
             (&mut config.health_interval, self.health_interval),
+            (&mut config.quiet_recheck, self.quiet_recheck),
+            (&mut config.quiet_recheck_max, self.quiet_recheck_max),
+            (&mut config.stable_after, self.stable_after),
+            (&mut config.breaker_recovery_max, self.breaker_recovery_max),
             (&mut config.grace, self.grace),
             (&mut config.backoff_initial, self.backoff_initial),
             (&mut config.backoff_max, self.backoff_max),
@@ -121,6 +143,9 @@ impl TuningArgs {
             if let Some(value) = value {
                 *slot = value;
             }
+        }
+        if let Some(seed) = self.seed {
+            config.seed = Some(seed);
         }
         if let Some(value) = self.idle_heartbeats {
             config.idle_heartbeats = value;
