@@ -327,11 +327,20 @@ fn stream_bars_use_the_canonical_timeframe_and_integer_times() {
 #[cfg(unix)]
 #[test]
 fn stream_stops_cleanly_on_sigterm() {
+    for runtime in ["tokio", "async-std"] {
+        stream_stops_cleanly_on_sigterm_on(runtime);
+    }
+}
+
+#[cfg(unix)]
+fn stream_stops_cleanly_on_sigterm_on(runtime: &str) {
     let server = Server::start();
     let mut child = tickwire()
         .args([
             "stream",
             "--json",
+            "--runtime",
+            runtime,
             "--url",
             &server.url(),
             "BINANCE:BTCUSDT",

@@ -384,9 +384,12 @@ impl Sim {
                 self.server.heartbeats += 1;
                 let limit = self.config.idle_heartbeats;
                 // The client's rules (see `liveness`): an unproven session is dead after `limit`
-                // heartbeats; a proven one is a zombie after `limit` idle ones, unless its quiet
+                // heartbeats since its last command (none queued); a proven one is a zombie after `limit` idle ones, unless its quiet
                 // wait has grown (which takes hours of silence, never reached here).
-                dead_expected = subscribed && !proven && self.server.heartbeats >= limit;
+                dead_expected = subscribed
+                    && !proven
+                    && before.counters.commands_queued == 0
+                    && self.server.heartbeats >= limit;
                 zombie_expected = subscribed
                     && proven
                     && before.market.next_verdict_after.is_zero()
@@ -549,6 +552,8 @@ impl Sim {
                 }
                 Packet::Json(payload) => {
                     self.command_times.push_back(self.now);
+                    // A command the server has yet to answer restarts the dead-session count.
+                    self.server.heartbeats = 0;
                     let command: Value =
                         serde_json::from_slice(&payload).expect("the client sends JSON");
                     self.on_command(&command);

@@ -28,7 +28,7 @@ const SYMBOLS: &[&str] = &[
 enum Op {
     Advance(u16),
     Connected,
-    ConnectFailed,
+    ConnectFailed(u8),
     Disconnected,
     Stale,
     Message(Vec<PacketSpec>),
@@ -209,15 +209,24 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     world.open = true;
                 }
             }
-            Op::ConnectFailed => {
+            Op::ConnectFailed(kind) => {
                 // Only an attempt still in flight can fail to connect.
                 if let (Some(id), false) = (world.current, world.open) {
                     world.current = None;
+                    let kind = match kind % 4 {
+                        0 => TransportErrorKind::Refused,
+                        1 => TransportErrorKind::HttpStatus { code: 429, retry_after: None },
+                        2 => TransportErrorKind::HttpStatus {
+                            code: 429,
+                            retry_after: Some(Duration::from_secs(u64::from(kind))),
+                        },
+                        _ => TransportErrorKind::Dns,
+                    };
                     client.handle_input(
                         now,
                         Input::ConnectFailed {
                             id,
-                            error: TransportError::new(TransportErrorKind::Refused, "refused"),
+                            error: TransportError::new(kind, "refused"),
                         },
                     );
                 }

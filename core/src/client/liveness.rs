@@ -7,7 +7,7 @@
 //! | what the link shows | verdict |
 //! | --- | --- |
 //! | no packet at all for `read_timeout` | broken socket: reconnect (a failure unless the connection was stable) |
-//! | heartbeats, but the session never acknowledged a subscription within `idle_heartbeats` heartbeats (or `data_silence`) | dead session: reconnect, counted as a failure so the backoff grows and the breaker opens |
+//! | heartbeats, but the session acknowledged none of its subscriptions within `idle_heartbeats` heartbeats (or `data_silence`) of the last command sent, with nothing left waiting for the rate limit | dead session: reconnect, counted as a failure so the backoff grows and the breaker opens |
 //! | acknowledged, every subscribed symbol out of its session (`current_session`) | none: the market is closed; only the read timeout still applies |
 //! | acknowledged, `idle_heartbeats` heartbeats without data, or no tick for `data_silence` | zombie / data silence: reconnect after the grace delay — the first time at once, each further verdict in a row only after the link has been quiet for [`quiet_wait`] |
 //! | ticks between `idle_heartbeats` heartbeats in a row | the market is active: the escalation starts over |

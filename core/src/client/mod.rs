@@ -152,8 +152,11 @@ struct OpenLink {
     stable: bool,
     /// Heartbeats since the last data packet.
     idle_heartbeats: u32,
-    /// Heartbeats since the connection opened.
+    /// Heartbeats since the last command went out (or the open): a session is dead only when
+    /// nothing it was asked is still waiting for the rate limit.
     heartbeats: u32,
+    /// When the last command went out (or the open).
+    last_sent: Instant,
     /// A tick arrived on this connection.
     ticked: bool,
     /// A tick arrived since the last heartbeat.
@@ -753,6 +756,7 @@ impl Client {
             stable: false,
             idle_heartbeats: 0,
             heartbeats: 0,
+            last_sent: now,
             ticked: false,
             ticked_since_heartbeat: false,
             active_intervals: 0,
@@ -800,8 +804,9 @@ impl Client {
         let Some(link) = self.open_link() else {
             return;
         };
-        let unproven_too_long =
-            link.proven_at.is_none() && now >= add(link.opened_at, self.config.data_silence);
+        let unproven_too_long = link.proven_at.is_none()
+            && self.queue.is_empty()
+            && now >= add(link.last_sent, self.config.data_silence);
         let silent = link.proven_at.is_some()
             && now >= add(link.last_tick, self.config.data_silence)
             && now >= add(link.last_tick, self.quiet_wait());
@@ -1085,7 +1090,7 @@ impl Client {
             link.last_data,
         );
         if self.has_subscriptions() {
-            if !proven && heartbeats >= threshold {
+            if !proven && heartbeats >= threshold && self.queue.is_empty() {
                 self.fail_connection(now, DisconnectCause::DeadSession, true, None);
                 return;
             }
@@ -1462,6 +1467,7 @@ impl Client {
         if self.queue.is_empty() && self.bucket.try_take(now) {
             self.counters.commands_sent = self.counters.commands_sent.saturating_add(1);
             self.outputs.push_back(Output::Transmit { id, text: frame });
+            self.mark_sent(now);
             return;
         }
         if self.queue.push(frame).is_err() {
@@ -1486,9 +1492,20 @@ impl Client {
             if let Some(frame) = self.queue.pop() {
                 self.counters.commands_sent = self.counters.commands_sent.saturating_add(1);
                 self.outputs.push_back(Output::Transmit { id, text: frame });
+                self.mark_sent(now);
             }
         }
         self.counters.commands_queued = self.queue.len() as u64;
+    }
+
+    /// A command went out: an unacknowledged session gets its full allowance again.
+    fn mark_sent(&mut self, now: Instant) {
+        if let Link::Open(link) = &mut self.link {
+            if link.proven_at.is_none() {
+                link.heartbeats = 0;
+                link.last_sent = now;
+            }
+        }
     }
 
     fn send_chart_request(&mut self, now: Instant, key: u64) {
@@ -1674,7 +1691,10 @@ impl Client {
                 self.awaiting_token_until
                     .map_or(*at, |until| until.max(*at)),
             ),
-            Link::CircuitOpen { until } => Some(*until),
+            Link::CircuitOpen { until } => Some(
+                self.awaiting_token_until
+                    .map_or(*until, |token| token.max(*until)),
+            ),
             _ => None,
         }
     }
