@@ -6,55 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tickwire_emulator::{Emulator, EmulatorConfig};
 
-fn tickwire() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
-    // Nothing from the developer's environment leaks into the tests.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TICKWIRE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
+mod support;
 
-struct Server {
-    runtime: tokio::runtime::Runtime,
-    emulator: Option<Emulator>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let config = EmulatorConfig {
-            rate_hz: 200.0,
-            symbols: 10,
-            ..EmulatorConfig::default()
-        };
-        let emulator = runtime.block_on(Emulator::start(config)).unwrap();
-        Server {
-            runtime,
-            emulator: Some(emulator),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.emulator.as_ref().unwrap().url()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(emulator) = self.emulator.take() {
-            self.runtime.block_on(emulator.shutdown());
-        }
-    }
-}
+use support::{Server, tickwire};
 
 /// Runs `command`, collects stdout lines until `enough` says so (or 15 s pass), then kills it.
 fn lines_until(command: &mut Command, enough: impl Fn(&[String]) -> bool) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! with one clear line; `emulate` shuts down cleanly on SIGTERM; two processes started together
 //! neither share session ids nor retry in lockstep.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -10,15 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn tickwire() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TICKWIRE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
+mod support;
+
+use support::{line_channel, tickwire};
 
 /// A free loopback port, released again so a child can take it.
 fn free_port() -> u16 {
@@ -31,30 +25,10 @@ fn free_port() -> u16 {
 
 /// Waits for `child` to exit within `limit`; kills it and fails the test otherwise.
 fn exit_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Lines of a child's stream, read on a thread so the test can wait with a deadline.
-fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
+    support::exit_within(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{what} did not exit within {limit:?}")
+    })
 }
 
 /// Collects lines until `enough` holds or `limit` passes.
@@ -92,8 +66,8 @@ fn emulator(extra: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = lines(child.stdout.take().unwrap());
-    let stderr = lines(child.stderr.take().unwrap());
+    let stdout = line_channel(child.stdout.take().unwrap());
+    let stderr = line_channel(child.stderr.take().unwrap());
     let ready = collect_until(&stdout, Duration::from_secs(10), |lines| {
         lines.iter().any(|line| line.contains("listening on"))
     });
@@ -260,7 +234,7 @@ fn two_processes_started_together_do_not_move_in_lockstep() {
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap();
-                let stdout = lines(child.stdout.take().unwrap());
+                let stdout = line_channel(child.stdout.take().unwrap());
                 (child, stdout)
             })
             .collect();

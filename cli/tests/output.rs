@@ -1,75 +1,16 @@
 //! What `tickwire history` and `stream` print (timeframes, closed bars, integer times) and how
 //! `stream` stops on SIGTERM: the real binary against the emulator over loopback.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tickwire_emulator::{Emulator, EmulatorConfig};
 
-fn tickwire() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TICKWIRE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
+mod support;
 
-/// The emulator on its own runtime, shut down on drop.
-struct Server {
-    runtime: tokio::runtime::Runtime,
-    emulator: Option<Emulator>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let config = EmulatorConfig {
-            rate_hz: 50.0,
-            symbols: 10,
-            ..EmulatorConfig::default()
-        };
-        let emulator = runtime.block_on(Emulator::start(config)).unwrap();
-        Server {
-            runtime,
-            emulator: Some(emulator),
-        }
-    }
-
-    fn url(&self) -> String {
-        self.emulator.as_ref().unwrap().url()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(emulator) = self.emulator.take() {
-            self.runtime.block_on(emulator.shutdown());
-        }
-    }
-}
-
-/// Waits up to `within` for `child` to exit.
-fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use support::{Server, exit_within, line_channel, tickwire};
 
 /// Runs `command` to the end (killed after 20 s): status, stdout, stderr.
 fn run(command: &mut Command) -> (ExitStatus, String, String) {
@@ -98,19 +39,6 @@ fn run(command: &mut Command) -> (ExitStatus, String, String) {
     let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     let status = status.unwrap_or_else(|| panic!("still running after 20 s: {stderr}"));
     (status, stdout, stderr)
-}
-
-/// The lines of `stdout`, sent as they come.
-fn line_channel(stdout: impl Read + Send + 'static) -> Receiver<String> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 /// Reads lines until `wanted` holds for one of them or `within` passes; every line read.
@@ -229,7 +157,7 @@ fn history_1h(server: &Server, extra: &[&str], forming_last: impl Fn(&str) -> bo
 
 #[test]
 fn history_json_has_integer_times_and_the_forming_bar_open() {
-    let server = Server::start();
+    let server = Server::start_at(50.0);
     let stdout = history_1h(&server, &["--json"], |line| {
         line.contains("\"closed\":false")
     });
@@ -261,7 +189,7 @@ fn history_json_has_integer_times_and_the_forming_bar_open() {
 
 #[test]
 fn history_csv_and_text_show_closed_and_integral_times() {
-    let server = Server::start();
+    let server = Server::start_at(50.0);
     let stdout = history_1h(&server, &["--csv"], |line| line.ends_with(",false"));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "time,open,high,low,close,volume,closed");
@@ -286,7 +214,7 @@ fn history_csv_and_text_show_closed_and_integral_times() {
 
 #[test]
 fn stream_bars_use_the_canonical_timeframe_and_integer_times() {
-    let server = Server::start();
+    let server = Server::start_at(50.0);
     let mut child = tickwire()
         .args([
             "stream",
@@ -334,7 +262,7 @@ fn stream_stops_cleanly_on_sigterm() {
 
 #[cfg(unix)]
 fn stream_stops_cleanly_on_sigterm_on(runtime: &str) {
-    let server = Server::start();
+    let server = Server::start_at(50.0);
     let mut child = tickwire()
         .args([
             "stream",

@@ -46,7 +46,7 @@ const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// let config = Config { read_timeout: Duration::from_secs(20), ..Config::default() };
 /// assert_eq!(config.idle_heartbeats, 5);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// WebSocket URL of the feed (`TICKWIRE_URL`).
     pub url: String,
@@ -128,6 +128,57 @@ pub struct Config {
     /// so processes started together never retry in lockstep or share session ids. The core
     /// itself has no entropy: a `Client` built directly with `None` uses [`FALLBACK_SEED`].
     pub seed: Option<u64>,
+}
+
+/// The auth token is a secret: `Debug` shows its length, never its characters.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Config")
+            .field("url", &self.url)
+            .field("origin", &self.origin)
+            .field("auth_token", &Redacted(&self.auth_token))
+            .field("locale", &self.locale)
+            .field("quote_fields", &self.quote_fields)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("idle_heartbeats", &self.idle_heartbeats)
+            .field("data_silence", &self.data_silence)
+            .field("health_interval", &self.health_interval)
+            .field("quiet_recheck", &self.quiet_recheck)
+            .field("quiet_recheck_max", &self.quiet_recheck_max)
+            .field("stable_after", &self.stable_after)
+            .field("send_timeout", &self.send_timeout)
+            .field("grace", &self.grace)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("jitter", &self.jitter)
+            .field("max_attempts", &self.max_attempts)
+            .field("breaker_recovery", &self.breaker_recovery)
+            .field("breaker_recovery_max", &self.breaker_recovery_max)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("burst", &self.burst)
+            .field("max_queued_commands", &self.max_queued_commands)
+            .field("history_timeout", &self.history_timeout)
+            .field("token_timeout", &self.token_timeout)
+            .field("max_age", &self.max_age)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_history_bars", &self.max_history_bars)
+            .field("polling", &self.polling)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// A secret in `Debug` output: its length only.
+pub(crate) struct Redacted<'a>(pub(crate) &'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "<redacted, {} chars>", self.0.chars().count())
+    }
 }
 
 /// When and how often to poll while the stream is unavailable.
@@ -559,6 +610,20 @@ mod tests {
             error,
             ConfigError::Invalid("jitter must be between 0 and 1".to_owned())
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let config = Config {
+            auth_token: "eyJsecret.payload.signature".to_owned(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("<redacted, 27 chars>"),
+            "{shown}"
+        );
+        assert!(shown.contains("read_timeout"));
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub struct Client {
     rng: fastrand::Rng,
     /// Shared so a message can be decoded while the client changes.
     decoder: Arc<Decoder>,
-    auth_token: String,
+    auth_token: Secret,
     /// Desired quote symbols and their merged quotes.
     quotes: HashMap<Arc<str>, Quote>,
     /// Desired chart series and history requests, by key.
@@ -256,7 +256,7 @@ impl Client {
         Client {
             rng: fastrand::Rng::with_seed(config.seed.unwrap_or(FALLBACK_SEED)),
             decoder: Arc::new(Decoder::with_max_packet_size(config.max_packet_size)),
-            auth_token: config.auth_token.clone(),
+            auth_token: Secret(config.auth_token.clone()),
             quotes: HashMap::new(),
             charts: BTreeMap::new(),
             next_key: 1,
@@ -445,7 +445,7 @@ impl Client {
 
     /// Replaces the auth token; used from the next connection on.
     pub fn set_auth_token(&mut self, token: impl Into<String>) {
-        self.auth_token = token.into();
+        self.auth_token = Secret(token.into());
     }
 
     /// Ends everything: closes the connection, fails pending history requests with
@@ -766,7 +766,7 @@ impl Client {
         });
         self.queue.clear();
         // Session set-up, pipelined before the server speaks, then every desired subscription.
-        self.send(now, Command::set_auth_token(self.auth_token.clone()));
+        self.send(now, Command::set_auth_token(self.auth_token.0.clone()));
         if let Some((language, country)) = self.config.locale.clone() {
             self.send(now, Command::set_locale(language, country));
         }
@@ -1296,17 +1296,17 @@ impl Client {
     }
 
     fn on_auth_token(&mut self, now: Instant, token: Option<String>) {
-        let fresh = token.filter(|token| !token.is_empty() && *token != self.auth_token);
+        let fresh = token.filter(|token| !token.is_empty() && *token != self.auth_token.0);
         if self.awaiting_token_until.take().is_none() {
             // Not after a rejection: just the token to use from the next connection on.
             if let Some(token) = fresh {
-                self.auth_token = token;
+                self.auth_token = Secret(token);
             }
             return;
         }
         let refreshed = fresh.is_some();
         if let Some(token) = fresh {
-            self.auth_token = token;
+            self.auth_token = Secret(token);
         }
         self.push_event(Event::AuthTokenRejected { refreshed });
         if refreshed && !self.token_retry_used {
@@ -1728,6 +1728,15 @@ impl Client {
             next_attempt: self.next_attempt(),
         };
         self.push_event(Event::State(change));
+    }
+}
+
+/// The auth token: a secret, so `Debug` (of the whole client, say) shows its length only.
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        config::Redacted(&self.0).fmt(formatter)
     }
 }
 

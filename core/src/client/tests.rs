@@ -1302,3 +1302,22 @@ fn out_of_session_symbols_are_counted_through_subscribe_changes() {
     let outputs = h.at(3_600 * SECOND + 16 * SECOND);
     assert_eq!(closes(&outputs), [DisconnectCause::ReadTimeout]);
 }
+
+#[test]
+fn the_token_never_appears_in_debug_output() {
+    let mut h = Harness::new(Config {
+        auth_token: "eyJtopsecret".to_owned(),
+        ..no_jitter()
+    });
+    h.client.set_auth_token("eyJalsosecret");
+    let shown = format!(
+        "{:?} {:?}",
+        h.client,
+        Input::AuthToken(Some("eyJfresh".into()))
+    );
+    assert!(
+        !shown.contains("secret") && !shown.contains("fresh"),
+        "{shown}"
+    );
+    assert!(shown.contains("<redacted, 13 chars>") && shown.contains("<redacted, 8 chars>"));
+}

@@ -24,7 +24,7 @@ pub struct SeriesId(pub u64);
 pub struct HistoryId(pub u64);
 
 /// What the driver reports to the client.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum Input {
     /// The WebSocket of connection `id` is open.
     Connected(ConnectionId),
@@ -59,6 +59,39 @@ pub enum Input {
     /// The application's answer to [`Output::RequestAuthToken`]: a fresh token, or `None` to
     /// keep the current one.
     AuthToken(Option<String>),
+}
+
+/// A fresh auth token is a secret: `Debug` shows its length only.
+impl std::fmt::Debug for Input {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Connected(id) => formatter.debug_tuple("Connected").field(id).finish(),
+            Input::ConnectFailed { id, error } => formatter
+                .debug_struct("ConnectFailed")
+                .field("id", id)
+                .field("error", error)
+                .finish(),
+            Input::Message { id, text } => formatter
+                .debug_struct("Message")
+                .field("id", id)
+                .field("text", text)
+                .finish(),
+            Input::Disconnected { id, error } => formatter
+                .debug_struct("Disconnected")
+                .field("id", id)
+                .field("error", error)
+                .finish(),
+            Input::PollResult { round, quotes } => formatter
+                .debug_struct("PollResult")
+                .field("round", round)
+                .field("quotes", quotes)
+                .finish(),
+            Input::AuthToken(token) => formatter
+                .debug_tuple("AuthToken")
+                .field(&token.as_deref().map(super::config::Redacted))
+                .finish(),
+        }
+    }
 }
 
 /// A quote fetched by the fallback poller.

@@ -1,0 +1,92 @@
+//! What the CLI test binaries share: the binary with a clean environment, an emulator on its own
+//! runtime, and waiting on children and their output with deadlines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use tickwire_emulator::{Emulator, EmulatorConfig};
+
+/// The `tickwire` binary; nothing from the developer's environment leaks into the tests.
+pub(crate) fn tickwire() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TICKWIRE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// The emulator on its own runtime, shut down on drop.
+pub(crate) struct Server {
+    runtime: tokio::runtime::Runtime,
+    emulator: Option<Emulator>,
+}
+
+impl Server {
+    /// Ten symbols ticking 200 times a second in all.
+    pub(crate) fn start() -> Server {
+        Server::start_at(200.0)
+    }
+
+    pub(crate) fn start_at(rate_hz: f64) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = EmulatorConfig {
+            rate_hz,
+            symbols: 10,
+            ..EmulatorConfig::default()
+        };
+        let emulator = runtime.block_on(Emulator::start(config)).unwrap();
+        Server {
+            runtime,
+            emulator: Some(emulator),
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        self.emulator.as_ref().unwrap().url()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(emulator) = self.emulator.take() {
+            self.runtime.block_on(emulator.shutdown());
+        }
+    }
+}
+
+/// Waits up to `within` for `child` to exit.
+pub(crate) fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The lines of a child's output, sent as they come (read on a thread, so a test can wait on
+/// them with a deadline).
+pub(crate) fn line_channel(stream: impl Read + Send + 'static) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
