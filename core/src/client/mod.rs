@@ -1152,9 +1152,12 @@ impl Client {
     }
 
     fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
-        if let Some(session) = acknowledging_session(&parsed) {
-            if self.is_our_session(session) {
-                self.prove(now);
+        // Only until the first acknowledgement: the hot path pays one check after that.
+        if self.open_link().is_some_and(|link| link.proven_at.is_none()) {
+            if let Some(session) = acknowledging_session(&parsed) {
+                if self.is_our_session(session) {
+                    self.prove(now);
+                }
             }
         }
         match parsed {
