@@ -78,6 +78,8 @@ struct World {
     poll_round: Option<u64>,
     /// When each command (not heartbeat echo) was sent, for the rate-limit window.
     command_times: std::collections::VecDeque<Instant>,
+    /// The `Retry-After` of the last refused attempt, which the next delay must honour.
+    retry_after: Option<Duration>,
 }
 
 fn session_of(text: &str, method: &str) -> Option<String> {
@@ -198,6 +200,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             client.handle_timeout(now);
         }
         let described = format!("{op:?}");
+        // Only the refusal this very step can explain a longer delay.
+        world.retry_after = None;
         match op {
             Op::Advance(millis) => {
                 now += Duration::from_millis(u64::from(millis) * 10);
@@ -222,6 +226,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         },
                         _ => TransportErrorKind::Dns,
                     };
+                    world.retry_after = kind.retry_after();
                     client.handle_input(
                         now,
                         Input::ConnectFailed {
@@ -409,8 +414,11 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         (change.next_attempt, change.cause, world.closed)
                     {
                         if change.state == tickwire_core::client::State::BackingOff {
+                            use tickwire_core::client::DisconnectCause::{DataSilence, MaxAge, Zombie};
                             let delay = next.saturating_duration_since(now);
-                            let base = if change.consecutive_failures == 0 {
+                            // Verdicts on a proven session retry after the grace delay.
+                            let verdict = matches!(change.cause, Some(Zombie | DataSilence | MaxAge));
+                            let base = if change.consecutive_failures == 0 || verdict {
                                 Duration::from_secs(2)
                             } else {
                                 Duration::from_secs(
@@ -418,12 +426,20 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                                 )
                                 .min(Duration::from_secs(60))
                             };
-                            // A bad token also waits for the token timeout (10 s).
-                            let high = base.mul_f64(1.2).max(Duration::from_secs(10))
+                            // A bad token also waits for the token timeout (10 s); a refusal
+                            // with Retry-After waits at least that long.
+                            let retry_after = world
+                                .retry_after
+                                .filter(|_| change.cause == Some(tickwire_core::client::DisconnectCause::ConnectFailed));
+                            let floor = retry_after.unwrap_or_default();
+                            let high = base
+                                .mul_f64(1.2)
+                                .max(Duration::from_secs(10))
+                                .max(floor.mul_f64(1.2))
                                 + Duration::from_millis(1);
                             assert!(
-                                delay >= base.mul_f64(0.8) && delay <= high,
-                                "delay {delay:?} for base {base:?}"
+                                delay >= base.mul_f64(0.8).max(floor) && delay <= high,
+                                "delay {delay:?} for base {base:?}, retry after {retry_after:?}"
                             );
                         }
                     }

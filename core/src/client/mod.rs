@@ -1153,7 +1153,10 @@ impl Client {
 
     fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
         // Only until the first acknowledgement: the hot path pays one check after that.
-        if self.open_link().is_some_and(|link| link.proven_at.is_none()) {
+        if self
+            .open_link()
+            .is_some_and(|link| link.proven_at.is_none())
+        {
             if let Some(session) = acknowledging_session(&parsed) {
                 if self.is_our_session(session) {
                     self.prove(now);
