@@ -1350,22 +1350,20 @@ impl Client {
         };
         let was_out = liveness::out_of_session(quote.current_session.as_deref());
         let changed = quote.apply(values);
-        if changed.contains(QuoteFields::CURRENT_SESSION) {
-            let is_out = liveness::out_of_session(quote.current_session.as_deref());
+        let session_changed = changed.contains(QuoteFields::CURRENT_SESSION);
+        let is_out = liveness::out_of_session(quote.current_session.as_deref());
+        let event = QuoteEvent {
+            quote: quote.clone(),
+            changed,
+            source,
+        };
+        if session_changed {
             match (was_out, is_out) {
                 (false, true) => self.out_of_session = self.out_of_session.saturating_add(1),
                 (true, false) => self.out_of_session = self.out_of_session.saturating_sub(1),
                 _ => {}
             }
         }
-        let Some(quote) = self.quotes.get(symbol) else {
-            return;
-        };
-        let event = QuoteEvent {
-            quote: quote.clone(),
-            changed,
-            source,
-        };
         self.mark_tick(now);
         self.counters.quotes = self.counters.quotes.saturating_add(1);
         self.push_event(Event::Quote(event));
