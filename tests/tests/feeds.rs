@@ -16,7 +16,7 @@ const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
 mod support;
 
-use support::Server;
+use support::{Server, on_both_runtimes};
 
 impl Server {
     fn quick(rate_hz: f64) -> Server {
@@ -732,19 +732,6 @@ fn on_tokio<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) ->
 
 fn on_async_std<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
     async_std::task::block_on(scenario(tickwire_async_std::connect_with));
-}
-
-macro_rules! on_both_runtimes {
-    ($($name:ident => $scenario:expr;)*) => {
-        mod tokio_runtime {
-            use super::*;
-            $(#[test] fn $name() { on_tokio($scenario); })*
-        }
-        mod async_std_runtime {
-            use super::*;
-            $(#[test] fn $name() { on_async_std($scenario); })*
-        }
-    };
 }
 
 on_both_runtimes! {

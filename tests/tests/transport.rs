@@ -21,6 +21,10 @@ use tickwire_driver::{
 };
 use tokio_tungstenite::tungstenite;
 
+mod support;
+
+use support::on_both_runtimes;
+
 // ----- servers ----------------------------------------------------------------------------------
 
 /// A listener on a free loopback port, serving each connection on its own thread with `serve`.
@@ -607,19 +611,6 @@ fn on_async_std<F: Future<Output = ()>>(
         tickwire_async_std::AsyncIoRuntime,
         tickwire_async_std::connect_with,
     ));
-}
-
-macro_rules! on_both_runtimes {
-    ($($name:ident => $scenario:expr;)*) => {
-        mod tokio_runtime {
-            use super::*;
-            $(#[test] fn $name() { on_tokio($scenario); })*
-        }
-        mod async_std_runtime {
-            use super::*;
-            $(#[test] fn $name() { on_async_std($scenario); })*
-        }
-    };
 }
 
 on_both_runtimes! {

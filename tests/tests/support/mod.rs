@@ -1,4 +1,5 @@
 //! What several test binaries share.
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use tickwire_emulator::{Emulator, EmulatorConfig};
 
@@ -44,3 +45,20 @@ impl Drop for Server {
         }
     }
 }
+
+/// Each scenario as a test on tokio and one on async-std; the file that uses it supplies
+/// `on_tokio` and `on_async_std`, which run a scenario on their runtime.
+macro_rules! on_both_runtimes {
+    ($($name:ident => $scenario:expr;)*) => {
+        mod tokio_runtime {
+            use super::*;
+            $(#[test] fn $name() { on_tokio($scenario); })*
+        }
+        mod async_std_runtime {
+            use super::*;
+            $(#[test] fn $name() { on_async_std($scenario); })*
+        }
+    };
+}
+
+pub(crate) use on_both_runtimes;
