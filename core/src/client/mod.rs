@@ -843,7 +843,7 @@ impl Client {
 
     /// Whether anything was asked of the server that it should acknowledge.
     fn has_subscriptions(&self) -> bool {
-        !self.quotes.is_empty() || self.series_count() > 0
+        !self.quotes.is_empty() || self.charts.values().any(|chart| !chart.is_history())
     }
 
     /// Every desired symbol is out of its session: silence is expected.
@@ -1107,7 +1107,6 @@ impl Client {
     }
 
     fn on_data_packet(&mut self, now: Instant) {
-        let nothing_to_prove = !self.has_subscriptions();
         let Link::Open(link) = &mut self.link else {
             return;
         };
@@ -1124,7 +1123,8 @@ impl Client {
             self.mode = Mode::Streaming;
             self.next_poll = None;
         }
-        if nothing_to_prove {
+        // Nothing asked, nothing to acknowledge: the first data packet is all the proof there is.
+        if !self.has_subscriptions() {
             self.prove(now);
         }
         self.emit_state(None);
