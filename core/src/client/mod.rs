@@ -1315,13 +1315,13 @@ impl Client {
             self.auth_token = Secret(token);
         }
         self.push_event(Event::AuthTokenRejected { refreshed });
-        if refreshed && !self.token_retry_used {
-            // One immediate retry with the fresh token; another rejection waits for the backoff.
-            self.token_retry_used = true;
-            match &mut self.link {
-                Link::Waiting { at, .. } => *at = now,
-                Link::CircuitOpen { until } => *until = now,
-                _ => {}
+        // One immediate retry with a fresh token; another rejection waits for the backoff.
+        // An attempt that was only held for this answer goes now, and is reported as now.
+        let immediate = refreshed && !self.token_retry_used;
+        self.token_retry_used |= immediate;
+        if let Link::Waiting { at, .. } | Link::CircuitOpen { until: at } = &mut self.link {
+            if immediate || *at < now {
+                *at = now;
             }
         }
         self.emit_state(None);
