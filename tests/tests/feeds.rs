@@ -16,7 +16,7 @@ const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
 mod support;
 
-use support::{Server, on_both_runtimes};
+use support::{Server, eventually, on_both_runtimes, sleep};
 
 impl Server {
     fn quick(rate_hz: f64) -> Server {
@@ -61,22 +61,6 @@ fn config(server: &Server) -> Config {
         burst: 100,
         history_timeout: Duration::from_secs(5),
         ..Config::default()
-    }
-}
-
-async fn sleep(duration: Duration) {
-    async_io::Timer::after(duration).await;
-}
-
-/// Polls `condition` every 20 ms until it holds, failing after `limit`.
-async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite;
 
 mod support;
 
-use support::on_both_runtimes;
+use support::{eventually, on_both_runtimes, sleep};
 
 // ----- servers ----------------------------------------------------------------------------------
 
@@ -158,10 +158,6 @@ fn request(url: &str) -> ConnectRequest {
     }
 }
 
-async fn sleep(duration: Duration) {
-    async_io::Timer::after(duration).await;
-}
-
 /// Runs `future` or fails after `limit`.
 async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
     let timer = sleep(limit);
@@ -169,18 +165,6 @@ async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>)
     match futures::future::select(future, timer).await {
         futures::future::Either::Left((value, _)) => value,
         futures::future::Either::Right(_) => panic!("timed out after {limit:?} waiting for {what}"),
-    }
-}
-
-/// Polls `condition` every 10 ms until it holds, failing after `limit`.
-async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        sleep(Duration::from_millis(10)).await;
     }
 }
 

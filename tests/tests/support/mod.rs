@@ -1,6 +1,8 @@
 //! What several test binaries share.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+use std::time::{Duration, Instant};
+
 use tickwire_emulator::{Emulator, EmulatorConfig};
 
 /// An emulator on a tokio runtime of its own, so the code under test and the market it reads
@@ -62,3 +64,20 @@ macro_rules! on_both_runtimes {
 }
 
 pub(crate) use on_both_runtimes;
+
+/// A runtime-agnostic sleep (async-io's timer), so one scenario runs on every runtime.
+pub(crate) async fn sleep(duration: Duration) {
+    async_io::Timer::after(duration).await;
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after `limit`.
+pub(crate) async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}
