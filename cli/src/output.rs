@@ -110,8 +110,16 @@ pub(crate) fn quote_json(event: &QuoteEvent) -> Object {
     object.insert("change_pct", quote.change_percent);
     object.insert("time", quote.last_price_time);
     object.insert("source", source(event.source));
+    if let Some(mode) = quote.update_mode.as_deref() {
+        object.insert("update_mode", mode);
+    }
     object.insert("changed", event.changed.names().collect::<Vec<_>>());
     object
+}
+
+/// Milliseconds from now until `at` (0 when it has passed).
+fn millis_until(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX)
 }
 
 pub(crate) fn bar_json(event: &BarEvent) -> Object {
@@ -226,6 +234,46 @@ pub(crate) fn event_json(event: &Event) -> Option<Object> {
                 "the server rejected the auth token and no fresh one is available".to_owned()
             },
         ),
+        Event::AuthTokenRefreshed { lifetime } => {
+            let mut object = Object::new("type", "auth_token");
+            object.insert("refreshed", true);
+            if let Some(lifetime) = lifetime {
+                object.insert("valid_for_s", lifetime.as_secs());
+            }
+            object
+        }
+        Event::AuthTokenRefreshFailed { failures, retry_at } => {
+            let mut object = error_json(
+                "auth_token_refresh",
+                None,
+                "no fresh auth token could be fetched; asking again after a backoff".to_owned(),
+            );
+            object.insert("failures", *failures);
+            object.insert("retry_in_ms", millis_until(*retry_at));
+            object
+        }
+        Event::PollFailed {
+            error,
+            failures,
+            next_poll,
+        } => {
+            let mut object = error_json("poll", None, error.detail.clone());
+            object.insert("failures", *failures);
+            object.insert("retry_in_ms", millis_until(*next_poll));
+            object
+        }
+        Event::PollMissing { symbols } => error_json(
+            "poll_missing",
+            None,
+            format!(
+                "the poller does not know {}",
+                symbols
+                    .iter()
+                    .map(|symbol| symbol.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         Event::Market(market) => market_json(market),
         Event::CommandsDropped { count, bound } => error_json(
             "commands_dropped",
@@ -259,8 +307,17 @@ pub(crate) fn event_text(event: &Event) -> Option<String> {
             } else {
                 ""
             };
+            let delayed = if quote
+                .update_mode
+                .as_deref()
+                .is_some_and(|mode| mode.starts_with("delayed"))
+            {
+                " [delayed]"
+            } else {
+                ""
+            };
             format!(
-                "{time} {:<18} {:>12}{change}  bid {} ask {} vol {}{poll}",
+                "{time} {:<18} {:>12}{change}  bid {} ask {} vol {}{poll}{delayed}",
                 quote.symbol,
                 number(quote.last_price),
                 number(quote.bid),

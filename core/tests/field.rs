@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use tickwire_core::client::{
-    Client, Config, ConnectionId, DisconnectCause, Event, HistoryError, Input, Market, Output,
-    TransportError, TransportErrorKind,
+    AuthToken, Client, Config, ConnectionId, DisconnectCause, Event, HistoryError, Input, Market,
+    Output, TransportError, TransportErrorKind,
 };
 use tickwire_core::codec::{Decoder, Packet, frame};
 
@@ -256,7 +256,7 @@ impl World {
                     }
                 }
                 Output::RequestAuthToken => {
-                    let token = self.fresh_token.take().map(str::to_owned);
+                    let token = self.fresh_token.take().map(AuthToken::new);
                     self.client.handle_input(self.now, Input::AuthToken(token));
                 }
                 Output::Poll(_) => {}

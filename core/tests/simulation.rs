@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use tickwire_core::client::{
-    Client, Config, ConnectionId, DisconnectCause, Event, Input, Mode, Output, PolledQuote,
-    PollingConfig, Source, State, TransportError, TransportErrorKind,
+    AuthToken, Client, Config, ConnectionId, DisconnectCause, Event, Input, Mode, Output,
+    PollError, PollErrorKind, PolledQuote, PollingConfig, Source, State, TransportError,
+    TransportErrorKind,
 };
 use tickwire_core::codec::{Decoder, Packet, frame};
 
@@ -71,7 +72,8 @@ struct Sim {
     command_times: VecDeque<Instant>,
     closed_series_times: BTreeMap<u64, f64>,
     pending_token: bool,
-    poll_round: Option<u64>,
+    /// The poll in flight: its round and when it was asked.
+    poll_round: Option<(u64, Instant)>,
     /// The next attempt the client last reported, and the time of the step before this one.
     reported_attempt: Option<Instant>,
     previous_now: Instant,
@@ -102,6 +104,7 @@ impl Sim {
         let polling = rng.bool().then_some(PollingConfig {
             interval: Duration::from_secs(3),
             unavailable_after: Duration::from_secs(rng.u64(5..40)),
+            timeout: Duration::from_secs(rng.u64(5..60)),
         });
         let config = Config {
             seed: Some(seed),
@@ -174,23 +177,41 @@ impl Sim {
             self.pending_token = false;
             self.client.handle_input(
                 self.now,
-                Input::AuthToken(Some(format!("token-{}", self.step))),
+                Input::AuthToken(Some(match self.rng.u8(0..3) {
+                    0 => AuthToken::new(format!("token-{}", self.step)),
+                    _ => AuthToken::new(format!("token-{}", self.step))
+                        .valid_for(Duration::from_secs(self.rng.u64(1..7_200))),
+                })),
             );
             self.drain();
         }
-        if let Some(round) = self.poll_round.take() {
-            let quotes = self
-                .client
-                .quote_symbols()
-                .iter()
-                .map(|symbol| PolledQuote {
-                    symbol: symbol.to_string(),
-                    last_price: Some(-1.0),
-                    ..PolledQuote::default()
-                })
-                .collect();
+        // The poller answers most polls at once, fails some, and leaves a few unanswered (the
+        // client's poll timeout then fails them).
+        let answer = self.rng.u8(0..10);
+        if let Some((round, _)) = self.poll_round.filter(|_| answer < 9) {
+            self.poll_round = None;
+            let result = match answer {
+                0 => Err(PollError::new(PollErrorKind::Status(503), "HTTP 503")),
+                1 => Err(PollError::new(
+                    PollErrorKind::RateLimited {
+                        retry_after: Some(Duration::from_secs(self.rng.u64(0..120))),
+                    },
+                    "HTTP 429",
+                )),
+                _ => Ok(self
+                    .client
+                    .quote_symbols()
+                    .iter()
+                    .filter(|_| self.rng.u8(0..10) > 0)
+                    .map(|symbol| PolledQuote {
+                        symbol: symbol.to_string(),
+                        last_price: Some(-1.0),
+                        ..PolledQuote::default()
+                    })
+                    .collect()),
+            };
             self.client
-                .handle_input(self.now, Input::PollResult { round, quotes });
+                .handle_input(self.now, Input::PollResult { round, result });
             self.drain();
         }
         match self.connection {
@@ -529,8 +550,17 @@ impl Sim {
                     "poll request while {:?}",
                     status.mode
                 );
+                // One poll in flight at most: another only once the last one's timeout passed.
+                if let Some((_, sent)) = self.poll_round {
+                    let timeout = self.client.config().polling.map(|p| p.timeout);
+                    check!(
+                        self,
+                        timeout.is_some_and(|timeout| self.now >= sent + timeout),
+                        "a second poll while one is in flight"
+                    );
+                }
                 self.stats.polls += 1;
-                self.poll_round = Some(request.round);
+                self.poll_round = Some((request.round, self.now));
             }
             Output::Event(event) => self.on_event(event),
         }

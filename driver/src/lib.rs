@@ -27,8 +27,8 @@ pub use socket::{
     resolve_error, retry_after, transport_error, upgrade_request, websocket_config,
 };
 pub use tickwire_core::client::{
-    BarsError, Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PolledQuote,
-    SeriesId, State, Status, TransportError, TransportErrorKind,
+    AuthToken, BarsError, Config, ConnectRequest, Event, HistoryError, HistoryId, Input, PollError,
+    PollErrorKind, PolledQuote, SeriesId, State, Status, TransportError, TransportErrorKind,
 };
 use tickwire_core::client::{Client, ConnectionId, Output};
 pub use tickwire_core::message::Bar;
@@ -74,13 +74,19 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
 }
 
-/// Answers the core's requests for a fresh auth token.
-pub type TokenProvider = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+/// Answers the core's requests for a fresh auth token: the token and its lifetime, or `None`
+/// when there is none to be had right now (the core backs off and asks again).
+pub type TokenProvider = Arc<dyn Fn() -> BoxFuture<'static, Option<AuthToken>> + Send + Sync>;
 
-/// Performs fallback polls (see `Config::polling`).
+/// Performs fallback polls (see `Config::polling`). The core sends one poll at a time and decides
+/// when the next goes; a poller only fetches.
 pub trait Poller: Send + Sync + 'static {
-    /// Fetches quotes for `symbols`.
-    fn poll(&self, symbols: Vec<Arc<str>>) -> BoxFuture<'static, Vec<PolledQuote>>;
+    /// Fetches quotes for `symbols`: one per symbol found (left-out symbols are reported by the
+    /// core), or why the poll failed.
+    fn poll(
+        &self,
+        symbols: Vec<Arc<str>>,
+    ) -> BoxFuture<'static, Result<Vec<PolledQuote>, PollError>>;
 }
 
 /// Driver options beyond the core's [`Config`].
@@ -633,7 +639,7 @@ impl<R: Runtime> Driver<R> {
                         async move {
                             Input::PollResult {
                                 round,
-                                quotes: poll.await,
+                                result: poll.await,
                             }
                         }
                         .boxed(),

@@ -11,8 +11,8 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tickwire_core::client::{
-    Client, Config, ConnectionId, Event, HistoryError, Input, Output, PolledQuote, PollingConfig,
-    TransportError, TransportErrorKind,
+    AuthToken, Client, Config, ConnectionId, Event, HistoryError, Input, Output, PollError,
+    PollErrorKind, PolledQuote, PollingConfig, TransportError, TransportErrorKind,
 };
 use tickwire_core::codec::frame;
 
@@ -39,7 +39,7 @@ enum Op {
     UnsubscribeBars,
     History(u8),
     PollResult(u8, u8),
-    AuthToken(bool),
+    AuthToken(bool, u16),
     Close,
 }
 
@@ -175,6 +175,7 @@ fn config(polling: bool) -> Config {
         polling: polling.then_some(PollingConfig {
             interval: Duration::from_secs(1),
             unavailable_after: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
         }),
         ..Config::default()
     }
@@ -219,7 +220,10 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     world.current = None;
                     let kind = match kind % 4 {
                         0 => TransportErrorKind::Refused,
-                        1 => TransportErrorKind::HttpStatus { code: 429, retry_after: None },
+                        1 => TransportErrorKind::HttpStatus {
+                            code: 429,
+                            retry_after: None,
+                        },
                         2 => TransportErrorKind::HttpStatus {
                             code: 429,
                             retry_after: Some(Duration::from_secs(u64::from(kind))),
@@ -343,16 +347,23 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     last_price: Some(f64::from(price)),
                     ..PolledQuote::default()
                 };
-                client.handle_input(
-                    now,
-                    Input::PollResult {
-                        round,
-                        quotes: vec![quote],
-                    },
-                );
+                // A zero price stands for a failed poll.
+                let result = if price == 0 {
+                    Err(PollError::new(PollErrorKind::Status(503), "HTTP 503"))
+                } else {
+                    Ok(vec![quote])
+                };
+                client.handle_input(now, Input::PollResult { round, result });
             }
-            Op::AuthToken(fresh) => {
-                client.handle_input(now, Input::AuthToken(fresh.then(|| "fresh".to_owned())))
+            Op::AuthToken(fresh, lifetime_secs) => {
+                let token = fresh.then(|| {
+                    let token = AuthToken::new(format!("fresh-{lifetime_secs}"));
+                    match lifetime_secs {
+                        0 => token,
+                        secs => token.valid_for(Duration::from_secs(u64::from(secs))),
+                    }
+                });
+                client.handle_input(now, Input::AuthToken(token))
             }
             Op::Close => {
                 client.close();
@@ -414,10 +425,13 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         (change.next_attempt, change.cause, world.closed)
                     {
                         if change.state == tickwire_core::client::State::BackingOff {
-                            use tickwire_core::client::DisconnectCause::{DataSilence, MaxAge, Zombie};
+                            use tickwire_core::client::DisconnectCause::{
+                                DataSilence, MaxAge, Zombie,
+                            };
                             let delay = next.saturating_duration_since(now);
                             // Verdicts on a proven session retry after the grace delay.
-                            let verdict = matches!(change.cause, Some(Zombie | DataSilence | MaxAge));
+                            let verdict =
+                                matches!(change.cause, Some(Zombie | DataSilence | MaxAge));
                             let base = if change.consecutive_failures == 0 || verdict {
                                 Duration::from_secs(2)
                             } else {
@@ -428,9 +442,10 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                             };
                             // A bad token also waits for the token timeout (10 s); a refusal
                             // with Retry-After waits at least that long.
-                            let retry_after = world
-                                .retry_after
-                                .filter(|_| change.cause == Some(tickwire_core::client::DisconnectCause::ConnectFailed));
+                            let retry_after = world.retry_after.filter(|_| {
+                                change.cause
+                                    == Some(tickwire_core::client::DisconnectCause::ConnectFailed)
+                            });
                             let floor = retry_after.unwrap_or_default();
                             let high = base
                                 .mul_f64(1.2)

@@ -396,7 +396,7 @@ async fn a_rejected_token_is_replaced_by_the_provider(connect: impl Fn(Config, O
     let counter = std::sync::Arc::clone(&asked);
     let provider: tickwire_driver::TokenProvider = std::sync::Arc::new(move || {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(async { Some("fresh-token".to_owned()) })
+        Box::pin(async { Some(tickwire_driver::AuthToken::new("fresh-token")) })
     });
     // The emulator rejects tokens starting with "bad".
     let config = Config {
@@ -529,8 +529,9 @@ async fn a_rejected_token_without_a_provider_backs_off(connect: impl Fn(Config, 
 /// A token that expires mid-session: the provider's fresh one takes over.
 async fn an_expired_token_is_refreshed(connect: impl Fn(Config, Options) -> Feed) {
     let server = Server::with_faults(&["#1:expire-token@500ms"]);
-    let provider: tickwire_driver::TokenProvider =
-        std::sync::Arc::new(|| Box::pin(async { Some("fresh-token".to_owned()) }));
+    let provider: tickwire_driver::TokenProvider = std::sync::Arc::new(|| {
+        Box::pin(async { Some(tickwire_driver::AuthToken::new("fresh-token")) })
+    });
     let config = Config {
         auth_token: "short-lived".to_owned(),
         ..config(&server)
@@ -602,7 +603,10 @@ impl tickwire_driver::Poller for FixedPoller {
     fn poll(
         &self,
         symbols: Vec<std::sync::Arc<str>>,
-    ) -> futures::future::BoxFuture<'static, Vec<tickwire_driver::PolledQuote>> {
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Vec<tickwire_driver::PolledQuote>, tickwire_driver::PollError>,
+    > {
         let quotes = symbols
             .iter()
             .map(|symbol| tickwire_driver::PolledQuote {
@@ -611,7 +615,7 @@ impl tickwire_driver::Poller for FixedPoller {
                 ..Default::default()
             })
             .collect();
-        Box::pin(async move { quotes })
+        Box::pin(async move { Ok(quotes) })
     }
 }
 
@@ -621,6 +625,7 @@ async fn polling_fallback_serves_quotes_while_the_stream_is_down(
     let polling = tickwire_core::client::PollingConfig {
         interval: Duration::from_millis(200),
         unavailable_after: Duration::from_secs(60),
+        ..Default::default()
     };
     let config = Config {
         url: "ws://127.0.0.1:1/".to_owned(),

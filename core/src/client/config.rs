@@ -120,6 +120,9 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Most bars one history request may collect (`TICKWIRE_MAX_HISTORY_BARS`).
     pub max_history_bars: usize,
+    /// How long `auth_token` stays valid from the moment the client is built, when known (the
+    /// JWT's `exp`): the client asks for the next one before then ([`super::AuthToken`]).
+    pub auth_token_lifetime: Option<Duration>,
     /// Polling fallback; `None` (the default) never polls (`TICKWIRE_POLL_INTERVAL` enables it).
     pub polling: Option<PollingConfig>,
     /// Seed of the jitter and of the session ids: same seed, same decisions (`TICKWIRE_SEED`).
@@ -166,6 +169,7 @@ impl std::fmt::Debug for Config {
             .field("max_packet_size", &self.max_packet_size)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("max_history_bars", &self.max_history_bars)
+            .field("auth_token_lifetime", &self.auth_token_lifetime)
             .field("polling", &self.polling)
             .field("seed", &self.seed)
             .finish()
@@ -189,13 +193,17 @@ pub struct PollingConfig {
     /// Start polling once the stream has been unavailable this long (polling also starts when
     /// the circuit opens).
     pub unavailable_after: Duration,
+    /// A poll with no answer this long has failed ([`super::PollErrorKind::Timeout`]); the
+    /// next one waits for the backoff. One poll is in flight at most.
+    pub timeout: Duration,
 }
 
 impl Default for PollingConfig {
     fn default() -> Self {
         PollingConfig {
-            interval: Duration::from_secs(5),
+            interval: Duration::from_secs(10),
             unavailable_after: Duration::from_secs(30),
+            timeout: Duration::from_secs(45),
         }
     }
 }
@@ -237,6 +245,7 @@ impl Default for Config {
             max_packet_size: crate::codec::DEFAULT_MAX_PACKET_SIZE,
             max_subscriptions: 10_000,
             max_history_bars: 100_000,
+            auth_token_lifetime: None,
             polling: None,
             seed: None,
         }
@@ -288,9 +297,9 @@ impl Config {
         }
         if self
             .polling
-            .is_some_and(|polling| polling.interval.is_zero())
+            .is_some_and(|polling| polling.interval.is_zero() || polling.timeout.is_zero())
         {
-            return invalid("poll interval must be positive");
+            return invalid("poll interval and poll timeout must be positive");
         }
         let longest = [
             self.connect_timeout,
@@ -310,6 +319,10 @@ impl Config {
             self.quiet_recheck,
             self.quiet_recheck_max,
             self.stable_after,
+            self.auth_token_lifetime.unwrap_or_default(),
+            self.polling
+                .map(|polling| polling.interval.max(polling.timeout))
+                .unwrap_or_default(),
         ]
         .into_iter()
         .max()
@@ -582,7 +595,8 @@ mod tests {
             config.polling,
             Some(PollingConfig {
                 interval: Duration::from_secs(2),
-                unavailable_after: Duration::from_secs(10)
+                unavailable_after: Duration::from_secs(10),
+                timeout: Duration::from_secs(45),
             })
         );
         assert_eq!(config.seed, Some(42));

@@ -25,6 +25,12 @@
 //!   [`Client::deadline`] gives each one and [`Client::next_timer`] says which is next, so a log
 //!   can say why the machine woke. The deadline changes only when the client handles an input,
 //!   a timeout or an application command, so read it again after each of those.
+//! - **Requests.** [`Output::RequestAuthToken`] and [`Output::Poll`] are answered with
+//!   [`Input::AuthToken`] and [`Input::PollResult`] whenever the answer is ready, with the time of
+//!   the answer. One of each is in flight at most; an unanswered one fails at its deadline
+//!   ([`Config::token_timeout`], [`PollingConfig::timeout`]) and a late answer is then ignored
+//!   (a token is still kept for the next connection). Failures are retried after a backoff with
+//!   jitter that the status and the events report before it happens.
 //! - **Bounds.** Outputs grow only in proportion to the input just handled; drain them every time.
 //!
 //! What the client decides on its own — liveness (see [`liveness`]), reconnect backoff and the
@@ -75,7 +81,9 @@
 mod config;
 pub mod liveness;
 pub mod policy;
+mod polling;
 mod quote;
+mod token;
 mod transport;
 mod types;
 
@@ -93,14 +101,15 @@ pub use liveness::{Market, MarketStatus};
 pub use quote::{Quote, QuoteFields};
 pub use transport::{TransportError, TransportErrorKind};
 pub use types::{
-    BarEvent, BarsError, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters,
-    DisconnectCause, Event, HistoryError, HistoryEvent, HistoryId, Input, Mode, Output,
-    PollRequest, PolledQuote, QuoteEvent, SeriesId, Source, State, StateChange, Status, Timer,
+    AuthToken, BarEvent, BarsError, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters,
+    DataDelay, DisconnectCause, Event, HistoryError, HistoryEvent, HistoryId, Input, Mode, Output,
+    PollError, PollErrorKind, PollRequest, PollStatus, PolledQuote, QuoteEvent, SeriesId, Source,
+    State, StateChange, Status, Timer, TokenStatus,
 };
 
 use crate::codec::{Decoder, Packet};
 use crate::command::{Adjustment, Command, SymbolSpec};
-use crate::message::{self, Bar, ChartUpdate, FieldUpdate, QuoteValues, ServerMessage};
+use crate::message::{self, Bar, ChartUpdate, QuoteValues, ServerMessage};
 use crate::timeframe::Timeframe;
 use policy::{CommandQueue, TokenBucket, retry_delay};
 
@@ -239,6 +248,10 @@ pub struct Client {
     unavailable_since: Option<Instant>,
     next_poll: Option<Instant>,
     poll_round: u64,
+    /// The fallback poller's in-flight request, failures and missing symbols.
+    poll: polling::PollState,
+    /// The auth token's expiry and refresh schedule.
+    token: token::TokenSchedule,
     last_tick: Option<Instant>,
     outputs: VecDeque<Output>,
     counters: Counters,
@@ -282,6 +295,8 @@ impl Client {
             unavailable_since: Some(now),
             next_poll: None,
             poll_round: 0,
+            poll: polling::PollState::default(),
+            token: token::TokenSchedule::starting(now, config.auth_token_lifetime),
             last_tick: None,
             outputs: VecDeque::new(),
             counters: Counters::default(),
@@ -524,7 +539,7 @@ impl Client {
                     self.fail_connection(now, cause, false, Some(error.kind));
                 }
             }
-            Input::PollResult { round, quotes } => self.on_poll_result(now, round, quotes),
+            Input::PollResult { round, result } => self.on_poll_result(now, round, result),
             Input::AuthToken(token) => self.on_auth_token(now, token),
         }
         self.after_step(now);
@@ -587,11 +602,12 @@ impl Client {
                     }
                     _ => None,
                 };
-                match (self.next_poll, polling_start) {
-                    (Some(poll), Some(start)) => Some(poll.min(start)),
-                    (poll, start) => poll.or(start),
-                }
+                [self.next_poll, polling_start, self.poll.in_flight_until()]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
+            Timer::TokenRefresh => self.token_refresh_deadline(),
         }
     }
 
@@ -640,8 +656,10 @@ impl Client {
                 self.breaker_trips = 0;
                 self.emit_state(None);
             }
-            // Both run in `after_step`, which every entry point ends with.
-            Timer::RateLimit | Timer::Poll => {}
+            Timer::TokenRefresh => self.fire_token_refresh(now),
+            Timer::Poll => self.expire_poll(now),
+            // Runs in `after_step`, which every entry point ends with.
+            Timer::RateLimit => {}
         }
     }
 
@@ -674,7 +692,29 @@ impl Client {
                 .open_link()
                 .is_some_and(|link| link.proven_at.is_some()),
             market: self.market_status(now),
+            data: self.data_delay(),
+            polling: self.poll_status(),
+            auth: TokenStatus {
+                expires_at: self.token.expires_at,
+                next_refresh: self.token_refresh_deadline(),
+                refresh_failures: self.token.failures,
+            },
         }
+    }
+
+    /// Counts the subscribed symbols by their quotes' `update_mode`.
+    fn data_delay(&self) -> DataDelay {
+        let mut delay = DataDelay::default();
+        for quote in self.quotes.values() {
+            match quote.update_mode.as_deref() {
+                None => delay.unknown = delay.unknown.saturating_add(1),
+                Some(mode) if mode.starts_with("delayed") => {
+                    delay.delayed = delay.delayed.saturating_add(1)
+                }
+                Some(_) => delay.realtime = delay.realtime.saturating_add(1),
+            }
+        }
+        delay
     }
 
     /// The quote symbols currently desired (rejected ones are gone), sorted.
@@ -1122,6 +1162,7 @@ impl Client {
             // The stream is back: polling stops in the same step.
             self.mode = Mode::Streaming;
             self.next_poll = None;
+            self.poll.stop();
         }
         // Nothing asked, nothing to acknowledge: the first data packet is all the proof there is.
         if !self.has_subscriptions() {
@@ -1301,19 +1342,14 @@ impl Client {
         }
     }
 
-    fn on_auth_token(&mut self, now: Instant, token: Option<String>) {
-        let fresh = token.filter(|token| !token.is_empty() && *token != self.auth_token.0);
+    fn on_auth_token(&mut self, now: Instant, token: Option<AuthToken>) {
+        let fresh = self.take_token_answer(now, token);
         if self.awaiting_token_until.take().is_none() {
-            // Not after a rejection: just the token to use from the next connection on.
-            if let Some(token) = fresh {
-                self.auth_token = Secret(token);
-            }
+            // Not after a rejection: a refresh (handled above), or an unasked token to use
+            // from the next connection on.
             return;
         }
         let refreshed = fresh.is_some();
-        if let Some(token) = fresh {
-            self.auth_token = Secret(token);
-        }
         self.push_event(Event::AuthTokenRejected { refreshed });
         // One immediate retry with a fresh token; another rejection waits for the backoff.
         // An attempt that was only held for this answer goes now, and is reported as now.
@@ -1439,27 +1475,6 @@ impl Client {
         self.send_remove_series(now, key);
     }
 
-    fn on_poll_result(&mut self, now: Instant, round: u64, quotes: Vec<PolledQuote>) {
-        if self.mode != Mode::Polling || round != self.poll_round {
-            return;
-        }
-        for polled in quotes {
-            let values = polled_values(&polled);
-            let Some(quote) = self.quotes.get_mut(polled.symbol.as_str()) else {
-                continue;
-            };
-            let changed = quote.apply(&values);
-            let event = QuoteEvent {
-                quote: quote.clone(),
-                changed,
-                source: Source::Poll,
-            };
-            self.last_tick = Some(now);
-            self.counters.quotes = self.counters.quotes.saturating_add(1);
-            self.push_event(Event::Quote(event));
-        }
-    }
-
     // ----- outbound ----------------------------------------------------------------------------
 
     /// Sends a command through the rate limit, or queues it; a full queue drops and reports it.
@@ -1556,36 +1571,6 @@ impl Client {
         }
         self.flush_queue(now);
         self.update_polling(now);
-    }
-
-    fn update_polling(&mut self, now: Instant) {
-        let Some(polling) = self.config.polling else {
-            return;
-        };
-        let stream_live = self.open_link().is_some_and(|link| link.live);
-        if self.mode == Mode::Streaming && !stream_live && !self.quotes.is_empty() {
-            let unavailable_long = self
-                .unavailable_since
-                .is_some_and(|since| now >= add(since, polling.unavailable_after));
-            if self.breaker == Breaker::Open || unavailable_long {
-                self.mode = Mode::Polling;
-                self.next_poll = Some(now);
-                self.emit_state(None);
-            }
-        }
-        if self.mode != Mode::Polling {
-            return;
-        }
-        if self.next_poll.is_some_and(|at| now >= at) {
-            self.poll_round = self.poll_round.saturating_add(1);
-            self.counters.polls = self.counters.polls.saturating_add(1);
-            let request = PollRequest {
-                round: self.poll_round,
-                symbols: self.quote_symbols(),
-            };
-            self.outputs.push_back(Output::Poll(request));
-            self.next_poll = Some(add(now, polling.interval));
-        }
     }
 
     fn expire_histories(&mut self, now: Instant) {
@@ -1824,22 +1809,6 @@ impl SeriesState {
                 out.push((*bar, true));
             }
         }
-    }
-}
-
-fn polled_values(polled: &PolledQuote) -> QuoteValues<'static> {
-    let set = |value: Option<f64>| value.map_or(FieldUpdate::Unchanged, FieldUpdate::Set);
-    QuoteValues {
-        last_price: set(polled.last_price),
-        last_price_time: polled
-            .last_price_time
-            .map_or(FieldUpdate::Unchanged, FieldUpdate::Set),
-        change: set(polled.change),
-        change_percent: set(polled.change_percent),
-        volume: set(polled.volume),
-        bid: set(polled.bid),
-        ask: set(polled.ask),
-        ..QuoteValues::default()
     }
 }
 

@@ -561,7 +561,7 @@ fn bad_auth_token_asks_for_a_fresh_one_before_the_next_attempt() {
     // The grace delay passes, but the client waits for the token.
     assert!(connect_id(&h.at(5 * SECOND)).is_none());
     // The attempt that waited for the token starts in the same step.
-    let outputs = h.input(Input::AuthToken(Some("fresh.jwt".into())));
+    let outputs = h.input(Input::AuthToken(Some(AuthToken::new("fresh.jwt"))));
     let id = connect_id(&outputs).expect("the attempt starts with the token");
     assert!(
         h.client.poll_timeout().is_some_and(|due| due >= h.now),
@@ -882,6 +882,7 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
     let polling = PollingConfig {
         interval: 5 * SECOND,
         unavailable_after: 1_000 * SECOND,
+        ..PollingConfig::default()
     };
     let mut h = Harness::new(Config {
         polling: Some(polling),
@@ -922,11 +923,11 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
     assert_eq!(round.symbols, [Arc::from("A")]);
     let outputs = h.input(Input::PollResult {
         round: round.round,
-        quotes: vec![PolledQuote {
+        result: Ok(vec![PolledQuote {
             symbol: "A".into(),
             last_price: Some(9.0),
             ..PolledQuote::default()
-        }],
+        }]),
     });
     let quotes = quote_events(&outputs);
     assert_eq!(
@@ -949,11 +950,11 @@ fn polling_takes_over_when_the_circuit_opens_and_stops_when_the_stream_returns()
     h.server(probe, &qsd(&session, "A", r#""lp":2"#));
     let late = h.input(Input::PollResult {
         round: round.round,
-        quotes: vec![PolledQuote {
+        result: Ok(vec![PolledQuote {
             symbol: "A".into(),
             last_price: Some(1.0),
             ..PolledQuote::default()
-        }],
+        }]),
     });
     assert!(quote_events(&late).is_empty());
     assert!(
@@ -968,6 +969,7 @@ fn polling_also_starts_after_the_unavailability_threshold() {
     let polling = PollingConfig {
         interval: 5 * SECOND,
         unavailable_after: 20 * SECOND,
+        ..PollingConfig::default()
     };
     let mut h = Harness::new(Config {
         polling: Some(polling),
@@ -1100,6 +1102,7 @@ fn app_commands_leave_no_timer_in_the_past() {
     let polling = PollingConfig {
         interval: SECOND,
         unavailable_after: 5 * SECOND,
+        ..PollingConfig::default()
     };
     let mut h = Harness::new(Config {
         polling: Some(polling),
@@ -1313,11 +1316,357 @@ fn the_token_never_appears_in_debug_output() {
     let shown = format!(
         "{:?} {:?}",
         h.client,
-        Input::AuthToken(Some("eyJfresh".into()))
+        Input::AuthToken(Some(AuthToken::new("eyJnewone")))
     );
     assert!(
-        !shown.contains("secret") && !shown.contains("fresh"),
+        !shown.contains("secret") && !shown.contains("newone"),
         "{shown}"
     );
-    assert!(shown.contains("<redacted, 13 chars>") && shown.contains("<redacted, 8 chars>"));
+    assert!(shown.contains("<redacted, 13 chars>") && shown.contains("<redacted, 9 chars>"));
+}
+
+// ----- token lifetime ----------------------------------------------------------------------------
+
+fn token_requests(outputs: &[Output]) -> usize {
+    outputs
+        .iter()
+        .filter(|output| matches!(output, Output::RequestAuthToken))
+        .count()
+}
+
+#[test]
+fn a_token_is_refreshed_before_it_expires_and_handed_to_the_open_connection() {
+    let mut h = Harness::new(Config {
+        auth_token: "eyJfirst".to_owned(),
+        auth_token_lifetime: Some(100 * SECOND),
+        ..no_jitter()
+    });
+    assert_eq!(
+        h.client.status(h.now).auth.expires_at,
+        Some(h.start + 100 * SECOND)
+    );
+    let id = h.go_live();
+    assert_eq!(
+        token_requests(&h.heartbeats_until(id, 10 * SECOND, 79 * SECOND)),
+        0
+    );
+    assert_eq!(token_requests(&h.at(80 * SECOND)), 1);
+    // Nothing more is asked while the answer is on its way.
+    assert_eq!(
+        token_requests(&h.heartbeats_until(id, 4 * SECOND, 85 * SECOND)),
+        0
+    );
+    let outputs = h.input(Input::AuthToken(Some(
+        AuthToken::new("eyJsecond").valid_for(100 * SECOND),
+    )));
+    let sent = transmits(&outputs);
+    assert_eq!(sent.len(), 1, "{outputs:?} {:?}", h.client.status(h.now));
+    assert!(
+        sent[0].contains(r#"{"m":"set_auth_token","p":["eyJsecond"]}"#),
+        "{sent:?}"
+    );
+    assert!(
+        outputs
+            .iter()
+            .all(|output| !matches!(output, Output::Close { .. }))
+    );
+    assert!(events(&outputs).iter().any(|event| matches!(
+        event,
+        Event::AuthTokenRefreshed { lifetime: Some(lifetime) } if *lifetime == 100 * SECOND
+    )));
+    let status = h.client.status(h.now);
+    assert_eq!(status.connection, Some(id));
+    assert_eq!(status.auth.expires_at, Some(h.now + 100 * SECOND));
+    assert_eq!(status.auth.next_refresh, Some(h.now + 80 * SECOND));
+    assert_eq!(
+        h.client.deadline(Timer::TokenRefresh),
+        Some(h.now + 80 * SECOND)
+    );
+}
+
+#[test]
+fn a_refresh_that_brings_no_fresh_token_backs_off_and_never_loops() {
+    let mut h = Harness::new(Config {
+        auth_token: "eyJfirst".to_owned(),
+        auth_token_lifetime: Some(100 * SECOND),
+        ..no_jitter()
+    });
+    h.go_live();
+    let mut delays = Vec::new();
+    let mut t = 80 * SECOND;
+    for round in 0..9 {
+        let outputs = h.at(t);
+        assert_eq!(token_requests(&outputs), 1, "round {round} at {t:?}");
+        // No token, the same token, or no answer at all: each is a failed refresh.
+        let outputs = match round % 3 {
+            0 => h.input(Input::AuthToken(None)),
+            1 => h.input(Input::AuthToken(Some(
+                AuthToken::new("eyJfirst").valid_for(100 * SECOND),
+            ))),
+            _ => h.at(t + 10 * SECOND),
+        };
+        let retry_at = events(&outputs)
+            .into_iter()
+            .find_map(|event| match event {
+                Event::AuthTokenRefreshFailed { retry_at, .. } => Some(*retry_at),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("round {round}: {outputs:?}"));
+        assert_eq!(h.client.status(h.now).auth.next_refresh, Some(retry_at));
+        delays.push((retry_at - h.now).as_secs());
+        // Nothing is asked before the reported time.
+        assert_eq!(token_requests(&h.at(retry_at - h.start - SECOND / 2)), 0);
+        t = retry_at - h.start;
+    }
+    // The reconnect backoff: 1, 2, 4… seconds, capped at the backoff max.
+    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(h.client.status(h.now).auth.refresh_failures, 9);
+}
+
+#[test]
+fn a_rejection_during_a_refresh_asks_once_and_the_answer_serves_both() {
+    let mut h = Harness::new(Config {
+        auth_token: "eyJfirst".to_owned(),
+        auth_token_lifetime: Some(100 * SECOND),
+        ..no_jitter()
+    });
+    let id = h.go_live();
+    assert_eq!(
+        token_requests(&h.heartbeats_until(id, 10 * SECOND, 80 * SECOND)),
+        1
+    );
+    let outputs = h.server(id, r#"{"m":"protocol_error","p":["bad auth token"]}"#);
+    assert_eq!(closes(&outputs), [DisconnectCause::BadAuthToken]);
+    // The rejection asks too; one answer serves both and the attempt goes at once.
+    let outputs = h.input(Input::AuthToken(Some(
+        AuthToken::new("eyJsecond").valid_for(100 * SECOND),
+    )));
+    assert!(connect_id(&outputs).is_some(), "{outputs:?}");
+    assert_eq!(
+        h.client.deadline(Timer::TokenRefresh),
+        Some(h.now + 80 * SECOND)
+    );
+}
+
+// ----- polling --------------------------------------------------------------------------------
+
+/// A client polling `symbols` after its first attempt failed; returns the first poll request.
+fn polling_harness(symbols: &[&str]) -> (Harness, PollRequest) {
+    let mut h = Harness::new(Config {
+        polling: Some(PollingConfig {
+            interval: 10 * SECOND,
+            unavailable_after: SECOND,
+            timeout: 30 * SECOND,
+        }),
+        max_attempts: 1_000,
+        backoff_max: 3_600 * SECOND,
+        ..no_jitter()
+    });
+    h.client.subscribe_quotes(h.now, symbols);
+    let id = h.expect_connect();
+    h.input(Input::ConnectFailed {
+        id,
+        error: TransportError::new(TransportErrorKind::Refused, "refused"),
+    });
+    let outputs = h.at(SECOND);
+    let request = polls(&outputs)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no poll in {outputs:?}"));
+    (h, request)
+}
+
+fn polls(outputs: &[Output]) -> Vec<PollRequest> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Poll(request) => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Moves time forward step by step until the next poll request, failing past `limit`.
+fn next_poll(h: &mut Harness, limit: Duration) -> (Duration, PollRequest) {
+    loop {
+        let due = h.client.poll_timeout().expect("a timer");
+        assert!(due - h.start <= limit, "no poll before {limit:?}");
+        let outputs = h.at(due - h.start);
+        // Connection attempts fail as they come, so only the poller's schedule matters.
+        if let Some(id) = connect_id(&outputs) {
+            h.input(Input::ConnectFailed {
+                id,
+                error: TransportError::new(TransportErrorKind::Refused, "refused"),
+            });
+        }
+        if let Some(request) = polls(&outputs).into_iter().next() {
+            return (due - h.start, request);
+        }
+    }
+}
+
+#[test]
+fn one_poll_is_in_flight_at_most_and_a_silent_poller_times_out() {
+    let (mut h, first) = polling_harness(&["A"]);
+    assert!(h.client.status(h.now).polling.in_flight);
+    // The interval passes without an answer: no second poll until the timeout fails the first.
+    let (at, second) = next_poll(&mut h, 3_600 * SECOND);
+    assert!(at >= 31 * SECOND, "second poll at {at:?}");
+    assert!(second.round > first.round);
+    let status = h.client.status(h.now);
+    assert_eq!(status.polling.failures, 1);
+    assert!(
+        status
+            .polling
+            .last_error
+            .is_some_and(|error| error.contains("30s"))
+    );
+    // The first poll's late answer is ignored.
+    let late = h.input(Input::PollResult {
+        round: first.round,
+        result: Ok(vec![PolledQuote {
+            symbol: "A".into(),
+            last_price: Some(1.0),
+            ..PolledQuote::default()
+        }]),
+    });
+    assert!(quote_events(&late).is_empty());
+}
+
+#[test]
+fn failed_polls_back_off_growing_and_honour_retry_after() {
+    let (mut h, mut request) = polling_harness(&["A"]);
+    let mut gaps = Vec::new();
+    let mut at = SECOND;
+    for round in 0..8 {
+        let error = if round == 2 {
+            PollError::new(
+                PollErrorKind::RateLimited {
+                    retry_after: Some(600 * SECOND),
+                },
+                "HTTP 429",
+            )
+        } else {
+            PollError::new(PollErrorKind::Status(503), "HTTP 503")
+        };
+        let outputs = h.input(Input::PollResult {
+            round: request.round,
+            result: Err(error),
+        });
+        let reported = events(&outputs)
+            .into_iter()
+            .find_map(|event| match event {
+                Event::PollFailed { next_poll, .. } => Some(*next_poll),
+                _ => None,
+            })
+            .expect("PollFailed");
+        assert_eq!(h.client.status(h.now).polling.next_poll, Some(reported));
+        let (next_at, next) = next_poll(&mut h, 100_000 * SECOND);
+        // The delay the status reported is the delay that happened.
+        assert_eq!(h.start + next_at, reported, "round {round}");
+        gaps.push(next_at - at);
+        at = next_at;
+        request = next;
+    }
+    assert!(gaps[2] >= 600 * SECOND, "{gaps:?}");
+    assert!(
+        gaps[7] > gaps[1] && gaps.iter().all(|gap| *gap >= 10 * SECOND),
+        "{gaps:?}"
+    );
+    // A success resets the backoff: the next poll is one interval away.
+    let outputs = h.input(Input::PollResult {
+        round: request.round,
+        result: Ok(vec![PolledQuote {
+            symbol: "A".into(),
+            last_price: Some(3.0),
+            ..PolledQuote::default()
+        }]),
+    });
+    assert_eq!(quote_events(&outputs).len(), 1);
+    assert_eq!(h.client.status(h.now).polling.failures, 0);
+    assert_eq!(
+        h.client.status(h.now).polling.next_poll,
+        Some(h.now + 10 * SECOND)
+    );
+}
+
+#[test]
+fn past_max_attempts_failed_polls_wait_for_the_breaker_recovery() {
+    let (mut h, mut request) = polling_harness(&["A"]);
+    h.client.config.max_attempts = 3;
+    let mut last_gap = Duration::ZERO;
+    for _ in 0..4 {
+        let before = h.now;
+        h.input(Input::PollResult {
+            round: request.round,
+            result: Err(PollError::new(PollErrorKind::Network, "connection refused")),
+        });
+        let (_, next) = next_poll(&mut h, 100_000 * SECOND);
+        last_gap = h.now - before;
+        request = next;
+    }
+    assert!(last_gap >= 60 * SECOND, "{last_gap:?}");
+}
+
+#[test]
+fn symbols_a_poll_leaves_out_are_reported_once_until_they_return() {
+    let (mut h, first) = polling_harness(&["A", "B", "C"]);
+    let answer = |symbols: &[&str]| {
+        Ok(symbols
+            .iter()
+            .map(|symbol| PolledQuote {
+                symbol: (*symbol).into(),
+                last_price: Some(1.0),
+                update_mode: Some("delayed_streaming_900".into()),
+                ..PolledQuote::default()
+            })
+            .collect())
+    };
+    let missing = |outputs: &[Output]| -> Vec<Vec<Arc<str>>> {
+        events(outputs)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::PollMissing { symbols } => Some(symbols.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let outputs = h.input(Input::PollResult {
+        round: first.round,
+        result: answer(&["A"]),
+    });
+    assert_eq!(missing(&outputs), [vec![Arc::from("B"), Arc::from("C")]]);
+    let (_, second) = next_poll(&mut h, 3_600 * SECOND);
+    let outputs = h.input(Input::PollResult {
+        round: second.round,
+        result: answer(&["A", "C"]),
+    });
+    assert!(missing(&outputs).is_empty(), "{outputs:?}");
+    let (_, third) = next_poll(&mut h, 3_600 * SECOND);
+    let outputs = h.input(Input::PollResult {
+        round: third.round,
+        result: answer(&["A"]),
+    });
+    // C came back and went again: news; B is still missing: not news.
+    assert_eq!(missing(&outputs), [vec![Arc::from("C")]]);
+    let data = h.client.status(h.now).data;
+    // B never answered: its mode is unknown.
+    assert_eq!((data.delayed, data.realtime, data.unknown), (2, 0, 1));
+    assert_eq!(data.summary(), "delayed");
+}
+
+#[test]
+fn the_status_tells_real_time_from_delayed_quotes() {
+    let mut h = Harness::new(no_jitter());
+    h.client.subscribe_quotes(h.now, ["A", "B", "C"]);
+    let id = h.go_live();
+    let session = h.quote_session();
+    h.server(id, &qsd(&session, "A", r#""update_mode":"streaming""#));
+    h.server(
+        id,
+        &qsd(&session, "B", r#""update_mode":"delayed_streaming_900""#),
+    );
+    let data = h.client.status(h.now).data;
+    assert_eq!((data.realtime, data.delayed, data.unknown), (1, 1, 1));
+    assert_eq!(data.summary(), "mixed");
 }

@@ -49,16 +49,109 @@ pub enum Input {
         /// What happened: a kind the policy acts on, and the transport's words.
         error: TransportError,
     },
-    /// Results of the poll request numbered `round`.
+    /// The answer to the poll request numbered `round`: one quote per symbol the poller could
+    /// fetch (symbols left out are reported once with [`Event::PollMissing`]), or why the poll
+    /// failed (the next one then waits for the backoff).
     PollResult {
         /// [`PollRequest::round`] of the request answered.
         round: u64,
-        /// One entry per symbol the poller could fetch.
-        quotes: Vec<PolledQuote>,
+        /// The quotes, or the failure.
+        result: Result<Vec<PolledQuote>, PollError>,
     },
-    /// The application's answer to [`Output::RequestAuthToken`]: a fresh token, or `None` to
-    /// keep the current one.
-    AuthToken(Option<String>),
+    /// The application's answer to [`Output::RequestAuthToken`]: a fresh token (with how long
+    /// it stays valid, when known), or `None` when it has none (the current one is kept).
+    AuthToken(Option<AuthToken>),
+}
+
+/// A fresh auth token and how long it stays valid from the moment it is handed to the client.
+///
+/// With a lifetime the client asks for the next token ([`Output::RequestAuthToken`]) before
+/// this one expires and hands it to the open connection, so the stream never sees a rejection.
+/// The token is a secret: `Debug` shows its length only.
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_core::client::AuthToken;
+///
+/// let token = AuthToken::new("eyJ...").valid_for(Duration::from_secs(4 * 3600));
+/// assert_eq!(token.lifetime, Some(Duration::from_secs(14_400)));
+/// assert!(!format!("{token:?}").contains("eyJ"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken {
+    /// The token, as `set_auth_token` sends it.
+    pub token: String,
+    /// How long it stays valid; `None` when unknown (then only a rejection asks for another).
+    pub lifetime: Option<Duration>,
+}
+
+impl AuthToken {
+    /// A token of unknown lifetime.
+    pub fn new(token: impl Into<String>) -> AuthToken {
+        AuthToken {
+            token: token.into(),
+            lifetime: None,
+        }
+    }
+
+    /// The same token, valid for `lifetime` from now.
+    pub fn valid_for(mut self, lifetime: Duration) -> AuthToken {
+        self.lifetime = Some(lifetime);
+        self
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AuthToken")
+            .field("token", &super::config::Redacted(&self.token))
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// Why a fallback poll failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollError {
+    /// What the poll policy acts on.
+    pub kind: PollErrorKind,
+    /// The poller's words (for logs and the status), never a secret.
+    pub detail: String,
+}
+
+impl PollError {
+    /// A failure of `kind`, described by `detail`.
+    pub fn new(kind: PollErrorKind, detail: impl Into<String>) -> PollError {
+        PollError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.detail)
+    }
+}
+
+/// The kinds of poll failure the policy tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollErrorKind {
+    /// HTTP 429: the next poll waits at least `retry_after` when the server gave one.
+    RateLimited {
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// Another HTTP status (403 without the right Origin, 5xx…).
+    Status(u16),
+    /// No answer in time (the poller's own timeout, or the client's poll timeout).
+    Timeout,
+    /// Connect, DNS, TLS or I/O failure.
+    Network,
+    /// An answer that is not what a scanner sends (HTML, bad JSON, too large).
+    BadResponse,
 }
 
 /// A fresh auth token is a secret: `Debug` shows its length only.
@@ -81,15 +174,12 @@ impl std::fmt::Debug for Input {
                 .field("id", id)
                 .field("error", error)
                 .finish(),
-            Input::PollResult { round, quotes } => formatter
+            Input::PollResult { round, result } => formatter
                 .debug_struct("PollResult")
                 .field("round", round)
-                .field("quotes", quotes)
+                .field("result", result)
                 .finish(),
-            Input::AuthToken(token) => formatter
-                .debug_tuple("AuthToken")
-                .field(&token.as_deref().map(super::config::Redacted))
-                .finish(),
+            Input::AuthToken(token) => formatter.debug_tuple("AuthToken").field(token).finish(),
         }
     }
 }
@@ -113,6 +203,10 @@ pub struct PolledQuote {
     pub bid: Option<f64>,
     /// Best ask.
     pub ask: Option<f64>,
+    /// `streaming`, or a delayed mode such as `delayed_streaming_900`.
+    pub update_mode: Option<String>,
+    /// The symbol's description.
+    pub description: Option<String>,
 }
 
 /// What the client asks the driver to do, drained with [`super::Client::poll_output`].
@@ -307,6 +401,36 @@ pub enum Event {
     AuthTokenRejected {
         /// A different token arrived and the next attempt uses it.
         refreshed: bool,
+    },
+    /// A fresh token arrived before the current one expired (see [`AuthToken`]): the open
+    /// connection got it with `set_auth_token`, and every later connection uses it.
+    AuthTokenRefreshed {
+        /// How long it stays valid, when known.
+        lifetime: Option<Duration>,
+    },
+    /// Asking for the next token failed (no answer, or none in time); the client asks again at
+    /// `retry_at`, after a backoff that grows with `failures`.
+    AuthTokenRefreshFailed {
+        /// Failed refreshes in a row.
+        failures: u32,
+        /// When the client asks again.
+        retry_at: Instant,
+    },
+    /// A fallback poll failed; the next one goes at `next_poll` (backoff with jitter, at least
+    /// the server's `Retry-After`).
+    PollFailed {
+        /// What the poller reported.
+        error: PollError,
+        /// Failed polls in a row.
+        failures: u32,
+        /// When the next poll goes.
+        next_poll: Instant,
+    },
+    /// A poll answered without these symbols (unknown to the poller). Reported once per symbol
+    /// until it comes back or is unsubscribed.
+    PollMissing {
+        /// The symbols, in subscription order.
+        symbols: Vec<Arc<str>>,
     },
     /// The market went quiet (acknowledged, no ticks), closed (every symbol out of session), or
     /// active again after one of those.
@@ -548,8 +672,63 @@ pub struct Status {
     pub session_proven: bool,
     /// Active, quiet or closed market, and how far quiet verdicts have escalated.
     pub market: MarketStatus,
+    /// Real-time or delayed data, from the quotes' `update_mode`.
+    pub data: DataDelay,
+    /// The fallback poller's schedule and failures.
+    pub polling: PollStatus,
+    /// The auth token's expiry and refresh schedule.
+    pub auth: TokenStatus,
     /// Running totals.
     pub counters: Counters,
+}
+
+/// How many subscribed symbols stream in real time and how many are delayed, from each quote's
+/// `update_mode` (`streaming` is real time; `delayed_streaming_900` and other `delayed…` modes
+/// are delayed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataDelay {
+    /// Symbols whose `update_mode` is `streaming` (or another mode that is not delayed).
+    pub realtime: usize,
+    /// Symbols whose `update_mode` starts with `delayed`.
+    pub delayed: usize,
+    /// Symbols with no `update_mode` yet.
+    pub unknown: usize,
+}
+
+impl DataDelay {
+    /// `realtime`, `delayed`, `mixed` (some of each) or `unknown`.
+    pub fn summary(&self) -> &'static str {
+        match (self.realtime > 0, self.delayed > 0) {
+            (true, true) => "mixed",
+            (true, false) => "realtime",
+            (false, true) => "delayed",
+            (false, false) => "unknown",
+        }
+    }
+}
+
+/// The fallback poller as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollStatus {
+    /// When the next poll goes, when one is scheduled. This is the time it goes.
+    pub next_poll: Option<Instant>,
+    /// Whether a poll is waiting for its answer.
+    pub in_flight: bool,
+    /// Failed polls in a row.
+    pub failures: u32,
+    /// The last failure, if the last poll failed.
+    pub last_error: Option<String>,
+}
+
+/// The auth token's lifetime as the status shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenStatus {
+    /// When the current token expires, when its lifetime is known.
+    pub expires_at: Option<Instant>,
+    /// When the client next asks for a fresh one (or gives up waiting for the answer).
+    pub next_refresh: Option<Instant>,
+    /// Failed refreshes in a row.
+    pub refresh_failures: u32,
 }
 
 /// The client's timers. [`super::Client::poll_timeout`] is the earliest of their deadlines and
@@ -575,13 +754,16 @@ pub enum Timer {
     Stable,
     /// The rate limit lets the next queued command go.
     RateLimit,
-    /// The next poll, or the moment polling takes over from an unavailable stream.
+    /// The next poll, the moment polling takes over from an unavailable stream, or the poll in
+    /// flight giving up.
     Poll,
+    /// Ask for the next auth token before the current one expires, or give up waiting for it.
+    TokenRefresh,
 }
 
 impl Timer {
     /// Every timer, in the order `handle_timeout` fires them.
-    pub const ALL: [Timer; 9] = [
+    pub const ALL: [Timer; 10] = [
         Timer::History,
         Timer::Attempt,
         Timer::Connect,
@@ -591,6 +773,7 @@ impl Timer {
         Timer::Stable,
         Timer::RateLimit,
         Timer::Poll,
+        Timer::TokenRefresh,
     ];
 
     /// Snake-case name, for logs.
@@ -605,6 +788,7 @@ impl Timer {
             Timer::Stable => "stable",
             Timer::RateLimit => "rate_limit",
             Timer::Poll => "poll",
+            Timer::TokenRefresh => "token_refresh",
         }
     }
 }
