@@ -33,6 +33,7 @@ mod client;
 mod cookie;
 mod error;
 mod secret;
+pub mod session;
 mod text;
 pub mod totp;
 
