@@ -32,9 +32,11 @@
 mod client;
 mod cookie;
 mod error;
+pub mod jwt;
 mod secret;
 pub mod session;
 mod text;
+pub mod token;
 pub mod totp;
 
 pub use client::{Bases, DEFAULT_USER_AGENT, HttpClient, HttpConfig, ORIGIN, REFERER};
