@@ -35,6 +35,7 @@ mod error;
 pub mod jwt;
 mod secret;
 pub mod session;
+pub mod signin;
 mod text;
 pub mod token;
 pub mod totp;
