@@ -33,6 +33,7 @@ mod client;
 mod cookie;
 mod error;
 pub mod jwt;
+pub mod search;
 mod secret;
 pub mod session;
 pub mod signin;
