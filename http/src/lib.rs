@@ -15,6 +15,17 @@
 //! - [`token`]: the cookies exchanged for the WebSocket auth token; [`jwt`] reads its expiry.
 //! - [`search`]: symbol search; [`scanner`]: quotes by polling.
 //! - [`Secret`]: passwords, cookies and tokens, never shown in `Debug`, `Display` or errors.
+//!
+//! ```no_run
+//! use tickwire_http::search::{self, SearchQuery};
+//! use tickwire_http::{HttpClient, HttpConfig};
+//!
+//! let client = HttpClient::new(HttpConfig::default());
+//! for found in search::search(&client, &SearchQuery::new("NASDAQ:AAPL"))? {
+//!     println!("{} {}", found.id, found.description.unwrap_or_default());
+//! }
+//! # Ok::<(), tickwire_http::HttpError>(())
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +44,7 @@ mod client;
 mod cookie;
 mod error;
 pub mod jwt;
+pub mod scanner;
 pub mod search;
 mod secret;
 pub mod session;
