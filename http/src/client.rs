@@ -181,6 +181,8 @@ pub(crate) struct Request<'a> {
     /// Cookies to send (and to update from `Set-Cookie` along the chain).
     pub(crate) cookies: Jar,
     pub(crate) payload: Payload<'a>,
+    /// Secrets in the payload (the password), kept out of errors with the cookie values.
+    pub(crate) secrets: Vec<Secret>,
 }
 
 impl<'a> Request<'a> {
@@ -192,6 +194,7 @@ impl<'a> Request<'a> {
             accept: ACCEPT_JSON,
             cookies: Jar::default(),
             payload: Payload::Empty,
+            secrets: Vec::new(),
         }
     }
 
@@ -203,6 +206,7 @@ impl<'a> Request<'a> {
             accept: ACCEPT_JSON,
             cookies: Jar::default(),
             payload,
+            secrets: Vec::new(),
         }
     }
 }
@@ -216,6 +220,8 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
     /// What the chain's `Set-Cookie` headers did.
     pub(crate) received: Received,
+    /// Every secret the chain sent or received, blanked in anything quoted from the body.
+    pub(crate) secrets: Vec<Secret>,
 }
 
 impl Reply {
@@ -234,13 +240,15 @@ impl Reply {
                 self.retry_after,
                 &self.body,
                 self.what,
+                &self.secrets,
             ))
         }
     }
 
     /// The body as JSON, or [`HttpError::NotJson`].
     pub(crate) fn json(&self) -> Result<serde_json::Value, HttpError> {
-        serde_json::from_slice(&self.body).map_err(|_| HttpError::not_json(self.status, &self.body))
+        serde_json::from_slice(&self.body)
+            .map_err(|_| HttpError::not_json(self.status, &self.body, &self.secrets))
     }
 }
 
@@ -286,7 +294,9 @@ impl HttpClient {
             accept,
             cookies: mut jar,
             mut payload,
+            mut secrets,
         } = request;
+        secrets.extend(jar.values().cloned());
         let first = parse_url(&url)?;
         let mut received = Received::default();
         let mut redirects: u32 = 0;
@@ -306,6 +316,7 @@ impl HttpClient {
             if same_site {
                 for value in response.headers().get_all(header::SET_COOKIE) {
                     if let Some((name, value)) = value.to_str().ok().and_then(parse_set_cookie) {
+                        secrets.extend(value.clone());
                         jar.set(&name, value.clone());
                         received.record(&name, value);
                     }
@@ -343,6 +354,7 @@ impl HttpClient {
                 retry_after,
                 body,
                 received,
+                secrets,
             });
         }
     }

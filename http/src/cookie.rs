@@ -103,6 +103,11 @@ impl Jar {
             .map(|(_, value)| value)
     }
 
+    /// The values, to keep them out of anything quoted from a response.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Secret> {
+        self.cookies.iter().map(|(_, value)| value)
+    }
+
     /// `a=1; b=2`, or `None` when the jar is empty.
     pub(crate) fn header(&self) -> Option<Secret> {
         if self.cookies.is_empty() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::text;
+use crate::{Secret, text};
 
 /// A failed HTTP exchange. Messages quote at most a short, cleaned snippet of what the server
 /// sent and never a password, cookie or token.
@@ -125,6 +125,7 @@ impl HttpError {
         retry_after: Option<Duration>,
         body: &[u8],
         what: &str,
+        secrets: &[Secret],
     ) -> Self {
         match status {
             429 => Self::RateLimited { retry_after },
@@ -137,7 +138,7 @@ impl HttpError {
                     json.as_ref()
                         .and_then(|value| value.get(name))
                         .and_then(scalar_text)
-                        .map(|text| text::clean(&text, MESSAGE_CHARS))
+                        .map(|text| text::clean(&text::redact(&text, secrets), MESSAGE_CHARS))
                         .filter(|text| !text.is_empty())
                 };
                 Self::Status {
@@ -149,11 +150,12 @@ impl HttpError {
         }
     }
 
-    /// The error for a body that should have been JSON.
-    pub(crate) fn not_json(status: u16, body: &[u8]) -> Self {
+    /// The error for a body that should have been JSON; `secrets` (what the request sent) are
+    /// blanked in the snippet.
+    pub(crate) fn not_json(status: u16, body: &[u8], secrets: &[Secret]) -> Self {
         Self::NotJson {
             status,
-            snippet: text::snippet(body),
+            snippet: text::snippet(body, secrets),
         }
     }
 }
@@ -198,19 +200,25 @@ mod tests {
     #[test]
     fn statuses_map_to_typed_errors() {
         assert_eq!(
-            HttpError::from_status(429, Some(Duration::from_secs(3)), b"", "x"),
+            HttpError::from_status(429, Some(Duration::from_secs(3)), b"", "x", &[]),
             HttpError::RateLimited {
                 retry_after: Some(Duration::from_secs(3))
             }
         );
         assert_eq!(
-            HttpError::from_status(403, None, b"<html>", "scanner"),
+            HttpError::from_status(403, None, b"<html>", "scanner", &[]),
             HttpError::Forbidden {
                 what: "scanner".into()
             }
         );
         assert_eq!(
-            HttpError::from_status(400, None, br#"{"error":"too many tickers"}"#, "scanner"),
+            HttpError::from_status(
+                400,
+                None,
+                br#"{"error":"too many tickers"}"#,
+                "scanner",
+                &[]
+            ),
             HttpError::Status {
                 code: 400,
                 api_code: None,
@@ -218,7 +226,7 @@ mod tests {
             }
         );
         assert_eq!(
-            HttpError::from_status(400, None, br#"{"error":"Bad\ncode","code":7}"#, "x"),
+            HttpError::from_status(400, None, br#"{"error":"Bad\ncode","code":7}"#, "x", &[]),
             HttpError::Status {
                 code: 400,
                 api_code: Some("7".into()),
@@ -226,7 +234,7 @@ mod tests {
             }
         );
         assert_eq!(
-            HttpError::from_status(502, None, b"<html>bad gateway", "x"),
+            HttpError::from_status(502, None, b"<html>bad gateway", "x", &[]),
             HttpError::Status {
                 code: 502,
                 api_code: None,
@@ -235,7 +243,7 @@ mod tests {
         );
         // Wrong types and empty strings are no message.
         assert_eq!(
-            HttpError::from_status(404, None, br#"{"error":{"a":1},"code":""}"#, "x"),
+            HttpError::from_status(404, None, br#"{"error":{"a":1},"code":""}"#, "x", &[]),
             HttpError::Status {
                 code: 404,
                 api_code: None,
@@ -247,7 +255,7 @@ mod tests {
     #[test]
     fn long_server_messages_are_cut() {
         let body = format!(r#"{{"error":"{}"}}"#, "x".repeat(10_000));
-        let error = HttpError::from_status(400, None, body.as_bytes(), "x");
+        let error = HttpError::from_status(400, None, body.as_bytes(), "x", &[]);
         assert!(error.to_string().len() < 300, "{error}");
     }
 
@@ -265,7 +273,7 @@ mod tests {
         assert!(status(503).is_transient());
         assert!(!status(404).is_transient());
         assert!(!HttpError::Forbidden { what: "x".into() }.is_transient());
-        assert!(!HttpError::not_json(200, b"<html>").is_transient());
+        assert!(!HttpError::not_json(200, b"<html>", &[]).is_transient());
         assert!(!HttpError::TooLarge { limit: 1 }.is_transient());
         assert_eq!(HttpError::Timeout.retry_after(), None);
     }
@@ -278,7 +286,7 @@ mod tests {
             message: Some("bad".into()),
         };
         assert_eq!(error.to_string(), "HTTP 400 (x): bad");
-        let error = HttpError::not_json(400, b"<HTML>\n<HEAD>400 ERROR</HEAD>\n</HTML>");
+        let error = HttpError::not_json(400, b"<HTML>\n<HEAD>400 ERROR</HEAD>\n</HTML>", &[]);
         assert_eq!(
             error.to_string(),
             r#"expected JSON, got something else (HTTP 400): "<HTML><HEAD>400 ERROR</HEAD></HTML>""#

@@ -274,6 +274,7 @@ mod tests {
             retry_after: None,
             body: br#"{"data":[{"s":"A:B","d":[1e400]}]}"#.to_vec(),
             received: crate::cookie::Received::default(),
+            secrets: Vec::new(),
         };
         assert!(matches!(
             reply.json(),

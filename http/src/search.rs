@@ -160,8 +160,8 @@ pub fn search(client: &HttpClient, query: &SearchQuery) -> Result<Vec<SymbolMatc
             .execute(Request::get("symbol search", url))?
             .success()?;
         let body = reply.json()?;
-        let page =
-            parse_page(&body).ok_or_else(|| HttpError::not_json(reply.status, &reply.body))?;
+        let page = parse_page(&body)
+            .ok_or_else(|| HttpError::not_json(reply.status, &reply.body, &reply.secrets))?;
         if page.items.is_empty() {
             break;
         }

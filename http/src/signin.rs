@@ -127,7 +127,9 @@ pub fn sign_in(
         ("remember", "on"),
     ];
     let url = format!("{}/accounts/signin/", client.bases().www);
-    let reply = client.execute(Request::post("sign-in", url, Payload::Form(&form)))?;
+    let mut request = Request::post("sign-in", url, Payload::Form(&form));
+    request.secrets.push(password.clone());
+    let reply = client.execute(request)?;
     match classify(&reply, Step::Password)? {
         Outcome::SecondFactor(methods) => {
             let cookies = Cookies::from_chain(None, &reply.received).ok_or_else(|| {
@@ -216,12 +218,13 @@ fn classify(reply: &Reply, step: Step) -> Result<Outcome, SignInError> {
             }
             .into());
         }
-        _ => return Err(HttpError::not_json(reply.status, &reply.body).into()),
+        _ => return Err(HttpError::not_json(reply.status, &reply.body, &reply.secrets).into()),
     };
+    let quote = |text: &str| text::clean(&text::redact(text, &reply.secrets), MESSAGE_CHARS);
     let field = |name: &str| {
         body.get(name)
             .and_then(scalar_text)
-            .map(|text| text::clean(&text, MESSAGE_CHARS))
+            .map(|text| quote(&text))
             .filter(|text| !text.is_empty())
     };
     let code = field("code");
@@ -229,7 +232,7 @@ fn classify(reply: &Reply, step: Step) -> Result<Outcome, SignInError> {
         None | Some(Value::Null) => None,
         Some(value) => Some(
             scalar_text(value)
-                .map(|text| text::clean(&text, MESSAGE_CHARS))
+                .map(|text| quote(&text))
                 .unwrap_or_else(|| "an error TradingView did not explain".to_owned()),
         ),
     }
@@ -318,6 +321,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(9)),
             body: body.as_bytes().to_vec(),
             received,
+            secrets: vec!["PASSWORD1".into()],
         }
     }
 
@@ -514,6 +518,26 @@ mod tests {
         };
         assert!(message.starts_with("linebreak x"));
         assert!(message.chars().count() <= MESSAGE_CHARS);
+    }
+
+    #[test]
+    fn echoed_secrets_are_blanked() {
+        let error = password(
+            200,
+            r#"{"error":"bad password PASSWORD1","code":"PASSWORD1"}"#,
+        );
+        assert_eq!(
+            error,
+            Err(SignInError::Rejected {
+                message: "bad password <redacted>".into()
+            })
+        );
+        let Err(SignInError::Http(HttpError::NotJson { snippet, .. })) =
+            password(400, "<html>password=PASSWORD1</html>")
+        else {
+            panic!("not NotJson");
+        };
+        assert_eq!(snippet, "<html>password=<redacted></html>");
     }
 
     #[test]

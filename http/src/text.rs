@@ -10,15 +10,34 @@ pub(crate) fn clean(text: &str, max_chars: usize) -> String {
         .to_owned()
 }
 
+/// Shortest secret redacted: shorter ones would blank ordinary text.
+const MIN_REDACTED: usize = 4;
+
+/// `text` with every occurrence of a secret replaced by `<redacted>`, for text quoted from a
+/// response (a proxy page may echo the request's headers).
+pub(crate) fn redact(text: &str, secrets: &[crate::Secret]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        let value = secret.expose();
+        if value.len() >= MIN_REDACTED && out.contains(value) {
+            out = out.replace(value, "<redacted>");
+        }
+    }
+    out
+}
+
 /// How many characters of a body an error quotes.
 pub(crate) const SNIPPET_CHARS: usize = 80;
 
 /// The first [`SNIPPET_CHARS`] characters of a body, decoded leniently, control characters
 /// (newlines included) removed.
-pub(crate) fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8], secrets: &[crate::Secret]) -> String {
     // Four bytes per character at most, so this prefix holds enough characters.
     let head = body.get(..SNIPPET_CHARS.saturating_mul(4)).unwrap_or(body);
-    clean(&String::from_utf8_lossy(head), SNIPPET_CHARS)
+    clean(
+        &redact(&String::from_utf8_lossy(head), secrets),
+        SNIPPET_CHARS,
+    )
 }
 
 /// `text` with every `<em>` and `</em>` (any case) removed, also when removing one forms another.
@@ -68,15 +87,30 @@ mod tests {
     #[test]
     fn snippets_are_short_single_line_and_survive_bad_utf8() {
         let body = b"<html>\r\n<body>\x00\xff\xfe 403 Forbidden</body></html>";
-        let text = snippet(body);
+        let text = snippet(body, &[]);
         assert!(text.starts_with("<html><body>"), "{text}");
         assert!(!text.chars().any(char::is_control));
         let long = vec![b'x'; 10_000];
-        assert_eq!(snippet(&long).chars().count(), SNIPPET_CHARS);
-        assert_eq!(snippet(b""), "");
+        assert_eq!(snippet(&long, &[]).chars().count(), SNIPPET_CHARS);
+        assert_eq!(snippet(b"", &[]), "");
         // Multi-byte characters cut in the middle of the prefix do not panic.
         let wide = "é".repeat(1_000);
-        assert_eq!(snippet(wide.as_bytes()).chars().count(), SNIPPET_CHARS);
+        assert_eq!(snippet(wide.as_bytes(), &[]).chars().count(), SNIPPET_CHARS);
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_quoted_text() {
+        let secrets = [crate::Secret::from("SID123"), crate::Secret::from("pw")];
+        assert_eq!(
+            redact("Cookie: sessionid=SID123; x=SID123", &secrets),
+            "Cookie: sessionid=<redacted>; x=<redacted>"
+        );
+        // Too short to redact without blanking ordinary text.
+        assert_eq!(redact("pwned", &secrets), "pwned");
+        assert_eq!(
+            snippet(b"<html>\nsessionid=SID123</html>", &secrets),
+            "<html>sessionid=<redacted></html>"
+        );
     }
 
     #[test]

@@ -601,3 +601,44 @@ fn the_scanner_refuses_odd_markets_and_skips_empty_scans() {
     assert!(matches!(error, HttpError::BadUrl(_)));
     assert!(server.requests().is_empty());
 }
+
+/// A server (a proxy's debug page, say) that echoes the request's cookies and body back in
+/// its error bodies.
+#[test]
+fn echoed_secrets_never_reach_errors() {
+    let server = serve(|request, index| {
+        let echo = format!(
+            "{} {}",
+            request.header("cookie").unwrap_or_default(),
+            support::form_decode(&String::from_utf8_lossy(&request.body))
+        );
+        let echo = echo.replace('"', "'");
+        match index {
+            0 | 2 => Answer::html(200, format!("<html>{echo}</html>")),
+            1 | 3 => Answer::json(400, format!(r#"{{"error":"{echo}","code":"{echo}"}}"#)),
+            _ => Answer::json(200, format!(r#"{{"error":"{echo} FRESHSECRET42"}}"#))
+                .header("Set-Cookie", "sessionid=FRESHSECRET42; Path=/"),
+        }
+    });
+    let client = server.client();
+    let cookies = Cookies {
+        sessionid: SESSION.into(),
+        sessionid_sign: Some(SIGN.into()),
+        device_t: Some(DEVICE.into()),
+    };
+    let scanner = Scanner::new(client.clone()).with_cookies(Some(cookies));
+    let mut errors: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let error = scanner.scan(&["A:B"]).unwrap_err();
+        errors.push(format!("{error} {error:?}"));
+    }
+    for _ in 0..3 {
+        let error = signin::sign_in(&client, "alice", &Secret::from(PASSWORD)).unwrap_err();
+        errors.push(format!("{error} {error:?}"));
+    }
+    assert_eq!(server.requests().len(), 5);
+    for text in &errors {
+        assert_no_secret(text, &[SESSION, SIGN, DEVICE, PASSWORD, "FRESHSECRET42"]);
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+}
