@@ -280,6 +280,18 @@ mod tests {
             reply.json(),
             Err(HttpError::NotJson { status: 200, .. })
         ));
+        // So are bytes that are not UTF-8.
+        let reply = crate::client::Reply {
+            body: b"{\"data\":[{\"s\":\"A:\xff\",\"d\":[1]}]}".to_vec(),
+            ..reply
+        };
+        let Err(HttpError::NotJson { snippet, .. }) = reply.json() else {
+            panic!("not NotJson");
+        };
+        assert!(
+            snippet.starts_with("{\"data\":[{\"s\":\"A:\u{fffd}"),
+            "{snippet}"
+        );
     }
 
     #[test]

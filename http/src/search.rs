@@ -47,12 +47,18 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct SearchQuery {
     /// The text; `EXCH:TEXT` also sets the exchange (as TradingView's own client does).
     pub text: String,
-    /// Only this exchange (takes precedence over an `EXCH:` prefix in the text).
+    /// Only this exchange (takes precedence over an `EXCH:` prefix in the text; upper-cased).
     pub exchange: Option<String>,
     /// Only this type: a `search_type` value, or a friendly name ([`search_type`] maps them).
     pub kind: Option<String>,
     /// Most results wanted ([`DEFAULT_LIMIT`]; at most [`MAX_LIMIT`]).
     pub limit: usize,
+}
+
+impl Default for SearchQuery {
+    fn default() -> Self {
+        Self::new("")
+    }
 }
 
 impl SearchQuery {
@@ -130,7 +136,7 @@ pub struct SymbolMatch {
 }
 
 /// Searches, one page of 50 after another (never two at once) while the server says more
-/// remain and fewer than the limit are in hand. Text is upper-cased; `hl=0` is sent and
+/// remain and fewer than the limit are in hand. Text and exchange are upper-cased; `hl=0` is sent and
 /// `<em>` tags are stripped anyway; results without a `symbol` are skipped, repeats dropped.
 pub fn search(client: &HttpClient, query: &SearchQuery) -> Result<Vec<SymbolMatch>, HttpError> {
     let limit = query.limit.min(MAX_LIMIT);
@@ -141,7 +147,8 @@ pub fn search(client: &HttpClient, query: &SearchQuery) -> Result<Vec<SymbolMatc
         .map(str::trim)
         .filter(|exchange| !exchange.is_empty())
         .or(prefix)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_uppercase();
     let kind = query.kind.as_deref().map(search_type).unwrap_or_default();
     let text = text.trim().to_uppercase();
     let encode = |value: &str| utf8_percent_encode(value, QUERY_VALUE).to_string();
@@ -153,7 +160,7 @@ pub fn search(client: &HttpClient, query: &SearchQuery) -> Result<Vec<SymbolMatc
             "{}/symbol_search/v3/?text={}&hl=0&exchange={}&lang=en&search_type={}&start={start}&domain=production",
             client.bases().search,
             encode(&text),
-            encode(exchange),
+            encode(&exchange),
             encode(&kind),
         );
         let reply = client

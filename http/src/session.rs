@@ -286,7 +286,8 @@ impl Session {
     /// Writes the session to `path` atomically: the parent directory is created (mode 0700),
     /// the JSON goes to a temporary file created with mode 0600 in the same directory, is synced,
     /// then renamed over `path`.
-    pub fn save(&self, path: &Path) -> Result<(), SessionFileError> {
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), SessionFileError> {
+        let path = path.as_ref();
         let parent = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
@@ -334,7 +335,8 @@ impl Session {
 
     /// Reads a session file, refusing one that the group or others can read, one larger than
     /// 1 MiB, and one that is not a session.
-    pub fn load(path: &Path) -> Result<Self, SessionFileError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, SessionFileError> {
+        let path = path.as_ref();
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -419,7 +421,8 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SessionFileError> {
 }
 
 /// Deletes the session file; `Ok(false)` when there was none.
-pub fn remove(path: &Path) -> Result<bool, SessionFileError> {
+pub fn remove(path: impl AsRef<Path>) -> Result<bool, SessionFileError> {
+    let path = path.as_ref();
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -54,6 +54,14 @@ impl PendingSecondFactor {
 }
 
 /// Why a sign-in did not succeed. Each message says in one line what to do.
+///
+/// ```
+/// use tickwire_http::signin::SignInError;
+///
+/// let text = SignInError::Captcha.to_string();
+/// assert!(text.contains("sign in once in a browser"));
+/// assert!(text.contains("tickwire login --cookie"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignInError {

@@ -38,6 +38,15 @@ pub struct AuthToken {
 }
 
 /// Why no token came back.
+///
+/// ```
+/// use tickwire_http::token::TokenError;
+///
+/// assert_eq!(
+///     TokenError::SessionExpired.to_string(),
+///     "the session is signed out or expired: run `tickwire login`"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// The page is the anonymous one: the cookies are signed out or expired.
@@ -160,6 +169,15 @@ mod tests {
         assert_eq!(found(&deep), None);
         let many = "var user = {".repeat(10_000);
         assert_eq!(found(&many), None);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_around_the_object_do_not_matter() {
+        let mut page = b"<html>\xff\xfe<script>".to_vec();
+        page.extend_from_slice(format!("var user = {USER};").as_bytes());
+        page.extend_from_slice(b"\xc3</script>");
+        let text = String::from_utf8_lossy(&page);
+        assert_eq!(found(&text).map(|(id, _)| id), Some(1234));
     }
 
     #[test]

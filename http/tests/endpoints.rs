@@ -401,7 +401,7 @@ fn search_pages_one_after_another_while_more_remain() {
     for request in &requests {
         assert_eq!(request.path(), "/symbol_search/v3/");
         assert_eq!(request.query("text").as_deref(), Some("SYM"));
-        assert_eq!(request.query("exchange").as_deref(), Some("nasdaq"));
+        assert_eq!(request.query("exchange").as_deref(), Some("NASDAQ"));
         assert_eq!(request.query("search_type").as_deref(), Some("stocks"));
         assert_eq!(request.query("hl").as_deref(), Some("0"));
         assert_eq!(request.query("lang").as_deref(), Some("en"));
