@@ -85,8 +85,14 @@ mod tests {
     #[test]
     fn secrets_decode_as_apps_show_them() {
         let expected = b"12345678901234567890".to_vec();
-        assert_eq!(decode_secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"), Ok(expected.clone()));
-        assert_eq!(decode_secret("gezd gnbv gy3t qojq gezd gnbv gy3t qojq"), Ok(expected));
+        assert_eq!(
+            decode_secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+            Ok(expected.clone())
+        );
+        assert_eq!(
+            decode_secret("gezd gnbv gy3t qojq gezd gnbv gy3t qojq"),
+            Ok(expected)
+        );
         assert_eq!(decode_secret("not base32!"), Err(BadSecret));
         assert_eq!(decode_secret(" "), Err(BadSecret));
     }
