@@ -7,6 +7,7 @@ use tickwire_core::client::{Config, DEFAULT_URL, parse_duration};
 use tickwire_driver::{Feed, Options};
 
 use crate::Failure;
+use crate::access::{Access, AccessArgs, FallbackArgs};
 
 /// Which driver runs the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,12 +100,19 @@ pub(crate) struct TuningArgs {
     /// Commands that may go at once.
     #[arg(long, env = "TICKWIRE_BURST")]
     burst: Option<u32>,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 impl FeedArgs {
-    /// The core configuration: defaults, then the other `TICKWIRE_*` variables, then these flags.
-    pub(crate) fn config(&self) -> Result<Config, Failure> {
-        self.tuning.config(&self.url, "--url")
+    /// [`TuningArgs::prepare`] for this feed's URL.
+    pub(crate) async fn prepare(
+        &self,
+        fallback: Option<&FallbackArgs>,
+    ) -> Result<(Config, Access), Failure> {
+        self.tuning
+            .prepare(&self.url, "--url", fallback, true)
+            .await
     }
 
     /// Starts a feed on the chosen runtime (within the CLI's tokio runtime either way).
@@ -117,6 +125,30 @@ impl FeedArgs {
 }
 
 impl TuningArgs {
+    /// [`TuningArgs::config`], then the polling fallback, then who the feed signs in as (the
+    /// session's first token fetched here). The [`Access`] builds the driver options.
+    pub(crate) async fn prepare(
+        &self,
+        url: &str,
+        flag: &str,
+        fallback: Option<&FallbackArgs>,
+        default_session: bool,
+    ) -> Result<(Config, Access), Failure> {
+        let mut config = self.config(url, flag)?;
+        match fallback {
+            Some(fallback) => fallback.apply(&mut config)?,
+            None => config.polling = None,
+        }
+        let access = self
+            .access
+            .resolve(&mut config, self.auth_token.is_some(), default_session)
+            .await?;
+        config
+            .validate()
+            .map_err(|error| Failure::Message(error.to_string()))?;
+        Ok((config, access))
+    }
+
     /// Defaults, then the `TICKWIRE_*` variables, then these flags, for the feed at `url`
     /// (named `flag` in errors).
     pub(crate) fn config(&self, url: &str, flag: &str) -> Result<Config, Failure> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tickwire_core::message::Bar;
 use tickwire_core::timeframe::Timeframe;
-use tickwire_driver::{Options, State};
+use tickwire_driver::State;
 
 use crate::Failure;
 use crate::feed_args::FeedArgs;
@@ -36,9 +36,9 @@ pub(crate) struct HistoryArgs {
 }
 
 pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
-    let config = args.feed.config()?;
-    let token = config.auth_token.clone();
-    let feed = args.feed.connect(config, Options::default());
+    let (config, access) = args.feed.prepare(None).await?;
+    let options = access.options(&config);
+    let feed = args.feed.connect(config, options);
     let request = feed.history(&args.symbol, args.timeframe.as_str(), args.count);
     tokio::pin!(request);
     let mut ever_live = false;
@@ -48,7 +48,7 @@ pub(crate) async fn run(args: HistoryArgs) -> Result<(), Failure> {
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 ever_live |= feed.status().client.state == State::Live;
                 if let Some(failure) = unreachable(&feed, ever_live)
-                    .or_else(|| crate::token::rejected(&feed, &token))
+                    .or_else(|| access.rejected(&feed))
                 {
                     break Err(failure);
                 }

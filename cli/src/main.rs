@@ -1,12 +1,15 @@
 //! The `tickwire` command line.
 
+mod access;
 mod decode;
 mod demo;
 mod emulate;
 mod feed_args;
 mod history;
+mod login;
 mod output;
 mod relay;
+mod search;
 mod signals;
 mod stream;
 mod token;
@@ -53,6 +56,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Fan live data out to many WebSocket clients, with a live page, metrics and health.
     Relay(relay::RelayArgs),
+    /// Sign in to TradingView once and store the session (mode 0600) for every other command.
+    ///
+    /// The password comes from a no-echo prompt, TICKWIRE_PASSWORD or standard input, never
+    /// from the command line; the second factor from a prompt or TICKWIRE_TOTP_SECRET. Signing
+    /// in is never retried: TradingView answers repeated sign-ins with a captcha and a block.
+    Login(login::LoginArgs),
+    /// Remove the stored session.
+    Logout(login::LogoutArgs),
+    /// Show the stored session: user, plan, and the auth token's expiry.
+    Session(login::SessionShowArgs),
+    /// Find symbol ids to stream: `tickwire search apple --type stock`.
+    Search(search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +98,10 @@ fn main() -> ExitCode {
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Relay(args) => relay::run(args).await,
+            Command::Login(args) => login::login(args).await,
+            Command::Logout(args) => login::logout(args),
+            Command::Session(args) => login::show(args).await,
+            Command::Search(args) => search::run(args).await,
             Command::Decode { .. } => Ok(()),
         }
     });

@@ -14,6 +14,7 @@ use tickwire_emulator::{Emulator, EmulatorConfig};
 use tickwire_tokio::relay::{Relay, RelayConfig};
 
 use crate::Failure;
+use crate::access::{Access, FallbackArgs};
 use crate::feed_args::TuningArgs;
 
 /// What the page shows when the relay runs on its embedded emulator.
@@ -89,6 +90,8 @@ pub(crate) struct RelayArgs {
     /// Embedded emulator only: market ticks per second over all symbols.
     #[arg(long, default_value_t = 20.0)]
     emulator_rate: f64,
+    #[command(flatten)]
+    fallback: FallbackArgs,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -263,11 +266,17 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     if !args.symbols.is_empty() {
         page_symbols = args.symbols.clone();
     }
-    let upstream = args.tuning.config(&url, "--upstream")?;
-    let token = upstream.auth_token.clone();
+    // The embedded emulator gets no stored session unless one is named.
+    let (upstream, access) = args
+        .tuning
+        .prepare(&url, "--upstream", Some(&args.fallback), emulator.is_none())
+        .await?;
+    tracing::info!("{}", access.describe(&upstream));
+    let upstream_options = access.options(&upstream);
     let config = RelayConfig {
         listen: args.listen,
         upstream,
+        upstream_options,
         hub,
         bars,
         page_symbols,
@@ -295,7 +304,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     drop(stdout);
     let result = tokio::select! {
         () = stop_signal() => Ok(()),
-        failure = token_rejected(relay.feed(), &token) => Err(failure),
+        failure = token_rejected(relay.feed(), &access) => Err(failure),
     };
     relay.shutdown().await;
     if let Some(emulator) = emulator {
@@ -304,11 +313,11 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     result
 }
 
-/// Completes when the upstream rejected the relay's fixed auth token: nothing here can refresh
-/// it, so serving on would only mean retrying a token that will never work.
-async fn token_rejected(feed: &tickwire_driver::Feed, token: &str) -> Failure {
+/// Completes when the upstream rejected the relay's token for good (a fixed token, or a signed
+/// out session): serving on would only mean retrying a token that will never work.
+async fn token_rejected(feed: &tickwire_driver::Feed, access: &Access) -> Failure {
     loop {
-        if let Some(failure) = crate::token::rejected(feed, token) {
+        if let Some(failure) = access.rejected(feed) {
             return failure;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

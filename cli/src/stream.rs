@@ -5,9 +5,10 @@ use std::io::Write;
 use clap::Args;
 use futures::StreamExt;
 use tickwire_core::timeframe::Timeframe;
-use tickwire_driver::{Event, Feed, Options, State};
+use tickwire_driver::{Event, Feed, State};
 
 use crate::Failure;
+use crate::access::{Access, FallbackArgs};
 use crate::feed_args::FeedArgs;
 use crate::output;
 
@@ -25,6 +26,8 @@ pub(crate) struct StreamArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    fallback: FallbackArgs,
     #[command(flatten)]
     feed: FeedArgs,
 }
@@ -70,11 +73,17 @@ fn feed_url(feed: &Feed) -> String {
 }
 
 pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
-    let config = args.feed.config()?;
-    let token = config.auth_token.clone();
+    let (config, access) = args.feed.prepare(Some(&args.fallback)).await?;
+    if !args.json {
+        // The first line says what data this identity gets (JSON quotes carry update_mode).
+        println!("{} -- {}", output::clock(), access.describe(&config));
+    }
+    // Polling serves quotes while the stream cannot connect: no reason to give up then.
+    let give_up_unreachable = config.polling.is_none();
     // Before connecting, so SIGTERM during the handshake also ends us cleanly.
     let stop = crate::signals::stop();
-    let feed = args.feed.connect(config, Options::default());
+    let options = access.options(&config);
+    let feed = args.feed.connect(config, options);
     feed.subscribe(&args.symbols);
     let mut wanted = args.symbols.len();
     if let Some((timeframe, count)) = &args.bars {
@@ -87,7 +96,7 @@ pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
             }
         }
     }
-    let result = print_events(&feed, &args, wanted, &token, stop).await;
+    let result = print_events(&feed, &args, wanted, &access, give_up_unreachable, stop).await;
     feed.close().await;
     result
 }
@@ -97,7 +106,8 @@ async fn print_events(
     feed: &Feed,
     args: &StreamArgs,
     wanted: usize,
-    token: &str,
+    access: &Access,
+    give_up_unreachable: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), Failure> {
     let mut events = feed.events();
@@ -115,7 +125,7 @@ async fn print_events(
         };
         match &event {
             Event::State(change) if change.state == State::Live => ever_live = true,
-            Event::State(_) => {
+            Event::State(_) if give_up_unreachable => {
                 if let Some(failure) = unreachable(feed, ever_live) {
                     return Err(failure);
                 }
@@ -123,8 +133,9 @@ async fn print_events(
             Event::QuoteError { symbol, reason } | Event::SeriesError { symbol, reason, .. } => {
                 rejected.push(format!("{symbol} ({reason})"));
             }
-            Event::AuthTokenRejected { refreshed: false } => {
-                if let Some(failure) = crate::token::rejected(feed, token) {
+            Event::AuthTokenRejected { refreshed: false }
+            | Event::AuthTokenRefreshFailed { .. } => {
+                if let Some(failure) = access.rejected(feed) {
                     return Err(failure);
                 }
             }

@@ -43,6 +43,7 @@
 mod client;
 mod cookie;
 mod error;
+pub mod feed;
 pub mod jwt;
 pub mod scanner;
 pub mod search;

@@ -9,14 +9,22 @@ use std::time::{Duration, Instant};
 
 use tickwire_emulator::{Emulator, EmulatorConfig};
 
-/// The `tickwire` binary; nothing from the developer's environment leaks into the tests.
+/// The `tickwire` binary; nothing from the developer's environment leaks into the tests, not
+/// even a stored session: the configuration directory is one of the test's own.
 pub(crate) fn tickwire() -> Command {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut command = Command::new(env!("CARGO_BIN_EXE_tickwire"));
     for (name, _) in std::env::vars() {
         if name.starts_with("TICKWIRE_") {
             command.env_remove(name);
         }
     }
+    let config_home = std::env::temp_dir().join(format!(
+        "tickwire-cli-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    command.env("XDG_CONFIG_HOME", config_home);
     command
 }
 

@@ -23,7 +23,10 @@ const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
 
 /// When to ask for the token after one valid for `lifetime` arrived at `now`.
 pub(super) fn refresh_time(now: Instant, lifetime: Duration) -> Instant {
-    let lead = lifetime.checked_div(5).unwrap_or_default().min(MAX_REFRESH_LEAD);
+    let lead = lifetime
+        .checked_div(5)
+        .unwrap_or_default()
+        .min(MAX_REFRESH_LEAD);
     add(now, lifetime.saturating_sub(lead).max(MIN_REFRESH_GAP))
 }
 

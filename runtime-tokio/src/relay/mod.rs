@@ -57,6 +57,9 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// The upstream feed client's settings (URL, timeouts, backoff…).
     pub upstream: Config,
+    /// The upstream feed's driver options: the token provider that refreshes a session's
+    /// token, the fallback poller.
+    pub upstream_options: Options,
     /// Downstream limits.
     pub hub: HubConfig,
     /// Bar timeframe carried per symbol (e.g. `"1"`); `None` relays quotes only. Each series
@@ -87,6 +90,7 @@ impl Default for RelayConfig {
         RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: Config::default(),
+            upstream_options: Options::default(),
             hub: HubConfig::default(),
             bars: None,
             page_symbols: Vec::new(),
@@ -188,7 +192,7 @@ impl Relay {
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let listener = listener(&config)?;
         let addr = listener.local_addr()?;
-        let feed = crate::connect_with(config.upstream.clone(), Options::default());
+        let feed = crate::connect_with(config.upstream.clone(), config.upstream_options.clone());
         let (commands, command_rx) = mpsc::channel(8192);
         let connections = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(LatencyHistogram::default());
