@@ -435,7 +435,7 @@ impl Emulator {
     }
 
     /// While `Some(code)`, WebSocket upgrade requests are answered with that HTTP status (e.g.
-    /// 503) and no WebSocket; `None` accepts them again. Open connections go on; HTTP requests
+    /// 503; a 1xx or invalid code means 503) and no WebSocket; `None` accepts them again. Open connections go on; HTTP requests
     /// are served either way.
     pub fn refuse_upgrades(&self, code: Option<u16>) {
         self.shared.web.refuse_upgrades(code);
@@ -572,6 +572,14 @@ struct Accepted {
     shared: Arc<Shared>,
 }
 
+/// `code` as a final (non-1xx) status, else `fallback`.
+pub(crate) fn final_status(code: u16, fallback: StatusCode) -> StatusCode {
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|status| !status.is_informational())
+        .unwrap_or(fallback)
+}
+
 /// Whether the request asks for a WebSocket (`Upgrade: websocket`).
 fn wants_websocket(request: &Request<Incoming>) -> bool {
     request
@@ -606,7 +614,7 @@ impl Accepted {
             shared
                 .web
                 .refused_upgrades()
-                .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+                .map(|code| final_status(code, StatusCode::SERVICE_UNAVAILABLE))
         };
         if let Some(status) = refusal {
             shared

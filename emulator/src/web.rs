@@ -45,8 +45,8 @@ pub const TRUSTED_ORIGIN: &str = "https://www.tradingview.com";
 /// A hostile answer for the requests under a path prefix ([`crate::Emulator::set_http_fault`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpFault {
-    /// This status, with a JSON body (`{"error":"<reason>"}`) or an HTML page, and a
-    /// `Retry-After` when given.
+    /// This status (a 1xx or invalid code means 500), with a JSON body
+    /// (`{"error":"<reason>"}`) or an HTML page, and a `Retry-After` when given.
     Status {
         /// The HTTP status.
         code: u16,
@@ -936,7 +936,7 @@ fn redirect(status: StatusCode, headers: &HeaderMap, path: &str, query: &str) ->
 }
 
 fn status_fault(code: u16, retry_after: Option<u64>, html: bool) -> Response<Body> {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = crate::server::final_status(code, StatusCode::INTERNAL_SERVER_ERROR);
     let response = if html {
         html_response(
             status,

@@ -186,7 +186,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Splits a raw response into status, headers and the bytes after the head.
-fn parse_head(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+/// Status, headers, and where the body starts.
+type Head = (u16, Vec<(String, String)>, usize);
+
+fn parse_head(raw: &[u8]) -> Option<Head> {
     let end = find(raw, b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -1320,10 +1323,7 @@ async fn refused_upgrades_leave_http_working_then_accept_again() {
     let addr = emulator.addr();
     emulator.refuse_upgrades(Some(503));
     let refused = connect_async(emulator.url()).await;
-    let error = refused
-        .err()
-        .expect("no WebSocket while refused")
-        .to_string();
+    let error = refused.expect_err("no WebSocket while refused").to_string();
     assert!(error.contains("503"), "{error}");
     assert_eq!(
         send(addr, &scan_request(&["NASDAQ:AAPL"], &["close"]))
