@@ -17,7 +17,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, interval_at, sleep, timeout_at};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout_at};
 
 use crate::auth::{self, SigninMode, TotpOutcome};
 use crate::market::{Instrument, Kind};
@@ -989,6 +989,8 @@ async fn trickle(answer: Response<Body>) -> Response<Body> {
     tokio::spawn(async move {
         let period = Duration::from_secs(1);
         let mut ticks = interval_at(Instant::now() + period, period);
+        // Late ticks must not come in a burst: one byte a second, never faster.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         for byte in bytes {
             ticks.tick().await;
             if sender.send(Bytes::from(vec![byte])).await.is_err() {
