@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use tickwire_core::client::parse_duration;
-use tickwire_emulator::{Emulator, EmulatorConfig, Fault, MarketHours};
+use tickwire_emulator::{Account, Emulator, EmulatorConfig, Fault, MarketHours, SigninMode};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::Failure;
@@ -51,6 +51,23 @@ pub(crate) struct EmulateArgs {
     /// closed). Token values are never printed.
     #[arg(long, short)]
     verbose: bool,
+    /// An account the HTTP sign-in accepts, repeatable: NAME:PASSWORD[:TOTP_BASE32] (the
+    /// password cannot hold a ':'; with a TOTP secret, sign-in asks for the second factor).
+    /// Given once or more, it replaces the default accounts (demo / demo-password, and
+    /// demo2fa / demo-password with TOTP secret GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ).
+    #[arg(long = "account", value_name = "NAME:PASSWORD[:TOTP_BASE32]", value_parser = clap::value_parser!(Account))]
+    accounts: Vec<Account>,
+    /// How long the auth tokens (JWTs) the HTTP side issues live, e.g. "4h", "90s".
+    #[arg(long, default_value = "4h", value_parser = parse_duration)]
+    token_lifetime: Duration,
+    /// How sign-in answers: normal (checks the password), captcha, lockout, try-later, html
+    /// (a 400 HTML page), rate-limited (429) or rate-limited:SECS (429 with Retry-After).
+    #[arg(long, default_value = "normal", value_name = "MODE", value_parser = clap::value_parser!(SigninMode))]
+    signin_mode: SigninMode,
+    /// Answer every WebSocket upgrade with this HTTP status (e.g. 503) and no WebSocket, while
+    /// HTTP (sign-in, search, scanner) goes on being served.
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=599))]
+    refuse_upgrades: Option<u16>,
 }
 
 /// `OPEN/CLOSED`, each a duration such as `20s` or `1m`.
@@ -119,12 +136,21 @@ pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
         faults: args.faults,
         market_hours: args.market_hours,
         start_closed: args.closed,
+        accounts: if args.accounts.is_empty() {
+            Account::defaults()
+        } else {
+            args.accounts.clone()
+        },
+        token_lifetime: args.token_lifetime,
         ..EmulatorConfig::default()
     };
     let terminate = on_terminate();
     let emulator = Emulator::start(config)
         .await
         .map_err(|error| Failure::Message(format!("cannot listen on {}: {error}", args.listen)))?;
+    // In place before the address is printed, so no client sees the defaults.
+    emulator.set_signin_mode(args.signin_mode);
+    emulator.refuse_upgrades(args.refuse_upgrades);
     if args.verbose {
         let mut events = emulator.events();
         tokio::spawn(async move {
@@ -148,6 +174,19 @@ pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
     let _ = writeln!(stdout, "tickwire emulator listening on {}", emulator.url());
     let _ = writeln!(
         stdout,
+        "HTTP (sign-in, home page, symbol search, scanner) on {}",
+        emulator.http_base()
+    );
+    let accounts: Vec<String> = emulator_accounts(&args.accounts);
+    let _ = writeln!(stdout, "accounts: {}", accounts.join(", "));
+    if args.signin_mode != SigninMode::Normal {
+        let _ = writeln!(stdout, "sign-in mode: {:?}", args.signin_mode);
+    }
+    if let Some(code) = args.refuse_upgrades {
+        let _ = writeln!(stdout, "WebSocket upgrades refused with HTTP {code}");
+    }
+    let _ = writeln!(
+        stdout,
         "symbols: {} (e.g. BINANCE:BTCUSDT, NASDAQ:AAPL, FX:EURUSD, EMU:S10); Ctrl-C to stop",
         args.symbols
     );
@@ -167,9 +206,91 @@ pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The account names to show (never the passwords), marking those with a second factor.
+fn emulator_accounts(given: &[Account]) -> Vec<String> {
+    let defaults;
+    let accounts = if given.is_empty() {
+        defaults = Account::defaults();
+        &defaults
+    } else {
+        given
+    };
+    accounts
+        .iter()
+        .map(|account| {
+            let second_factor = if account.totp_secret.is_some() {
+                " (TOTP)"
+            } else {
+                ""
+            };
+            format!("{}{second_factor}", account.username)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_flags_parse() {
+        use clap::Parser;
+
+        #[derive(Debug, Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: EmulateArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Command::try_parse_from(["emulate"].iter().chain(extra)).map(|command| command.args)
+        };
+        let defaults = parse(&[]).unwrap();
+        assert!(defaults.accounts.is_empty());
+        assert_eq!(defaults.token_lifetime, Duration::from_secs(4 * 3_600));
+        assert_eq!(defaults.signin_mode, SigninMode::Normal);
+        assert_eq!(defaults.refuse_upgrades, None);
+        assert_eq!(
+            emulator_accounts(&defaults.accounts),
+            ["demo", "demo2fa (TOTP)"]
+        );
+        let args = parse(&[
+            "--account",
+            "alice:pw1",
+            "--account",
+            "bob:pw2:GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ",
+            "--token-lifetime",
+            "90s",
+            "--signin-mode",
+            "rate-limited:30",
+            "--refuse-upgrades",
+            "503",
+        ])
+        .unwrap();
+        assert_eq!(args.accounts.len(), 2);
+        assert_eq!(args.accounts[0], Account::new("alice", "pw1"));
+        assert_eq!(
+            args.accounts[1].totp_secret.as_deref(),
+            Some(&b"12345678901234567890"[..])
+        );
+        assert_eq!(emulator_accounts(&args.accounts), ["alice", "bob (TOTP)"]);
+        assert_eq!(args.token_lifetime, Duration::from_secs(90));
+        assert_eq!(
+            args.signin_mode,
+            SigninMode::RateLimited {
+                retry_after: Some(30)
+            }
+        );
+        assert_eq!(args.refuse_upgrades, Some(503));
+        for bad in [
+            ["--account", "nocolon"].as_slice(),
+            &["--account", "bob:pw:not-base32!"],
+            &["--signin-mode", "sometimes"],
+            &["--refuse-upgrades", "42"],
+            &["--token-lifetime", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn market_hours_parse_or_say_why() {

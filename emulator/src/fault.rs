@@ -1,7 +1,8 @@
 //! Fault injection: what the emulator does wrong, to which connection, and when.
 //!
 //! A fault spec is `[#N:]ACTION[@AT][/FOR]`:
-//! - `#N:` limits it to the N-th accepted connection (1-based); without it, every connection;
+//! - `#N:` limits it to the N-th accepted TCP connection (1-based; plain HTTP connections to
+//!   the same port count too); without it, every connection;
 //! - `@AT` is the time after the connection opens (default at once);
 //! - `/FOR` is the duration of `stall`, `heartbeats-only` and `delay`, or the pause per write of `slow`.
 //!
@@ -12,8 +13,9 @@
 //! refused with `protocol_error` "bad auth token" and a close, whatever the token) and
 //! `expire-token` (at AT the connection's token expires: "bad auth token", a close frame, and
 //! every later connection presenting that token is refused; other tokens still work), and at
-//! accept time `refuse` (reset before the upgrade), `delay` (accept late) and `http-429` (refuse
-//! the upgrade).
+//! accept time `refuse` (reset before the upgrade, or before any HTTP request), `delay` (accept
+//! late) and `http-429` (refuse the upgrade with HTTP 429; HTTP requests on that connection are
+//! still served).
 //!
 //! ```
 //! use std::time::Duration;

@@ -15,6 +15,20 @@
 //! The protocol logic ([`session::Session`]) is plain code without I/O; [`Emulator`] serves it
 //! over loopback on tokio.
 //!
+//! The same port serves HTTP beside the WebSocket ([`Emulator::http_base`]): a request with
+//! `Upgrade: websocket` becomes a WebSocket connection, any other is answered by the HTTP side
+//! the real site has, as tickwire's HTTP contract fixes it: password sign-in
+//! (`POST /accounts/signin/`) with a TOTP second factor
+//! (`POST /accounts/two-factor/signin/totp/`) for [`EmulatorConfig::accounts`], the home page
+//! (`GET /`) whose `var user = {...}` carries a fresh JWT for a valid session cookie, symbol
+//! search (`GET /symbol_search/v3/`) and the scanner (`POST /{market}/scan`) over the live
+//! market. The JWTs it issues are what `set_auth_token` accepts as authenticated (real-time
+//! `update_mode`) until their `exp` ([`EmulatorConfig::token_lifetime`]); expired, foreign and
+//! signed-out ones get `protocol_error` "bad auth token". At run time the sign-in can answer
+//! captcha, lockout and the like ([`Emulator::set_signin_mode`]), any path can get a hostile
+//! answer ([`Emulator::set_http_fault`], [`HttpFault`]), and upgrades can be refused while HTTP
+//! still works ([`Emulator::refuse_upgrades`]).
+//!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
 //! use tickwire_emulator::{Emulator, EmulatorConfig};
@@ -26,12 +40,17 @@
 //! # }
 //! ```
 
+mod auth;
 pub mod fault;
 pub mod market;
 mod server;
 pub mod session;
+mod web;
 
+pub use auth::{Account, AccountSpecError, DEFAULT_PLAN, SigninMode, SigninModeError};
 pub use fault::{Fault, FaultAction};
 pub use server::{
-    ConnectionEvent, Emulator, EmulatorConfig, MarketHours, QUOTE_SESSIONS_KEPT, Stats,
+    ConnectionEvent, DEFAULT_TOKEN_LIFETIME, Emulator, EmulatorConfig, HEADER_DEADLINE,
+    MAX_REQUEST_HEAD, MarketHours, QUOTE_SESSIONS_KEPT, Stats,
 };
+pub use web::{HttpFault, MAX_SCAN_TICKERS, OVERSIZED_BODY, SEARCH_PAGE, TRUSTED_ORIGIN};

@@ -1,6 +1,9 @@
-//! The emulator's tokio server: TCP accept, WebSocket upgrade, one task per connection.
+//! The emulator's tokio server: TCP accept, HTTP/1.1 on every connection (hyper), the
+//! WebSocket upgrade handed to one task per WebSocket connection, every other request answered
+//! by the HTTP endpoints ([`crate::web`]).
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,22 +12,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep, sleep_until};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::{WebSocketStream, accept_hdr_async};
 
+use crate::auth::{Account, AuthStore, SigninMode};
 use crate::fault::{Fault, FaultAction};
 use crate::market::{Market, Tick};
 use crate::session::{self, RevokedTokens, Session};
+use crate::web::{self, HttpFault, WebControls};
 use tickwire_core::codec::{Decoder, Packet, encode_into};
+
+/// The longest request head (request line and headers) read, in bytes.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// How long a client may take to send a request head.
+pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The default [`EmulatorConfig::token_lifetime`]: 4 hours.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(4 * 3_600);
 
 /// How the emulator behaves.
 #[derive(Debug, Clone)]
@@ -56,6 +76,11 @@ pub struct EmulatorConfig {
     pub start_closed: bool,
     /// Auth tokens refused from the start (as if expired).
     pub revoked_tokens: Vec<String>,
+    /// The accounts the HTTP sign-in accepts ([`Account::defaults`]: `demo` and `demo2fa`).
+    pub accounts: Vec<Account>,
+    /// How long the JWTs the HTTP side issues live (their `exp` is this after issue); changed
+    /// at run time with [`Emulator::set_token_lifetime`].
+    pub token_lifetime: Duration,
 }
 
 /// A market-hours cycle: open for `open`, then closed for `closed`, and again.
@@ -93,6 +118,8 @@ impl Default for EmulatorConfig {
             market_hours: None,
             start_closed: false,
             revoked_tokens: Vec::new(),
+            accounts: Account::defaults(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         }
     }
 }
@@ -115,8 +142,16 @@ pub struct Stats {
     pub messages_sent: AtomicU64,
     /// Faults carried out.
     pub faults: AtomicU64,
-    /// Auth tokens refused at `set_auth_token` or expired on a live connection.
+    /// Auth tokens refused at `set_auth_token` or expired on a live connection (each one a
+    /// `protocol_error` "bad auth token" and a close).
     pub token_rejections: AtomicU64,
+    /// JWTs the HTTP side issued (sign-ins and home pages).
+    pub tokens_issued: AtomicU64,
+    /// Successful sign-ins (password, or password then second factor).
+    pub sign_ins: AtomicU64,
+    /// WebSocket upgrades answered with an HTTP error instead ([`Emulator::refuse_upgrades`]
+    /// and the `http-429` fault).
+    pub upgrades_refused: AtomicU64,
     quote_session_ids: Mutex<VecDeque<String>>,
 }
 
@@ -210,14 +245,18 @@ impl MarketClock {
 }
 
 #[derive(Debug)]
-struct Shared {
-    market: Mutex<Market>,
+pub(crate) struct Shared {
+    pub(crate) market: Mutex<Market>,
     config: EmulatorConfig,
     faults: Mutex<Vec<Fault>>,
-    stats: Arc<Stats>,
+    pub(crate) stats: Arc<Stats>,
     ticks: broadcast::Sender<Arc<Vec<Tick>>>,
     control: broadcast::Sender<FaultAction>,
-    shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Accounts, sessions and issued tokens.
+    pub(crate) auth: Arc<AuthStore>,
+    /// The HTTP side's run-time controls and counters.
+    pub(crate) web: WebControls,
     paused: Arc<AtomicBool>,
     clock: Mutex<MarketClock>,
     /// Bumped when the market opens or closes; connections then tell their quote sessions.
@@ -266,7 +305,7 @@ pub struct Emulator {
     market_task: JoinHandle<()>,
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |elapsed| elapsed.as_secs_f64())
@@ -299,6 +338,11 @@ impl Emulator {
             }),
             market_changes,
             revoked: Arc::new(RevokedTokens::new(config.revoked_tokens.iter().cloned())),
+            auth: Arc::new(AuthStore::new(
+                config.accounts.clone(),
+                config.token_lifetime,
+            )),
+            web: WebControls::default(),
             events,
             config: config.clone(),
             faults: Mutex::new(config.faults.clone()),
@@ -362,6 +406,58 @@ impl Emulator {
     /// A WebSocket URL for clients (any path and query are accepted).
     pub fn url(&self) -> String {
         format!("ws://{}/socket.io/websocket?type=chart", self.addr)
+    }
+
+    /// The base of the HTTP endpoints, on the WebSocket's port: `http://ADDR` (sign-in at
+    /// `/accounts/signin/`, the second factor at `/accounts/two-factor/signin/totp/`, the home
+    /// page at `/`, symbol search at `/symbol_search/v3/`, the scanner at `/{market}/scan`).
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How `POST /accounts/signin/` answers from now on ([`SigninMode::Normal`] checks the
+    /// credentials; the others answer the same whatever they are).
+    pub fn set_signin_mode(&self, mode: SigninMode) {
+        self.shared.web.set_signin_mode(mode);
+    }
+
+    /// From now on, HTTP requests whose path starts with `path_prefix` get `fault` instead of
+    /// their answer (WebSocket upgrades excepted: see [`Emulator::refuse_upgrades`]). The
+    /// longest matching prefix wins; `"/"` covers every path. Setting a prefix again replaces
+    /// its fault.
+    pub fn set_http_fault(&self, path_prefix: &str, fault: HttpFault) {
+        self.shared.web.set_fault(path_prefix, fault);
+    }
+
+    /// Removes every [`HttpFault`].
+    pub fn clear_http_faults(&self) {
+        self.shared.web.clear_faults();
+    }
+
+    /// While `Some(code)`, WebSocket upgrade requests are answered with that HTTP status (e.g.
+    /// 503; a 1xx or invalid code means 503) and no WebSocket; `None` accepts them again. Open connections go on; HTTP requests
+    /// are served either way.
+    pub fn refuse_upgrades(&self, code: Option<u16>) {
+        self.shared.web.refuse_upgrades(code);
+    }
+
+    /// HTTP requests so far (upgrade requests included) whose path starts with `path_prefix`,
+    /// e.g. `http_requests("/accounts/signin/")`.
+    pub fn http_requests(&self, path_prefix: &str) -> u64 {
+        self.shared.web.requests(path_prefix)
+    }
+
+    /// Signs every HTTP session out: their cookies no longer yield a token (the home page turns
+    /// anonymous, the scanner delayed), pending second factors are forgotten, and the JWTs
+    /// they were issued are refused at `set_auth_token` from now on. Open WebSocket
+    /// connections go on until their token's `exp`.
+    pub fn expire_sessions(&self) {
+        self.shared.auth.expire_sessions();
+    }
+
+    /// JWTs issued from now on live `lifetime` (tokens already issued keep their `exp`).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.auth.set_lifetime(lifetime);
     }
 
     /// Live counters.
@@ -467,6 +563,93 @@ fn reset(tcp: &TcpStream) {
     let _ = tcp.set_linger(Some(Duration::ZERO));
 }
 
+/// One accepted TCP connection, as its requests see it.
+struct Accepted {
+    number: u64,
+    faults: Vec<Fault>,
+    /// The `http-429` fault: upgrades get 429.
+    reject_upgrade: bool,
+    shared: Arc<Shared>,
+}
+
+/// `code` as a final (non-1xx) status, else `fallback`.
+pub(crate) fn final_status(code: u16, fallback: StatusCode) -> StatusCode {
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|status| !status.is_informational())
+        .unwrap_or(fallback)
+}
+
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`).
+fn wants_websocket(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(',')
+                .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"))
+        })
+}
+
+impl Accepted {
+    async fn answer(self: Arc<Self>, request: Request<Incoming>) -> Response<web::Body> {
+        if wants_websocket(&request) {
+            self.upgrade(request)
+        } else {
+            web::respond(&self.shared, request).await
+        }
+    }
+
+    /// The WebSocket handshake (or its refusal); the connection itself runs in its own task
+    /// once hyper hands the socket over.
+    fn upgrade(&self, mut request: Request<Incoming>) -> Response<web::Body> {
+        let shared = &self.shared;
+        shared.web.count(request.uri().path());
+        let refusal = if self.reject_upgrade {
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        } else {
+            shared
+                .web
+                .refused_upgrades()
+                .map(|code| final_status(code, StatusCode::SERVICE_UNAVAILABLE))
+        };
+        if let Some(status) = refusal {
+            shared
+                .stats
+                .upgrades_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return web::plain(status);
+        }
+        let headers = request.headers();
+        let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+        let version_13 = headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|version| version.as_bytes() == b"13");
+        let (Some(key), true, true) = (key, version_13, request.method() == Method::GET) else {
+            return web::plain(StatusCode::BAD_REQUEST);
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(run_websocket(
+            on_upgrade,
+            self.number,
+            self.faults.clone(),
+            Arc::clone(shared),
+        ));
+        let mut response = Response::new(web::Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        response
+    }
+}
+
 async fn serve(tcp: TcpStream, number: u64, faults: Vec<Fault>, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let mut reject_upgrade = false;
@@ -482,19 +665,52 @@ async fn serve(tcp: TcpStream, number: u64, faults: Vec<Fault>, shared: Arc<Shar
             _ => {}
         }
     }
-    // The error type is tungstenite's own; its size is not ours to choose.
-    #[allow(clippy::result_large_err)]
-    let callback = move |_: &Request, response: Response| {
-        if reject_upgrade {
-            let mut refusal = ErrorResponse::new(Some("Too Many Requests".to_owned()));
-            *refusal.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            return Err(refusal);
-        }
-        Ok(response)
-    };
-    let Ok(ws) = accept_hdr_async(tcp, callback).await else {
+    let mut shutdown = shared.shutdown.clone();
+    let accepted = Arc::new(Accepted {
+        number,
+        faults,
+        reject_upgrade,
+        shared,
+    });
+    let service = service_fn(move |request| {
+        let accepted = Arc::clone(&accepted);
+        async move { Ok::<_, Infallible>(accepted.answer(request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_DEADLINE)
+        .max_header_size(MAX_REQUEST_HEAD);
+    let connection = builder
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::select! {
+        _ = connection => {}
+        _ = shutdown.wait_for(|&stopping| stopping) => {}
+    }
+}
+
+/// The WebSocket connection, once hyper has sent the 101 and handed the socket over.
+async fn run_websocket(
+    on_upgrade: OnUpgrade,
+    number: u64,
+    faults: Vec<Fault>,
+    shared: Arc<Shared>,
+) {
+    let Ok(upgraded) = on_upgrade.await else {
         return;
     };
+    // The plain TCP stream back, so faults can still reset it and write half frames.
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        return;
+    };
+    let ws = WebSocketStream::from_partially_read(
+        parts.io.into_inner(),
+        parts.read_buf.to_vec(),
+        Role::Server,
+        None,
+    )
+    .await;
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     shared.stats.open.fetch_add(1, Ordering::Relaxed);
     shared.event(ConnectionEvent::Open { connection: number });
@@ -551,7 +767,7 @@ impl Connection {
             .into_iter()
             .filter(|fault| !fault.action.at_accept())
             .collect();
-        let mut session = Session::with_revoked_tokens(Arc::clone(&shared.revoked));
+        let mut session = Session::with_auth(Arc::clone(&shared.revoked), Arc::clone(&shared.auth));
         // A token refusal from the start must be in place before the first client packet.
         pending_faults.retain(|fault| {
             let at_once = fault.action == FaultAction::BadToken && fault.at.is_zero();
@@ -603,6 +819,17 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            // The connection's JWT runs out at its exp, unless a newer one replaced it.
+            let token_expires = self.session.token_expires_at();
+            let token_timer = async {
+                match token_expires {
+                    Some(exp) => {
+                        let left = (exp as f64 - unix_now()).max(0.0);
+                        sleep(Duration::from_secs_f64(left)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let held_until = self.held_heartbeat.as_ref().map(|(_, until)| *until);
             let hold_timer = async {
                 match held_until {
@@ -634,6 +861,13 @@ impl Connection {
                     self.heartbeat_counter += 1;
                     self.unanswered_heartbeats += 1;
                     self.on_heartbeat_due(shared);
+                }
+                () = token_timer => {
+                    let lapsed = token_expires.is_some_and(|exp| exp as f64 <= unix_now());
+                    if lapsed && self.session.expire_token(&mut self.outbox).is_err() {
+                        self.token_rejected(shared);
+                        break Ending::CloseFrame;
+                    }
                 }
                 () = hold_timer => {
                     if let Some((beat, _)) = self.held_heartbeat.take() {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::{Value, json};
 use tickwire_core::json::to_ascii_string;
 
-use crate::market::{Instrument, Market, Tick, timeframe_seconds};
+use crate::auth::{AuthStore, TokenVerdict};
+use crate::market::{Instrument, Kind, Market, Tick, timeframe_seconds};
 
 /// Stands for the send time in stamped quotes: 19 digits, the width of Unix nanoseconds.
 pub const STAMP_PLACEHOLDER: &str = "0000000000000000000";
@@ -98,10 +99,25 @@ struct ChartSession {
     series: BTreeMap<String, Series>,
 }
 
+/// The `update_mode` of an instrument's quotes: `streaming` for a connection authenticated
+/// with a valid JWT and for crypto, `delayed_streaming_900` otherwise.
+pub(crate) fn update_mode(kind: Kind, authenticated: bool) -> &'static str {
+    if authenticated || kind == Kind::Crypto {
+        "streaming"
+    } else {
+        "delayed_streaming_900"
+    }
+}
+
 /// One connection's protocol state.
 #[derive(Debug, Default)]
 pub struct Session {
     token: Option<String>,
+    /// The `exp` (Unix seconds) of the current token when it is a valid JWT the emulator
+    /// issued: the connection is authenticated until then.
+    token_expires: Option<u64>,
+    /// Who issued which JWTs; without it every JWT is refused.
+    auth: Option<Arc<AuthStore>>,
     /// Refuse every `set_auth_token`, whatever the token (the `bad-token` fault).
     reject_tokens: bool,
     revoked: Arc<RevokedTokens>,
@@ -235,6 +251,7 @@ fn quote_values(
     fields: Option<&[String]>,
     full: bool,
     current_session: &str,
+    authenticated: bool,
     now: f64,
 ) -> Value {
     let (bid, ask) = instrument.bid_ask();
@@ -274,7 +291,10 @@ fn quote_values(
             json!(instrument.name.split(':').next().unwrap_or_default()),
         );
         put("currency_code", json!("USD"));
-        put("update_mode", json!("streaming"));
+        put(
+            "update_mode",
+            json!(update_mode(instrument.kind, authenticated)),
+        );
         put("current_session", json!(current_session));
         put(
             "type",
@@ -307,6 +327,23 @@ impl Session {
         }
     }
 
+    /// A fresh connection that refuses the tokens in `revoked` and judges JWTs by `auth`: those
+    /// it issued are good until their `exp` or until their session is signed out, every other
+    /// JWT is refused.
+    pub(crate) fn with_auth(revoked: Arc<RevokedTokens>, auth: Arc<AuthStore>) -> Session {
+        Session {
+            revoked,
+            auth: Some(auth),
+            ..Session::default()
+        }
+    }
+
+    /// When the connection's token, a JWT the emulator issued, expires (Unix seconds); `None`
+    /// for other tokens and without one.
+    pub fn token_expires_at(&self) -> Option<u64> {
+        self.token_expires
+    }
+
     /// From now on every `set_auth_token` is refused, whatever the token.
     pub fn reject_every_token(&mut self) {
         self.reject_tokens = true;
@@ -327,6 +364,7 @@ impl Session {
         let Some(token) = self.token.take() else {
             return Ok(());
         };
+        self.token_expires = None;
         self.revoked.revoke(&token);
         out.push(message("protocol_error", json!([BAD_AUTH_TOKEN])));
         Err(Fatal(BAD_AUTH_TOKEN.into()))
@@ -371,15 +409,26 @@ impl Session {
         match method {
             "set_auth_token" => {
                 let token = text(params.first()).unwrap_or_default();
+                let verdict = match &self.auth {
+                    Some(auth) => auth.check_token(token, now),
+                    None if crate::auth::jwt_claims(token).is_some() => TokenVerdict::Refused,
+                    None => TokenVerdict::NotJwt,
+                };
                 if self.reject_tokens
                     || token.is_empty()
                     || token.starts_with("bad")
                     || self.revoked.is_revoked(token)
+                    || verdict == TokenVerdict::Refused
                 {
                     out.push(message("protocol_error", json!([BAD_AUTH_TOKEN])));
                     return Err(Fatal(BAD_AUTH_TOKEN.into()));
                 }
+                // A later token replaces the earlier one (and its expiry) without an answer.
                 self.token = Some(token.to_owned());
+                self.token_expires = match verdict {
+                    TokenVerdict::Valid { expires_at } => Some(expires_at),
+                    TokenVerdict::NotJwt | TokenVerdict::Refused => None,
+                };
             }
             "quote_create_session" => {
                 self.created_quote_sessions.push(session.clone());
@@ -413,6 +462,7 @@ impl Session {
                                 quotes.fields.as_deref(),
                                 true,
                                 current_session,
+                                self.token_expires.is_some(),
                                 now,
                             );
                             out.push(message(
@@ -936,7 +986,11 @@ mod tests {
         };
         assert_eq!(
             snapshot(0),
-            (Some("out_of_session".into()), Some("streaming".into()))
+            (
+                Some("out_of_session".into()),
+                Some("delayed_streaming_900".into())
+            ),
+            "anonymous stock quotes are delayed"
         );
         assert_eq!(
             snapshot(2),
@@ -1104,6 +1158,109 @@ mod tests {
         assert!(out.is_empty());
         anonymous.reject_every_token();
         assert_eq!(set(&mut anonymous, "unauthorized_user_token"), refused);
+    }
+
+    #[test]
+    fn issued_jwts_stream_until_refused_others_are_delayed() {
+        use crate::auth::{Account, AuthStore, build_jwt};
+        use std::time::Duration;
+
+        let market = Market::new(12, 1);
+        let auth = Arc::new(AuthStore::new(
+            Account::defaults(),
+            Duration::from_secs(100),
+        ));
+        let account = auth.find("demo", "demo-password").unwrap();
+        let cookies = auth.sign_in(account);
+        let jar = [
+            ("sessionid".to_owned(), cookies.sessionid.clone()),
+            ("sessionid_sign".to_owned(), cookies.sessionid_sign.clone()),
+        ];
+        let now = 1_700_000_030.0;
+        let issue = || {
+            auth.issue(&jar, now).unwrap()["auth_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let set = |session: &mut Session, token: &str, at: f64| {
+            let mut out = Vec::new();
+            let result = session.handle(
+                &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
+                &market,
+                at,
+                &mut out,
+            );
+            (result, out)
+        };
+        let mode = |session: &mut Session, id: &str, symbol: &str| {
+            run(
+                session,
+                &market,
+                &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
+            );
+            let out = run(
+                session,
+                &market,
+                &format!(r#"{{"m":"quote_add_symbols","p":["{id}","{symbol}"]}}"#),
+            );
+            let ServerMessage::QuoteData(quote) = message::parse(out[0].as_bytes()).unwrap() else {
+                panic!("{}", out[0])
+            };
+            quote
+                .values
+                .update_mode
+                .value()
+                .map(|mode| mode.to_string())
+        };
+
+        let first = issue();
+        let mut signed_in = Session::with_auth(Arc::default(), Arc::clone(&auth));
+        assert_eq!(set(&mut signed_in, &first, now), (Ok(()), vec![]));
+        assert_eq!(signed_in.token_expires_at(), Some(1_700_000_130));
+        assert_eq!(
+            mode(&mut signed_in, "qs_a", "NASDAQ:AAPL").as_deref(),
+            Some("streaming")
+        );
+        // A replacement replaces the expiry, silently.
+        let second = auth.issue(&jar, now + 10.0).unwrap()["auth_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(set(&mut signed_in, &second, now + 10.0), (Ok(()), vec![]));
+        assert_eq!(signed_in.token_expires_at(), Some(1_700_000_140));
+
+        let mut anonymous = Session::with_auth(Arc::default(), Arc::clone(&auth));
+        assert_eq!(
+            set(&mut anonymous, "unauthorized_user_token", now),
+            (Ok(()), vec![])
+        );
+        assert_eq!(anonymous.token_expires_at(), None);
+        assert_eq!(
+            mode(&mut anonymous, "qs_b", "NASDAQ:AAPL").as_deref(),
+            Some("delayed_streaming_900")
+        );
+        assert_eq!(
+            mode(&mut anonymous, "qs_c", "BINANCE:BTCUSDT").as_deref(),
+            Some("streaming"),
+            "crypto always streams"
+        );
+
+        let refused = (
+            Err(Fatal(BAD_AUTH_TOKEN.into())),
+            vec![r#"{"m":"protocol_error","p":["bad auth token"]}"#.to_owned()],
+        );
+        let fresh = || Session::with_auth(Arc::default(), Arc::clone(&auth));
+        assert_eq!(set(&mut fresh(), &first, now + 100.0), refused, "expired");
+        let forged = build_jwt(10_000_001, "pro_premium", 1_700_000_000, 1_800_000_000);
+        assert_eq!(set(&mut fresh(), &forged, now), refused, "not issued here");
+        assert_eq!(
+            set(&mut Session::new(), &first, now),
+            refused,
+            "no issuer at all"
+        );
+        auth.expire_sessions();
+        assert_eq!(set(&mut fresh(), &second, now), refused, "signed out");
     }
 
     #[test]
