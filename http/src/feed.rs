@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, FutureExt};
@@ -174,7 +174,8 @@ impl TokensInner {
         let lifetime = fetched
             .claims
             .as_ref()
-            .and_then(|claims| claims.remaining_at(crate::session::now_unix()));
+            .and_then(|claims| claims.exp)
+            .map(remaining_until);
         let token = AuthToken::new(fetched.token.expose());
         let token = match lifetime {
             Some(lifetime) => token.valid_for(lifetime),
@@ -278,10 +279,19 @@ pub fn poll_error(error: HttpError) -> PollError {
     PollError::new(kind, error.to_string())
 }
 
-/// How long a token with `claims` is still good for, from now; for callers that build a
-/// `Config` by hand.
+/// How long a JWT is still good for, from now (its `exp`); for callers that build a `Config`
+/// by hand.
 pub fn lifetime_of(token: &str) -> Option<Duration> {
-    crate::jwt::claims(token)?.remaining_at(crate::session::now_unix())
+    crate::jwt::claims(token)?.exp.map(remaining_until)
+}
+
+/// Time left until `exp` (Unix seconds), measured to the sub-second: whole seconds on our side
+/// would read a token issued late in a second as valid for most of a second longer than it is.
+fn remaining_until(exp: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(exp).saturating_sub(now)
 }
 
 #[cfg(test)]
