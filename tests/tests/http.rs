@@ -311,13 +311,16 @@ async fn polling_takes_over_while_upgrades_are_refused(connect: impl Fn(Config, 
     feed.close().await;
 }
 
+/// A scanner fault, the poll failure kind it must give, and its name.
+type ScannerCase = (HttpFault, fn(PollErrorKind) -> bool, &'static str);
+
 /// Every hostile scanner answer is one typed poll failure whose next poll goes when it says;
 /// once the scanner behaves, polled quotes flow.
 async fn hostile_scanner_answers_are_typed_and_back_off(connect: impl Fn(Config, Options) -> Feed) {
     let server = server(Duration::from_secs(4 * 3600));
     let emulator = server.emulator();
     emulator.refuse_upgrades(Some(503));
-    let cases: Vec<(HttpFault, fn(PollErrorKind) -> bool, &str)> = vec![
+    let cases: Vec<ScannerCase> = vec![
         (
             HttpFault::Status {
                 code: 429,
