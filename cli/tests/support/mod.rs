@@ -59,8 +59,25 @@ impl Server {
     }
 
     pub(crate) fn url(&self) -> String {
-        self.emulator.as_ref().unwrap().url()
+        self.emulator().url()
     }
+
+    /// The emulator's HTTP side (sign-in, home page, search, scanner), for `--http-base`.
+    pub(crate) fn http_base(&self) -> String {
+        self.emulator().http_base()
+    }
+
+    pub(crate) fn emulator(&self) -> &Emulator {
+        self.emulator.as_ref().unwrap()
+    }
+}
+
+/// A directory of the test's own, removed and created afresh.
+pub(crate) fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tickwire-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Drop for Server {
