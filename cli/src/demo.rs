@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
-use tickwire_core::client::{Config, DisconnectCause, parse_duration};
+use tickwire_core::client::{Config, DisconnectCause, Mode, PollingConfig, Source, parse_duration};
 use tickwire_driver::{Event, Options, State};
 use tickwire_emulator::{Emulator, EmulatorConfig, Fault};
+use tickwire_http::feed::ScannerPoller;
+use tickwire_http::scanner::Scanner;
+use tickwire_http::{Bases, HttpClient, HttpConfig};
 
 use crate::Failure;
 use crate::feed_args::RuntimeChoice;
@@ -50,8 +53,9 @@ const SCHEDULE: [(&str, &str); 5] = [
 /// Run the emulator with a fault schedule and stream through it, showing every recovery.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// How long to run (the quiet-market stretch takes the second half's first part).
-    #[arg(long, default_value = "32s", value_parser = parse_duration)]
+    /// How long to run: the faults take the first half, then a quiet market, then a stretch
+    /// of refused upgrades that the polling fallback bridges.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
     duration: Duration,
     /// Which async runtime drives the client.
     #[arg(long, value_enum, default_value = "tokio")]
@@ -76,6 +80,11 @@ struct Tally {
     fully_restored_periods: u32,
     /// Connection attempts when the quiet stretch began and ended.
     quiet_attempts: Option<(u64, u64)>,
+    /// Quotes the scanner delivered while the stream was refused.
+    polled_quotes: u64,
+    /// When polling took over, and how long it lasted once the stream was back.
+    polling_since: Option<Instant>,
+    polling_stretches: Vec<Duration>,
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -107,8 +116,25 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         max_attempts: 4,
         breaker_recovery: Duration::from_secs(3),
         stable_after: Duration::from_secs(2),
+        // Two probes at most in the refused stretch, so the stream is back soon after it.
+        breaker_recovery_max: Duration::from_secs(3),
         seed: Some(7),
+        polling: Some(PollingConfig {
+            interval: Duration::from_secs(1),
+            unavailable_after: Duration::from_secs(3),
+            timeout: Duration::from_secs(5),
+        }),
         ..Config::default()
+    };
+    // The polling fallback asks the emulator's scanner, over HTTP on the same port.
+    let poller = ScannerPoller::new(Scanner::new(HttpClient::new(HttpConfig {
+        bases: Bases::single(&emulator.http_base()),
+        timeout: Duration::from_secs(3),
+        ..HttpConfig::default()
+    })));
+    let options = Options {
+        poller: Some(std::sync::Arc::new(poller)),
+        ..Options::default()
     };
     say!(
         "tickwire demo: the embedded emulator at {} misbehaves on schedule:",
@@ -117,13 +143,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     for (spec, what) in SCHEDULE {
         say!("  {spec:<28} {what}");
     }
+    say!("  then a quiet market, then refused WebSocket upgrades that polling bridges");
     say!(
-        "client: read timeout 2s, zombie after 5 idle heartbeats (every 400 ms), grace 300 ms, backoff from 300 ms; runtime {:?}\n",
+        "client: read timeout 2s, zombie after 5 idle heartbeats (every 400 ms), grace 300 ms, backoff from 300 ms, polls the scanner after 3 s without the stream; runtime {:?}\n",
         args.runtime
     );
     let feed = match args.runtime {
-        RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, Options::default()),
-        RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, Options::default()),
+        RuntimeChoice::Tokio => tickwire_tokio::connect_with(config, options),
+        RuntimeChoice::AsyncStd => tickwire_async_std::connect_with(config, options),
     };
     feed.subscribe(SYMBOLS);
     let series = feed.subscribe_bars("BINANCE:BTCUSDT", "1", 20);
@@ -134,7 +161,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let deadline = tokio::time::sleep(args.duration);
     tokio::pin!(deadline);
     // The market goes quiet for a while: a client that mistakes silence for a dead link churns.
-    let (quiet_from, quiet_for) = (args.duration.mul_f64(0.62), args.duration.mul_f64(0.22));
+    let (quiet_from, quiet_for) = (args.duration.mul_f64(0.5), args.duration.mul_f64(0.175));
+    // Then the server refuses upgrades: polling bridges the gap until the stream is back.
+    let (refuse_from, refuse_for) = (args.duration.mul_f64(0.7), args.duration.mul_f64(0.125));
+    let refuse_start = tokio::time::sleep(refuse_from);
+    tokio::pin!(refuse_start);
+    let refuse_end = tokio::time::sleep(refuse_from + refuse_for);
+    tokio::pin!(refuse_end);
+    let (mut refusing, mut refused) = (false, false);
     let quiet_start = tokio::time::sleep(quiet_from);
     tokio::pin!(quiet_start);
     let quiet_end = tokio::time::sleep(quiet_from + quiet_for);
@@ -170,6 +204,23 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
                 say!("{} ~~ the market opens again", output::clock());
                 continue;
             }
+            () = &mut refuse_start, if !refusing => {
+                refusing = true;
+                emulator.refuse_upgrades(Some(503));
+                emulator.inject(tickwire_emulator::FaultAction::Drop);
+                say!(
+                    "{} ~~ the server drops the link and refuses WebSocket upgrades (HTTP 503) for {}: the scanner over HTTP serves quotes meanwhile",
+                    output::clock(),
+                    human_duration(refuse_for)
+                );
+                continue;
+            }
+            () = &mut refuse_end, if refusing && !refused => {
+                refused = true;
+                emulator.refuse_upgrades(None);
+                say!("{} ~~ upgrades are accepted again: the stream takes over at the next attempt", output::clock());
+                continue;
+            }
             _ = &mut ctrl_c => break,
             event = events.next() => match event { Some(event) => event, None => break },
         };
@@ -178,7 +229,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             Event::Quote(quote) => {
                 tally.quotes += 1;
                 let symbol = quote.quote.symbol.to_string();
-                tally.quoted_since_live.insert(symbol.clone());
+                if quote.source == Source::Poll {
+                    tally.polled_quotes += 1;
+                } else {
+                    tally.quoted_since_live.insert(symbol.clone());
+                }
                 let due = last_printed
                     .get(&symbol)
                     .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
@@ -197,6 +252,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
                 }
             }
             Event::State(change) => {
+                match (change.mode, tally.polling_since) {
+                    (Mode::Polling, None) => tally.polling_since = Some(Instant::now()),
+                    (Mode::Streaming, Some(since)) => {
+                        tally.polling_stretches.push(since.elapsed());
+                        tally.polling_since = None;
+                    }
+                    _ => {}
+                }
                 if let Some(cause) = change.cause {
                     if tally.down_since.is_none() && cause != DisconnectCause::ClientClosed {
                         tally.down_since = Some((Instant::now(), cause));
@@ -253,17 +316,18 @@ fn summary(
 ) -> Result<(), Failure> {
     let counters = &status.client.counters;
     say!("\n== summary after {}", human_duration(elapsed));
+    let streamed = counters.quotes.saturating_sub(tally.polled_quotes);
     say!(
-        "quotes received        {} (the emulator handed {} to its sockets)",
+        "quotes received        {} ({streamed} streamed, the emulator handed {sent} to its sockets; {} polled)",
         tally.quotes,
-        sent
+        tally.polled_quotes
     );
-    if counters.quotes == sent {
+    if streamed == sent {
         say!("                       every quote the server sent arrived: nothing lost");
     } else {
         say!(
             "                       {} were in flight on sockets the server reset",
-            sent.saturating_sub(counters.quotes)
+            sent.saturating_sub(streamed)
         );
     }
     say!(
@@ -320,6 +384,20 @@ fn summary(
             "quiet market           {reconnects} reconnect(s) while it was silent: {why} \
              (a client that mistakes silence for a dead link reconnects every zombie window)"
         );
+    }
+    match tally.polling_stretches.as_slice() {
+        [] if counters.polls == 0 => say!("polling fallback       not needed"),
+        stretches => say!(
+            "polling fallback       {} stretch(es) ({}), {} polls, {} quotes from the scanner; the stream took over each time",
+            stretches.len().max(1),
+            stretches
+                .iter()
+                .map(|took| human_duration(*took))
+                .collect::<Vec<_>>()
+                .join(", "),
+            counters.polls,
+            tally.polled_quotes
+        ),
     }
     say!("heartbeats echoed      {}", counters.heartbeats);
     say!("events conflated       {}", status.events_conflated);

@@ -101,7 +101,7 @@ pub(crate) struct TuningArgs {
     #[arg(long, env = "TICKWIRE_BURST")]
     burst: Option<u32>,
     #[command(flatten)]
-    access: AccessArgs,
+    pub(crate) access: AccessArgs,
 }
 
 impl FeedArgs {

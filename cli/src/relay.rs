@@ -266,9 +266,17 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
     if !args.symbols.is_empty() {
         page_symbols = args.symbols.clone();
     }
-    // The embedded emulator gets no stored session unless one is named.
-    let (upstream, access) = args
-        .tuning
+    // The embedded emulator gets no stored session unless one is named, and serves the HTTP
+    // side (the polling fallback's scanner) itself.
+    let mut tuning = args.tuning.clone();
+    if let Some(emulator) = &emulator {
+        tuning
+            .access
+            .http
+            .http_base
+            .get_or_insert_with(|| emulator.http_base());
+    }
+    let (upstream, access) = tuning
         .prepare(&url, "--upstream", Some(&args.fallback), emulator.is_none())
         .await?;
     tracing::info!("{}", access.describe(&upstream));

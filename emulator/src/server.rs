@@ -518,8 +518,8 @@ async fn run_market(shared: Arc<Shared>) {
         owed = owed.min(shared.config.rate_hz.max(1.0));
         let due = owed.floor();
         owed -= due;
-        if due < 1.0 || shared.ticks.receiver_count() == 0 || shared.paused.load(Ordering::Relaxed)
-        {
+        // The market moves whether or not a socket listens: the scanner reads it too.
+        if due < 1.0 || shared.paused.load(Ordering::Relaxed) {
             continue;
         }
         let now = unix_now();

@@ -693,3 +693,51 @@ async fn idle_http_sockets_are_closed_and_cannot_crowd_out_clients() {
     .await;
     relay.shutdown().await;
 }
+
+/// The relay's upstream falls back to polling while the upstream refuses upgrades: its
+/// clients keep getting quotes (from the scanner), and the stream takes over again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_clients_get_polled_quotes_while_the_upstream_refuses_upgrades() {
+    let emulator = emulator(200.0, false).await;
+    emulator.refuse_upgrades(Some(503));
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.upstream.polling = Some(tickwire_core::client::PollingConfig {
+        interval: Duration::from_millis(300),
+        unavailable_after: Duration::from_millis(300),
+        timeout: Duration::from_secs(5),
+    });
+    config.upstream.backoff_initial = Duration::from_millis(100);
+    config.upstream.backoff_max = Duration::from_millis(500);
+    config.upstream.breaker_recovery = Duration::from_millis(500);
+    config.upstream.breaker_recovery_max = Duration::from_secs(1);
+    let http = tickwire_http::HttpClient::new(tickwire_http::HttpConfig {
+        bases: tickwire_http::Bases::single(&emulator.http_base()),
+        ..tickwire_http::HttpConfig::default()
+    });
+    config.upstream_options.poller = Some(std::sync::Arc::new(
+        tickwire_http::feed::ScannerPoller::new(tickwire_http::scanner::Scanner::new(http)),
+    ));
+    let relay = Relay::start(config).await.unwrap();
+    let mut client = Client::connect(relay.local_addr()).await;
+    let wanted = symbols(10..12);
+    client.subscribe(&wanted).await;
+    let polled = client
+        .until("a polled quote", |message| {
+            is_type("quote")(message) && message["data"]["lp"].is_number()
+        })
+        .await;
+    assert!(wanted.contains(&polled["symbol"].as_str().unwrap().to_owned()));
+    assert_eq!(
+        relay.feed().status().client.mode,
+        tickwire_core::client::Mode::Polling
+    );
+    emulator.refuse_upgrades(None);
+    let deadline = Instant::now() + WAIT;
+    while relay.feed().status().client.mode != tickwire_core::client::Mode::Streaming {
+        assert!(Instant::now() < deadline, "the stream never took over");
+        client.until("quotes", |_| true).await;
+    }
+    client.until("a streamed quote", is_type("quote")).await;
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
