@@ -251,6 +251,9 @@ async fn many_clients_get_snapshots_and_live_quotes_and_upstream_follows_demand(
     assert_eq!(status, 200, "{health}");
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["upstream"], "live");
+    // Anonymous upstream: the emulator delays its (non-crypto) symbols as the real feed does.
+    assert_eq!(health["data"], "delayed", "{health}");
+    assert_eq!(health["delayed_symbols"], 10, "{health}");
 
     // Everyone leaves: after the linger nothing is carried upstream.
     drop(clients);

@@ -8,7 +8,8 @@
 //! - `/`: a live page (table, sparklines, connection indicator),
 //! - `/symbols`: the symbols the page shows by default (JSON array),
 //! - `/metrics`: Prometheus text format,
-//! - `/healthz`: the upstream state (200 when live, 503 otherwise).
+//! - `/healthz`: the upstream state (200 when live, 503 otherwise), whether its data is
+//!   real-time or delayed, polling failures and the auth token's expiry.
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
@@ -334,6 +335,17 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "consecutive_failures": status.client.consecutive_failures,
         "last_failure": status.client.last_failure,
         "connections": state.connections.load(Ordering::Relaxed),
+        // Real-time or delayed, from the quotes' update_mode (anonymous access is delayed on
+        // many exchanges).
+        "data": status.client.data.summary(),
+        "realtime_symbols": status.client.data.realtime,
+        "delayed_symbols": status.client.data.delayed,
+        "poll_failures": status.client.polling.failures,
+        "token_expires_in_s": status
+            .client
+            .auth
+            .expires_at
+            .map(|at| at.saturating_duration_since(std::time::Instant::now()).as_secs()),
     });
     let code = if live {
         StatusCode::OK
