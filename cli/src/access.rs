@@ -58,7 +58,8 @@ impl HttpArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct SessionArgs {
     /// The session file `tickwire login` wrote (default:
-    /// $XDG_CONFIG_HOME/tickwire/session.json, else ~/.config/tickwire/session.json).
+    /// $XDG_CONFIG_HOME/tickwire/session.json, else ~/.config/tickwire/session.json). A fixed
+    /// token in TICKWIRE_AUTH_TOKEN takes precedence (it cannot be refreshed).
     #[arg(long, env = "TICKWIRE_SESSION")]
     pub(crate) session: Option<PathBuf>,
 }
@@ -142,7 +143,7 @@ impl FallbackArgs {
 /// Who the feed is, once resolved.
 #[derive(Debug)]
 enum Identity {
-    /// `--auth-token`: nothing can refresh it.
+    /// `TICKWIRE_AUTH_TOKEN`: nothing can refresh it.
     Fixed(String),
     /// No session.
     Anonymous,
@@ -164,7 +165,7 @@ pub(crate) struct Access {
 
 impl AccessArgs {
     /// Resolves who the feed is and puts the starting token into `config`. A `fixed_token`
-    /// (`--auth-token`) wins over any session; `--anonymous` ignores the session; otherwise the
+    /// (`TICKWIRE_AUTH_TOKEN`) wins over any session; `--anonymous` ignores the session; otherwise the
     /// named session file must load, and the default one is used when it exists (and
     /// `default_session` allows it: not for the relay's embedded emulator).
     pub(crate) async fn resolve(
@@ -294,7 +295,7 @@ impl Access {
     pub(crate) fn describe(&self, config: &Config) -> String {
         match &self.identity {
             Identity::Fixed(token) => format!(
-                "signed in with --auth-token ({}); it cannot be refreshed",
+                "signed in with TICKWIRE_AUTH_TOKEN ({}); it cannot be refreshed",
                 crate::token::describe(token)
             ),
             Identity::Anonymous => "anonymous: delayed data on many exchanges; run `tickwire \

@@ -40,8 +40,10 @@ pub(crate) struct FeedArgs {
 /// environment variable.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct TuningArgs {
-    /// Auth token (a JWT); anonymous by default.
-    #[arg(long, env = "TICKWIRE_AUTH_TOKEN")]
+    /// A fixed auth token (a JWT) from `TICKWIRE_AUTH_TOKEN` only: a secret on the command line
+    /// would show in every process listing. A stored session (`tickwire login`) is better: its
+    /// token is refreshed.
+    #[arg(skip = std::env::var("TICKWIRE_AUTH_TOKEN").ok().filter(|token| !token.is_empty()))]
     auth_token: Option<String>,
     /// Time allowed to open a connection.
     #[arg(long, env = "TICKWIRE_CONNECT_TIMEOUT", value_parser = duration)]

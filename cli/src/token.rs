@@ -18,7 +18,7 @@ pub(crate) fn rejected(feed: &Feed, token: &str) -> Option<Failure> {
         .get(DisconnectCause::BadAuthToken);
     (rejections > 0).then(|| {
         Failure::Message(format!(
-            "the server rejected the auth token ({}) from --auth-token / TICKWIRE_AUTH_TOKEN; \
+            "the server rejected the auth token ({}) from TICKWIRE_AUTH_TOKEN; \
              nothing can refresh it here, so retrying would never work",
             describe(token)
         ))

@@ -95,37 +95,14 @@ fn a_rejected_token_stops_stream_history_and_relay_with_one_clear_line() {
     // The emulator rejects tokens that start with "bad".
     let secret = "bad-secret-value";
     let commands: [Vec<&str>; 3] = [
-        vec![
-            "stream",
-            "NASDAQ:AAPL",
-            "--url",
-            &url,
-            "--auth-token",
-            secret,
-        ],
-        vec![
-            "history",
-            "NASDAQ:AAPL",
-            "-t",
-            "1D",
-            "--url",
-            &url,
-            "--auth-token",
-            secret,
-        ],
-        vec![
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &url,
-            "--auth-token",
-            secret,
-        ],
+        vec!["stream", "NASDAQ:AAPL", "--url", &url],
+        vec!["history", "NASDAQ:AAPL", "-t", "1D", "--url", &url],
+        vec!["relay", "--listen", "127.0.0.1:0", "--upstream", &url],
     ];
     for args in commands {
         let mut child = tickwire()
             .args(&args)
+            .env("TICKWIRE_AUTH_TOKEN", secret)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
