@@ -46,6 +46,18 @@ for payload in payloads[:400] + extra:
     put("parse", payload)
     put("parse_structured", payload)
     put("client", b"\x00" + payload)
+# HTTP answers as the endpoints give them (PROTOCOL.md section 9 shapes).
+for answer in [
+    b'{"symbols_remaining":0,"symbols":[{"symbol":"AAPL","description":"<em>Apple</em> Inc.","type":"stock","exchange":"NASDAQ","currency_code":"USD"},{"symbol":"EURUSD","exchange":"FXCM","prefix":"FX","type":"forex"}]}',
+    b'[{"symbol":"BTCUSDT","exchange":"Binance","prefix":"BINANCE","type":"crypto"}]',
+    b'{"totalCount":2,"data":[{"s":"NASDAQ:AAPL","d":[190.1,1.2,0.6,1000,"delayed_streaming_900","Apple Inc."]},{"s":"X:Y","d":[null,"x",null]}]}',
+    b'<script>window.initData = {"id":7}; var user = {"id":1,"username":"demo","auth_token":"eyJhbGciOiJSUzUxMiJ9.eyJleHAiOjE3MDAwMDAwMDB9.c2ln","pro_plan":"pro_premium"};</script>',
+    b'eyJhbGciOiJSUzUxMiJ9.eyJ1c2VyX2lkIjoxLCJleHAiOjE3MDAwMDAwMDAsImlhdCI6MTY5OTk4NTYwMH0.c2ln',
+    b'sessionid=abc; sessionid_sign=v1:xyz; device_t=d; Path=/; Max-Age=100; HttpOnly; Secure',
+    b'120',
+    b'Wed, 21 Oct 2015 07:28:00 GMT',
+]:
+    put("http", answer)
 PY
 # The hub target's input is a schedule of operations, which libFuzzer builds up from nothing.
 mkdir -p corpus/hub

@@ -44,6 +44,8 @@ mod client;
 mod cookie;
 mod error;
 pub mod feed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwt;
 pub mod scanner;
 pub mod search;

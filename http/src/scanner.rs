@@ -175,7 +175,7 @@ impl Scanner {
 
 /// The rows of a scanner answer (`{"data":[{"s":..,"d":[..]}]}`), in the order sent; rows
 /// without a string `s` are skipped, a missing or wrong `data` is no rows.
-fn rows(answer: &Value) -> impl Iterator<Item = ScanRow> + '_ {
+pub(crate) fn rows(answer: &Value) -> impl Iterator<Item = ScanRow> + '_ {
     answer
         .get("data")
         .and_then(Value::as_array)

@@ -198,13 +198,13 @@ fn split_exchange(text: &str) -> (Option<&str>, &str) {
 
 /// One answer: its items and how many the server says remain (0 when it does not say).
 #[derive(Debug)]
-struct Page<'a> {
-    items: &'a [Value],
-    remaining: u64,
+pub(crate) struct Page<'a> {
+    pub(crate) items: &'a [Value],
+    pub(crate) remaining: u64,
 }
 
 /// The v3 object, or the old bare array; `None` for any other JSON.
-fn parse_page(body: &Value) -> Option<Page<'_>> {
+pub(crate) fn parse_page(body: &Value) -> Option<Page<'_>> {
     match body {
         Value::Array(items) => Some(Page {
             items,
@@ -231,7 +231,7 @@ fn field(item: &Value, name: &str) -> Option<String> {
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
-fn parse_item(item: &Value) -> Option<SymbolMatch> {
+pub(crate) fn parse_item(item: &Value) -> Option<SymbolMatch> {
     let symbol = field(item, "symbol")?;
     let exchange = field(item, "exchange");
     let head = field(item, "prefix").or_else(|| {
