@@ -12,7 +12,7 @@ use tickwire_http::feed::{ScannerPoller, SessionTokens};
 use tickwire_http::scanner::Scanner;
 use tickwire_http::session::{self, Cookies, Session, SessionFileError, UserInfo};
 use tickwire_http::token::TokenError;
-use tickwire_http::{Bases, HttpClient, HttpConfig};
+use tickwire_http::{Bases, HttpClient, HttpConfig, Secret};
 
 use crate::Failure;
 use crate::output::human_duration;
@@ -144,7 +144,7 @@ impl FallbackArgs {
 #[derive(Debug)]
 enum Identity {
     /// `TICKWIRE_AUTH_TOKEN`: nothing can refresh it.
-    Fixed(String),
+    Fixed(Secret),
     /// No session.
     Anonymous,
     /// A stored session: tokens from its cookies, refreshed through the core.
@@ -177,7 +177,7 @@ impl AccessArgs {
         let http = self.http.client();
         if fixed_token {
             return Ok(Access {
-                identity: Identity::Fixed(config.auth_token.clone()),
+                identity: Identity::Fixed(Secret::new(config.auth_token.clone())),
                 http,
             });
         }
@@ -280,7 +280,7 @@ impl Access {
     /// for another reason keeps trying (the core backs off).
     pub(crate) fn rejected(&self, feed: &Feed) -> Option<Failure> {
         match &self.identity {
-            Identity::Fixed(token) => crate::token::rejected(feed, token),
+            Identity::Fixed(token) => crate::token::rejected(feed, token.expose()),
             Identity::Anonymous => crate::token::rejected(feed, ANONYMOUS_TOKEN),
             Identity::Session { tokens, path, .. } => tokens.signed_out().then(|| {
                 Failure::Message(format!(
@@ -296,7 +296,7 @@ impl Access {
         match &self.identity {
             Identity::Fixed(token) => format!(
                 "signed in with TICKWIRE_AUTH_TOKEN ({}); it cannot be refreshed",
-                crate::token::describe(token)
+                crate::token::describe(token.expose())
             ),
             Identity::Anonymous => "anonymous: delayed data on many exchanges; run `tickwire \
                                     login` to use your account"
@@ -321,5 +321,42 @@ impl Access {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_no_token_or_cookie() {
+        let fixed = Access {
+            identity: Identity::Fixed(Secret::new("eyJfixed-secret")),
+            http: HttpArgs { http_base: None }.client(),
+        };
+        let session = Session::new(Cookies::new("cookie-secret"), None);
+        let tokens = SessionTokens::new(fixed.http.clone(), session.clone(), None);
+        let signed_in = Access {
+            identity: Identity::Session {
+                tokens,
+                cookies: session.cookies,
+                user: None,
+                path: PathBuf::from("/tmp/session.json"),
+            },
+            http: fixed.http.clone(),
+        };
+        let shown = format!("{fixed:?} {signed_in:?}");
+        assert!(
+            !shown.contains("fixed-secret") && !shown.contains("cookie-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn http_bases_must_be_http_urls() {
+        assert!(http_base("http://127.0.0.1:8080").is_ok());
+        assert!(http_base("https://example.com/").is_ok());
+        assert!(http_base("ws://127.0.0.1:1").is_err());
+        assert!(http_base("https://").is_err());
     }
 }

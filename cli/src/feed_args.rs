@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tickwire_core::client::{Config, DEFAULT_URL, parse_duration};
 use tickwire_driver::{Feed, Options};
+use tickwire_http::Secret;
 
 use crate::Failure;
 use crate::access::{Access, AccessArgs, FallbackArgs};
@@ -43,8 +44,8 @@ pub(crate) struct TuningArgs {
     /// A fixed auth token (a JWT) from `TICKWIRE_AUTH_TOKEN` only: a secret on the command line
     /// would show in every process listing. A stored session (`tickwire login`) is better: its
     /// token is refreshed.
-    #[arg(skip = std::env::var("TICKWIRE_AUTH_TOKEN").ok().filter(|token| !token.is_empty()))]
-    auth_token: Option<String>,
+    #[arg(skip = std::env::var("TICKWIRE_AUTH_TOKEN").ok().filter(|token| !token.is_empty()).map(Secret::new))]
+    auth_token: Option<Secret>,
     /// Time allowed to open a connection.
     #[arg(long, env = "TICKWIRE_CONNECT_TIMEOUT", value_parser = duration)]
     connect_timeout: Option<Duration>,
@@ -157,7 +158,7 @@ impl TuningArgs {
         let mut config = Config::from_env().map_err(|error| Failure::Message(error.to_string()))?;
         config.url = url.to_owned();
         if let Some(token) = &self.auth_token {
-            config.auth_token = token.clone();
+            config.auth_token = token.expose().to_owned();
         }
         let durations = [
             (&mut config.connect_timeout, self.connect_timeout),
