@@ -42,26 +42,8 @@ impl Server {
     }
 }
 
-/// Short timings so faults are detected and recovered from in about a second.
 fn config(server: &Server) -> Config {
-    Config {
-        url: server.emulator().url(),
-        connect_timeout: Duration::from_secs(2),
-        handshake_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_millis(1_500),
-        data_silence: Duration::from_secs(5),
-        health_interval: Duration::from_millis(500),
-        grace: Duration::from_millis(100),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
-        jitter: 0.0,
-        breaker_recovery: Duration::from_secs(1),
-        stable_after: Duration::from_millis(500),
-        rate_limit_per_minute: 6_000,
-        burst: 100,
-        history_timeout: Duration::from_secs(5),
-        ..Config::default()
-    }
+    support::quick_config(server)
 }
 
 /// Reads events until every symbol has had a quote, failing after `limit`.

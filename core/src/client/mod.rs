@@ -1008,17 +1008,7 @@ impl Client {
             if open_breaker {
                 self.breaker = Breaker::Open;
                 self.breaker_trips = self.breaker_trips.saturating_add(1);
-                let doublings = self.breaker_trips.saturating_sub(1).min(31);
-                let recovery = self
-                    .config
-                    .breaker_recovery
-                    .saturating_mul(1u32 << doublings)
-                    .min(
-                        self.config
-                            .breaker_recovery_max
-                            .max(self.config.breaker_recovery),
-                    );
-                let recovery = self.jittered(recovery);
+                let recovery = self.breaker_wait(self.breaker_trips);
                 self.link = Link::CircuitOpen {
                     until: add(now, recovery.max(floor.unwrap_or_default())),
                 };
@@ -1039,6 +1029,22 @@ impl Client {
         }
         self.emit_state(Some(cause));
         self.report_market(now);
+    }
+
+    /// The open circuit's wait after its `trips`-th opening in a row: the recovery time,
+    /// doubling per trip up to the maximum, with jitter.
+    fn breaker_wait(&mut self, trips: u32) -> Duration {
+        let doublings = trips.saturating_sub(1).min(31);
+        let recovery = self
+            .config
+            .breaker_recovery
+            .saturating_mul(1u32 << doublings)
+            .min(
+                self.config
+                    .breaker_recovery_max
+                    .max(self.config.breaker_recovery),
+            );
+        self.jittered(recovery)
     }
 
     fn jittered(&mut self, base: Duration) -> Duration {

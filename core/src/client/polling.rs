@@ -185,21 +185,12 @@ impl Client {
         .max(interval);
         if self.poll.failures >= self.config.max_attempts {
             // The breaker's wait, doubling per further failure, as the stream's open circuit.
-            let doublings = self
+            let trips = self
                 .poll
                 .failures
                 .saturating_sub(self.config.max_attempts)
-                .min(31);
-            let recovery = self
-                .config
-                .breaker_recovery
-                .saturating_mul(1u32 << doublings)
-                .min(
-                    self.config
-                        .breaker_recovery_max
-                        .max(self.config.breaker_recovery),
-                );
-            delay = delay.max(self.jittered(recovery));
+                .saturating_add(1);
+            delay = delay.max(self.breaker_wait(trips));
         }
         if let PollErrorKind::RateLimited {
             retry_after: Some(after),

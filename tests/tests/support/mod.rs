@@ -5,6 +5,28 @@ use std::time::{Duration, Instant};
 
 use tickwire_emulator::{Emulator, EmulatorConfig};
 
+/// Short timings so faults are detected and recovered from in about a second.
+pub(crate) fn quick_config(server: &Server) -> tickwire_driver::Config {
+    tickwire_driver::Config {
+        url: server.emulator().url(),
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_millis(1_500),
+        data_silence: Duration::from_secs(5),
+        health_interval: Duration::from_millis(500),
+        grace: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        jitter: 0.0,
+        breaker_recovery: Duration::from_secs(1),
+        stable_after: Duration::from_millis(500),
+        rate_limit_per_minute: 6_000,
+        burst: 100,
+        history_timeout: Duration::from_secs(5),
+        ..tickwire_driver::Config::default()
+    }
+}
+
 /// An emulator on a tokio runtime of its own, so the code under test and the market it reads
 /// never share worker threads, and a test can drive it from any runtime.
 pub(crate) struct Server {
