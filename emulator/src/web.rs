@@ -1009,30 +1009,10 @@ pub(crate) async fn respond(shared: &Shared, request: Request<Incoming>) -> Resp
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     shared.web.count(&path);
-    match shared.web.fault_for(&path) {
-        None => route(shared, request, &path, &query).await,
-        Some(HttpFault::Status {
-            code,
-            retry_after,
-            html,
-        }) => status_fault(code, retry_after, html),
-        Some(HttpFault::HtmlInsteadOfJson) => html_response(
-            StatusCode::OK,
-            "<!DOCTYPE html><html><head><title>TradingView</title></head>\
-             <body><p>Something went wrong. Please refresh the page.</p></body></html>",
-        ),
-        Some(HttpFault::Oversized) => oversized(),
-        Some(HttpFault::Hang) => {
-            let mut shutdown = shared.shutdown.clone();
-            tokio::select! {
-                _ = shutdown.wait_for(|&stopping| stopping) => {}
-                () = sleep(HANG_LIMIT) => {}
-            }
-            plain(StatusCode::SERVICE_UNAVAILABLE)
-        }
-        Some(HttpFault::Trickle) => trickle(route(shared, request, &path, &query).await).await,
-        Some(HttpFault::RedirectLoop) => {
-            redirect(StatusCode::FOUND, request.headers(), &path, &query)
+    let fault = match shared.web.fault_for(&path) {
+        None => return route(shared, request, &path, &query).await,
+        Some(HttpFault::Trickle) => {
+            return trickle(route(shared, request, &path, &query).await).await;
         }
         Some(HttpFault::Redirects(hops)) => {
             let hop: u32 = parse_form(&query)
@@ -1041,18 +1021,79 @@ pub(crate) async fn respond(shared: &Shared, request: Request<Incoming>) -> Resp
                 .and_then(|(_, value)| value.parse().ok())
                 .unwrap_or(0);
             let rest = without_hop(&query);
-            if hop < hops {
-                let separator = if rest.is_empty() { "" } else { "&" };
-                let next = format!("{rest}{separator}hop={}", hop + 1);
-                redirect(StatusCode::FOUND, request.headers(), &path, &next)
-            } else {
-                route(shared, request, &path, &rest).await
+            if hop >= hops {
+                return route(shared, request, &path, &rest).await;
             }
+            let separator = if rest.is_empty() { "" } else { "&" };
+            HttpFault::Redirects(hops).with_next(format!("{rest}{separator}hop={}", hop + 1))
         }
-        Some(HttpFault::RedirectWithoutLocation) => html_response(
+        Some(other) => FaultAnswer::plain(other),
+    };
+    // Answered without the real route: read the request first, as a real server does. Closing
+    // a socket with the request body unread resets it, and the client can lose the answer's
+    // tail. (The routes read it themselves.)
+    let (parts, body) = request.into_parts();
+    if let Err(refusal) = read_body(body, &parts.headers).await {
+        return refusal;
+    }
+    let headers = &parts.headers;
+    match fault.fault {
+        HttpFault::Status {
+            code,
+            retry_after,
+            html,
+        } => status_fault(code, retry_after, html),
+        HttpFault::HtmlInsteadOfJson => html_response(
+            StatusCode::OK,
+            "<!DOCTYPE html><html><head><title>TradingView</title></head>\
+             <body><p>Something went wrong. Please refresh the page.</p></body></html>",
+        ),
+        HttpFault::Oversized => oversized(),
+        HttpFault::Hang => {
+            let mut shutdown = shared.shutdown.clone();
+            tokio::select! {
+                _ = shutdown.wait_for(|&stopping| stopping) => {}
+                () = sleep(HANG_LIMIT) => {}
+            }
+            plain(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        HttpFault::RedirectLoop => redirect(StatusCode::FOUND, headers, &path, &query),
+        HttpFault::Redirects(_) => redirect(
+            StatusCode::FOUND,
+            headers,
+            &path,
+            fault.next_query.as_deref().unwrap_or_default(),
+        ),
+        HttpFault::RedirectWithoutLocation => html_response(
             StatusCode::MOVED_PERMANENTLY,
             "<html><body>301 Moved Permanently</body></html>",
         ),
+        // Answered through the route above.
+        HttpFault::Trickle => plain(StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+/// A fault to answer without the real route, and the query of a redirect's next hop.
+struct FaultAnswer {
+    fault: HttpFault,
+    next_query: Option<String>,
+}
+
+impl FaultAnswer {
+    fn plain(fault: HttpFault) -> FaultAnswer {
+        FaultAnswer {
+            fault,
+            next_query: None,
+        }
+    }
+}
+
+impl HttpFault {
+    fn with_next(self, query: String) -> FaultAnswer {
+        FaultAnswer {
+            fault: self,
+            next_query: Some(query),
+        }
     }
 }
 
