@@ -13,6 +13,9 @@ use crate::Secret;
 use crate::cookie::{Jar, Received, parse_set_cookie};
 use crate::error::parse_retry_after;
 
+/// How long an idle connection may be reused (for the next page of a search, say).
+const POOLED_FOR: Duration = Duration::from_secs(2);
+
 /// The `Origin` every request sends (TradingView's front end refuses others).
 pub const ORIGIN: &str = "https://www.tradingview.com";
 /// The `Referer` every request sends.
@@ -262,6 +265,10 @@ impl HttpClient {
             .max_redirects(0)
             .timeout_connect(Some(config.connect_timeout))
             .timeout_global(Some(config.timeout))
+            // Requests here come seconds to hours apart, and a server may close an idle
+            // connection at any time: reusing one only within a burst (search pages) keeps a
+            // stale connection from failing a request ("closed early").
+            .max_idle_age(POOLED_FOR)
             .user_agent(config.user_agent.as_str())
             // The emulator is plain http on loopback; the real bases are https.
             .https_only(false)
@@ -384,6 +391,9 @@ impl HttpClient {
                     .post(url)
                     .config()
                     .timeout_global(Some(remaining))
+                    // A POST is not retried, so it never goes on a connection the server may
+                    // just have closed: always a fresh one.
+                    .max_idle_age(Duration::ZERO)
                     .build();
                 let builder = self.headers(builder, accept, cookie);
                 match payload {
