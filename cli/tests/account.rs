@@ -35,6 +35,29 @@ fn login(server: &Server, session: &Path, args: &[&str], stdin: &str) -> Output 
     child.wait_with_output().unwrap()
 }
 
+/// `tickwire <args> --http-base <the server's> --session <session>` with `envs`, standard input
+/// closed, run to the end.
+fn with_session(server: &Server, args: &[&str], session: &Path, envs: &[(&str, &str)]) -> Output {
+    tickwire()
+        .args(args)
+        .args(["--http-base", &server.http_base(), "--session"])
+        .arg(session)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `tickwire search <args> --http-base <the server's>`, run to the end.
+fn search(server: &Server, args: &[&str]) -> Output {
+    tickwire()
+        .arg("search")
+        .args(args)
+        .args(["--http-base", &server.http_base()])
+        .output()
+        .unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -51,19 +74,12 @@ fn login_stores_a_private_session_that_session_shows_and_logout_removes() {
     let server = Server::start();
     let dir = scratch_dir("login");
     let session = dir.join("nested").join("session.json");
-    let output = tickwire()
-        .args([
-            "login",
-            "demo",
-            "--http-base",
-            &server.http_base(),
-            "--session",
-        ])
-        .arg(&session)
-        .env("TICKWIRE_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = with_session(
+        &server,
+        &["login", "demo"],
+        &session,
+        &[("TICKWIRE_PASSWORD", PASSWORD)],
+    );
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("signed in as demo"), "{stdout}");
@@ -72,17 +88,7 @@ fn login_stores_a_private_session_that_session_shows_and_logout_removes() {
     let stored = std::fs::read_to_string(&session).unwrap();
     assert!(stored.contains("sessionid") && !stored.contains(PASSWORD));
 
-    let output = tickwire()
-        .args([
-            "session",
-            "--json",
-            "--http-base",
-            &server.http_base(),
-            "--session",
-        ])
-        .arg(&session)
-        .output()
-        .unwrap();
+    let output = with_session(&server, &["session", "--json"], &session, &[]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(shown["user"], "demo");
@@ -103,11 +109,7 @@ fn login_stores_a_private_session_that_session_shows_and_logout_removes() {
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("signed out"));
     assert!(!session.exists());
-    let output = tickwire()
-        .args(["session", "--http-base", &server.http_base(), "--session"])
-        .arg(&session)
-        .output()
-        .unwrap();
+    let output = with_session(&server, &["session"], &session, &[]);
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("run `tickwire login`"));
 }
@@ -117,20 +119,15 @@ fn the_second_factor_comes_from_the_secret_or_from_standard_input() {
     let server = Server::start();
     let dir = scratch_dir("login-2fa");
     let session = dir.join("a.json");
-    let output = tickwire()
-        .args([
-            "login",
-            "demo2fa",
-            "--http-base",
-            &server.http_base(),
-            "--session",
-        ])
-        .arg(&session)
-        .env("TICKWIRE_PASSWORD", PASSWORD)
-        .env("TICKWIRE_TOTP_SECRET", TOTP_SECRET)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = with_session(
+        &server,
+        &["login", "demo2fa"],
+        &session,
+        &[
+            ("TICKWIRE_PASSWORD", PASSWORD),
+            ("TICKWIRE_TOTP_SECRET", TOTP_SECRET),
+        ],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("signed in as demo2fa"));
 
@@ -222,18 +219,12 @@ fn pasted_browser_cookies_are_checked_before_they_are_stored() {
         stored["cookies"]["sessionid_sign"].as_str().unwrap()
     );
     let session = dir.join("pasted.json");
-    let output = tickwire()
-        .args([
-            "login",
-            "--cookie",
-            "--http-base",
-            &server.http_base(),
-            "--session",
-        ])
-        .arg(&session)
-        .env("TICKWIRE_COOKIE", &header)
-        .output()
-        .unwrap();
+    let output = with_session(
+        &server,
+        &["login", "--cookie"],
+        &session,
+        &[("TICKWIRE_COOKIE", &header)],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("signed in as demo"));
     assert_eq!(
@@ -242,18 +233,12 @@ fn pasted_browser_cookies_are_checked_before_they_are_stored() {
     );
 
     let session = dir.join("stale.json");
-    let output = tickwire()
-        .args([
-            "login",
-            "--cookie",
-            "--http-base",
-            &server.http_base(),
-            "--session",
-        ])
-        .arg(&session)
-        .env("TICKWIRE_COOKIE", "sessionid=nosuchsession")
-        .output()
-        .unwrap();
+    let output = with_session(
+        &server,
+        &["login", "--cookie"],
+        &session,
+        &[("TICKWIRE_COOKIE", "sessionid=nosuchsession")],
+    );
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
     assert!(stderr.contains("does not know these cookies"), "{stderr}");
@@ -291,10 +276,7 @@ fn a_session_file_others_can_read_is_refused() {
 #[test]
 fn search_prints_socket_ids_with_type_and_exchange() {
     let server = Server::start();
-    let output = tickwire()
-        .args(["search", "apple", "--http-base", &server.http_base()])
-        .output()
-        .unwrap();
+    let output = search(&server, &["apple"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     let line = stdout
@@ -304,11 +286,7 @@ fn search_prints_socket_ids_with_type_and_exchange() {
     assert!(line.contains("stock") && line.contains("Apple"), "{line}");
     assert!(!stdout.contains("<em>"), "{stdout}");
 
-    let output = tickwire()
-        .args(["search", "EUR", "--type", "forex", "--json"])
-        .args(["--http-base", &server.http_base()])
-        .output()
-        .unwrap();
+    let output = search(&server, &["EUR", "--type", "forex", "--json"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let ids: Vec<String> = text(&output.stdout)
         .lines()
@@ -321,10 +299,7 @@ fn search_prints_socket_ids_with_type_and_exchange() {
     // The prefix, not the exchange's display name, makes the id.
     assert!(ids.contains(&"FX:EURUSD".to_owned()), "{ids:?}");
 
-    let output = tickwire()
-        .args(["search", "", "--http-base", &server.http_base()])
-        .output()
-        .unwrap();
+    let output = search(&server, &[""]);
     assert!(!output.status.success());
 }
 

@@ -3,128 +3,20 @@
 //!
 //! Every wait has a deadline; nothing sleeps for a fixed time.
 
-use std::collections::VecDeque;
+mod support;
+
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tickwire_core::codec::{Decoder, Packet, encode_into};
+use support::{Client, Received, config};
 use tickwire_emulator::{ConnectionEvent, Emulator, EmulatorConfig, Fault, MarketHours};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::timeout_at;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// What one server WebSocket message held.
-#[derive(Debug)]
-enum Received {
-    /// The packets of a text message (heartbeats as `~h~<n>`), heartbeats already echoed.
-    Packets(Vec<String>),
-    /// A close frame.
-    Close,
-    /// The stream ended or failed without a close frame.
-    Gone(String),
-    /// Nothing came before the deadline.
-    TimedOut,
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    decoder: Decoder,
-    deadline: Instant,
-    /// Packets read but not yet looked at by [`Client::until`].
-    pending: VecDeque<String>,
-}
-
+// The client itself is in `support`; what only these tests ask of it.
 impl Client {
-    async fn connect(emulator: &Emulator) -> Client {
-        let (ws, _) = connect_async(emulator.url()).await.expect("connects");
-        Client {
-            ws,
-            decoder: Decoder::new(),
-            deadline: Instant::now() + PATIENCE,
-            pending: VecDeque::new(),
-        }
-    }
-
-    async fn send(&mut self, payload: &str) {
-        let mut text = String::new();
-        encode_into(payload, &mut text);
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("sends");
-    }
-
-    /// The next message, or [`Received::TimedOut`] at the deadline.
-    async fn receive(&mut self) -> Received {
-        loop {
-            let Ok(next) = timeout_at(self.deadline, self.ws.next()).await else {
-                return Received::TimedOut;
-            };
-            let text = match next {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(_))) => return Received::Close,
-                Some(Ok(_)) => continue,
-                Some(Err(error)) => return Received::Gone(error.to_string()),
-                None => return Received::Gone("end of stream".into()),
-            };
-            let mut packets = Vec::new();
-            let mut echoes = Vec::new();
-            for packet in self.decoder.decode(&Bytes::from(text.as_str().to_owned())) {
-                match packet.expect("well-formed packets") {
-                    Packet::Heartbeat(beat) => {
-                        echoes.push(beat.echo());
-                        packets.push(String::from_utf8_lossy(beat.payload()).into_owned());
-                    }
-                    Packet::Json(json) | Packet::LegacyJson(json) => {
-                        packets.push(String::from_utf8_lossy(&json).into_owned());
-                    }
-                }
-            }
-            for echo in echoes {
-                let _ = self.ws.send(Message::Text(echo.into())).await;
-            }
-            return Received::Packets(packets);
-        }
-    }
-
-    /// Reads until a packet satisfies `wanted`; returns it and every packet read before it.
-    /// Packets after it in the same message are kept for the next call.
-    async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> (String, Vec<String>) {
-        let mut before = Vec::new();
-        loop {
-            while let Some(packet) = self.pending.pop_front() {
-                if wanted(&packet) {
-                    return (packet, before);
-                }
-                before.push(packet);
-            }
-            match self.receive().await {
-                Received::Packets(packets) => self.pending.extend(packets),
-                other => panic!("{other:?} while waiting; read {before:?}"),
-            }
-        }
-    }
-
-    /// Reads until a close frame; returns the packets before it. Panics on a stream that ends
-    /// without one.
-    async fn until_close_frame(&mut self) -> Vec<String> {
-        let mut before: Vec<String> = self.pending.drain(..).collect();
-        loop {
-            match self.receive().await {
-                Received::Packets(packets) => before.extend(packets),
-                Received::Close => return before,
-                Received::Gone(why) => panic!("no close frame ({why}); read {before:?}"),
-                Received::TimedOut => panic!("no close frame in time; read {before:?}"),
-            }
-        }
-    }
-
     async fn subscribe(&mut self, token: &str, session: &str, symbols: &[&str]) {
         self.send(&format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#))
             .await;
@@ -158,15 +50,6 @@ fn session_delta(session: &str, key: &str, state: &str) -> String {
     format!(
         r#"{{"m":"qsd","p":["{session}",{{"n":"{key}","s":"ok","v":{{"current_session":"{state}"}}}}]}}"#
     )
-}
-
-fn config() -> EmulatorConfig {
-    EmulatorConfig {
-        symbols: 12,
-        rate_hz: 500.0,
-        heartbeat_interval: Duration::from_millis(100),
-        ..EmulatorConfig::default()
-    }
 }
 
 #[tokio::test]

@@ -5,33 +5,21 @@
 //!
 //! Every wait has a deadline; nothing sleeps for a fixed time.
 
-use std::collections::VecDeque;
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tickwire_core::codec::{Decoder, Packet, encode_into};
+use support::{Client, PATIENCE, config};
 use tickwire_emulator::{Account, Emulator, EmulatorConfig, HttpFault, SigninMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::connect_async;
 
-const PATIENCE: Duration = Duration::from_secs(10);
 const SITE: &str = "https://www.tradingview.com";
-
-fn config() -> EmulatorConfig {
-    EmulatorConfig {
-        symbols: 12,
-        rate_hz: 500.0,
-        heartbeat_interval: Duration::from_millis(100),
-        ..EmulatorConfig::default()
-    }
-}
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -297,102 +285,8 @@ fn page_user(page: &str) -> Option<Value> {
 
 // ---- a raw WebSocket client -------------------------------------------------------------
 
-enum Received {
-    Packets(Vec<String>),
-    Close,
-    Gone(String),
-    TimedOut,
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    decoder: Decoder,
-    deadline: Instant,
-    pending: VecDeque<String>,
-}
-
+// The client itself is in `support`; what only these tests ask of it.
 impl Client {
-    async fn connect(emulator: &Emulator) -> Client {
-        let (ws, _) = connect_async(emulator.url()).await.expect("connects");
-        Client {
-            ws,
-            decoder: Decoder::new(),
-            deadline: Instant::now() + PATIENCE,
-            pending: VecDeque::new(),
-        }
-    }
-
-    async fn send(&mut self, payload: &str) {
-        let mut text = String::new();
-        encode_into(payload, &mut text);
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("sends");
-    }
-
-    async fn receive(&mut self) -> Received {
-        loop {
-            let Ok(next) = timeout_at(self.deadline, self.ws.next()).await else {
-                return Received::TimedOut;
-            };
-            let text = match next {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(_))) => return Received::Close,
-                Some(Ok(_)) => continue,
-                Some(Err(error)) => return Received::Gone(error.to_string()),
-                None => return Received::Gone("end of stream".into()),
-            };
-            let mut packets = Vec::new();
-            let mut echoes = Vec::new();
-            for packet in self.decoder.decode(&Bytes::from(text.as_str().to_owned())) {
-                match packet.expect("well-formed packets") {
-                    Packet::Heartbeat(beat) => {
-                        echoes.push(beat.echo());
-                        packets.push(String::from_utf8_lossy(beat.payload()).into_owned());
-                    }
-                    Packet::Json(json) | Packet::LegacyJson(json) => {
-                        packets.push(String::from_utf8_lossy(&json).into_owned());
-                    }
-                }
-            }
-            for echo in echoes {
-                let _ = self.ws.send(Message::Text(echo.into())).await;
-            }
-            return Received::Packets(packets);
-        }
-    }
-
-    async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> (String, Vec<String>) {
-        let mut before = Vec::new();
-        loop {
-            while let Some(packet) = self.pending.pop_front() {
-                if wanted(&packet) {
-                    return (packet, before);
-                }
-                before.push(packet);
-            }
-            match self.receive().await {
-                Received::Packets(packets) => self.pending.extend(packets),
-                Received::Close => panic!("closed while waiting; read {before:?}"),
-                Received::Gone(why) => panic!("gone ({why}) while waiting; read {before:?}"),
-                Received::TimedOut => panic!("timed out while waiting; read {before:?}"),
-            }
-        }
-    }
-
-    async fn until_close_frame(&mut self) -> Vec<String> {
-        let mut before: Vec<String> = self.pending.drain(..).collect();
-        loop {
-            match self.receive().await {
-                Received::Packets(packets) => before.extend(packets),
-                Received::Close => return before,
-                Received::Gone(why) => panic!("no close frame ({why}); read {before:?}"),
-                Received::TimedOut => panic!("no close frame in time; read {before:?}"),
-            }
-        }
-    }
-
     async fn set_token(&mut self, token: &str) {
         self.send(&format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#))
             .await;
