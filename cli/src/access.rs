@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tickwire_core::client::{ANONYMOUS_TOKEN, Config, PollingConfig, parse_duration};
+use tickwire_core::client::{
+    ANONYMOUS_TOKEN, Config, DisconnectCause, PollingConfig, parse_duration,
+};
 use tickwire_driver::{Feed, Options, Poller};
 use tickwire_http::feed::{ScannerPoller, SessionTokens};
 use tickwire_http::scanner::Scanner;
@@ -282,12 +284,35 @@ impl Access {
         match &self.identity {
             Identity::Fixed(token) => crate::token::rejected(feed, token.expose()),
             Identity::Anonymous => crate::token::rejected(feed, ANONYMOUS_TOKEN),
-            Identity::Session { tokens, path, .. } => tokens.signed_out().then(|| {
-                Failure::Message(format!(
-                    "the session in {} is signed out or expired: run `tickwire login`",
-                    path.display()
-                ))
-            }),
+            // The current token works until it expires: only its rejection ends the feed.
+            Identity::Session { tokens, path, .. } => {
+                let rejected = feed
+                    .status()
+                    .client
+                    .counters
+                    .disconnects
+                    .get(DisconnectCause::BadAuthToken)
+                    > 0;
+                (rejected && tokens.signed_out()).then(|| {
+                    Failure::Message(format!(
+                        "the session in {} is signed out or expired: run `tickwire login`",
+                        path.display()
+                    ))
+                })
+            }
+        }
+    }
+
+    /// The warning to show once when a refresh found the session signed out while the current
+    /// token still works.
+    pub(crate) fn signed_out_warning(&self) -> Option<String> {
+        match &self.identity {
+            Identity::Session { tokens, path, .. } if tokens.signed_out() => Some(format!(
+                "the session in {} is signed out or expired: data flows until the current auth \
+                 token expires; run `tickwire login` to go on after that",
+                path.display()
+            )),
+            _ => None,
         }
     }
 

@@ -113,6 +113,7 @@ async fn print_events(
     let mut events = feed.events();
     let mut ever_live = false;
     let mut rejected = Vec::new();
+    let mut warned_signed_out = false;
     tokio::pin!(stop);
     let stdout = std::io::stdout();
     loop {
@@ -133,10 +134,15 @@ async fn print_events(
             Event::QuoteError { symbol, reason } | Event::SeriesError { symbol, reason, .. } => {
                 rejected.push(format!("{symbol} ({reason})"));
             }
-            Event::AuthTokenRejected { refreshed: false }
-            | Event::AuthTokenRefreshFailed { .. } => {
+            Event::AuthTokenRejected { refreshed: false } => {
                 if let Some(failure) = access.rejected(feed) {
                     return Err(failure);
+                }
+            }
+            Event::AuthTokenRefreshFailed { .. } if !warned_signed_out => {
+                if let Some(warning) = access.signed_out_warning() {
+                    eprintln!("tickwire: {warning}");
+                    warned_signed_out = true;
                 }
             }
             _ => {}

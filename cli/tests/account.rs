@@ -327,14 +327,22 @@ fn stream_uses_the_session_for_real_time_data_and_anonymous_is_delayed() {
     let server = Server::start();
     let dir = scratch_dir("stream-session");
     let session = signed_in(&server, &dir);
-    for (flag, first, delayed) in [
-        (None, "signed in as demo (pro_premium)", false),
-        (Some("--anonymous"), "anonymous: delayed data", true),
+    for (flag, first, delayed, runtime) in [
+        (None, "signed in as demo (pro_premium)", false, "tokio"),
+        (None, "signed in as demo (pro_premium)", false, "async-std"),
+        (
+            Some("--anonymous"),
+            "anonymous: delayed data",
+            true,
+            "tokio",
+        ),
     ] {
         let mut command = tickwire();
         command
             .args([
                 "stream",
+                "--runtime",
+                runtime,
                 "--url",
                 &server.url(),
                 "--http-base",
@@ -412,4 +420,46 @@ fn stream_polls_while_upgrades_are_refused_and_streams_again_after() {
 
 fn line_matching_channel(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     line_channel(child.stdout.take().unwrap())
+}
+
+#[test]
+fn a_signed_out_session_streams_until_its_token_expires_then_says_to_log_in() {
+    let server = Server::start();
+    // Tokens from now on live 4 s: the stream's refresh comes after the sign-out below.
+    server.emulator().set_token_lifetime(Duration::from_secs(4));
+    let dir = scratch_dir("signed-out");
+    let session = signed_in(&server, &dir);
+    let mut child = tickwire()
+        .args([
+            "stream",
+            "--url",
+            &server.url(),
+            "--http-base",
+            &server.http_base(),
+        ])
+        .args(["--backoff-initial", "100ms"])
+        .arg("--session")
+        .arg(&session)
+        .arg("NASDAQ:AAPL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(child.stdout.take().unwrap());
+    let errors = line_channel(child.stderr.take().unwrap());
+    line_matching(&lines, Duration::from_secs(10), "a quote", |line| {
+        line.contains("NASDAQ:AAPL") && line.contains("bid")
+    });
+    server.emulator().expire_sessions();
+    // The refresh finds the session signed out: a warning, and data goes on meanwhile.
+    line_matching(&errors, Duration::from_secs(10), "the warning", |line| {
+        line.contains("signed out or expired: data flows until the current auth token expires")
+    });
+    // The token expires on the socket; nothing can replace it: one line, a failure.
+    let status = exit_within(&mut child, Duration::from_secs(15)).expect("stream ends");
+    assert!(!status.success());
+    let last = line_matching(&errors, Duration::from_secs(2), "the final line", |line| {
+        line.contains("run `tickwire login`")
+    });
+    assert!(last.starts_with("tickwire: the session in"), "{last}");
 }
