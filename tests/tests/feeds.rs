@@ -4,7 +4,6 @@
 //! (timers from async-io) run once under tokio and once under async-std, and the steady one
 //! also under smol. Durations are short so the suite takes seconds, and every wait has a bound.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,7 +15,7 @@ const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
 mod support;
 
-use support::{Server, eventually, on_both_runtimes, sleep};
+use support::{Server, eventually, on_async_std, on_both_runtimes, on_tokio, sleep};
 
 impl Server {
     fn quick(rate_hz: f64) -> Server {
@@ -688,21 +687,6 @@ fn the_feed_handle_is_clone_send_and_sync() {
     fn assert_handle<T: Clone + Send + Sync + 'static>() {}
     assert_handle::<Feed>();
     assert_handle::<tickwire_driver::Events>();
-}
-
-// ----- runtimes ---------------------------------------------------------------------------------
-
-fn on_tokio<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(scenario(tickwire_tokio::connect_with));
-}
-
-fn on_async_std<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
-    async_std::task::block_on(scenario(tickwire_async_std::connect_with));
 }
 
 on_both_runtimes! {

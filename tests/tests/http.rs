@@ -3,7 +3,6 @@
 //! taking over while WebSocket upgrades are refused and handing back, and every hostile HTTP
 //! answer turned into a typed failure that backs off.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use tickwire_http::{Bases, HttpClient, HttpConfig, Secret};
 
 mod support;
 
-use support::{Server, on_both_runtimes, sleep};
+use support::{Server, on_async_std, on_both_runtimes, on_tokio, sleep};
 
 const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
 
@@ -511,19 +510,6 @@ async fn a_failing_token_source_backs_off(connect: impl Fn(Config, Options) -> F
         "{status:?}"
     );
     feed.close().await;
-}
-
-fn on_tokio<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(scenario(tickwire_tokio::connect_with));
-}
-
-fn on_async_std<F: Future<Output = ()>>(scenario: impl FnOnce(fn(Config, Options) -> Feed) -> F) {
-    async_std::task::block_on(scenario(tickwire_async_std::connect_with));
 }
 
 on_both_runtimes! {

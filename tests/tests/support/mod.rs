@@ -70,8 +70,8 @@ impl Drop for Server {
     }
 }
 
-/// Each scenario as a test on tokio and one on async-std; the file that uses it supplies
-/// `on_tokio` and `on_async_std`, which run a scenario on their runtime.
+/// Each scenario as a test on tokio and one on async-std; `on_tokio` and `on_async_std` (the
+/// ones above, or the file's own) must be in scope where it is used.
 macro_rules! on_both_runtimes {
     ($($name:ident => $scenario:expr;)*) => {
         mod tokio_runtime {
@@ -86,6 +86,29 @@ macro_rules! on_both_runtimes {
 }
 
 pub(crate) use on_both_runtimes;
+
+/// Runs a scenario on a two-worker tokio runtime with tokio's driver.
+pub(crate) fn on_tokio<F: std::future::Future<Output = ()>>(
+    scenario: impl FnOnce(
+        fn(tickwire_driver::Config, tickwire_driver::Options) -> tickwire_driver::Feed,
+    ) -> F,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(scenario(tickwire_tokio::connect_with));
+}
+
+/// Runs a scenario on async-std with its driver.
+pub(crate) fn on_async_std<F: std::future::Future<Output = ()>>(
+    scenario: impl FnOnce(
+        fn(tickwire_driver::Config, tickwire_driver::Options) -> tickwire_driver::Feed,
+    ) -> F,
+) {
+    async_std::task::block_on(scenario(tickwire_async_std::connect_with));
+}
 
 /// A runtime-agnostic sleep (async-io's timer), so one scenario runs on every runtime.
 pub(crate) async fn sleep(duration: Duration) {
