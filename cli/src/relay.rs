@@ -11,7 +11,7 @@ use clap::Args;
 use tickwire_core::client::parse_duration;
 use tickwire_core::hub::HubConfig;
 use tickwire_emulator::{Emulator, EmulatorConfig};
-use tickwire_tokio::relay::{Relay, RelayConfig};
+use tickwire_relay::{Relay, RelayConfig};
 
 use crate::Failure;
 use crate::access::{Access, FallbackArgs};

@@ -32,8 +32,6 @@
 
 use std::time::Instant;
 
-pub mod relay;
-
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::net::TcpStream;
@@ -108,9 +106,3 @@ pub fn connect_with(config: Config, options: Options) -> Feed {
     tokio::spawn(driver);
     feed
 }
-
-/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doctests here,
-/// where every crate they use is a dependency, so they cannot drift.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

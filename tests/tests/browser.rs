@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tickwire_emulator::EmulatorConfig;
-use tickwire_tokio::relay::{Relay, RelayConfig};
+use tickwire_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ use support::Server;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The page, as the relay serves it.
-const PAGE: &str = include_str!("../../runtime-tokio/src/relay/page.html");
+const PAGE: &str = include_str!("../../relay/src/page.html");
 
 // ---- Chromium ---------------------------------------------------------------------------------
 

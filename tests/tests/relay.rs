@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tickwire_core::hub::HubConfig;
 use tickwire_emulator::{Emulator, EmulatorConfig};
-use tickwire_tokio::relay::{Relay, RelayConfig};
+use tickwire_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;

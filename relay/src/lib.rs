@@ -1,7 +1,10 @@
-//! The relay: one resilient upstream feed fanned out to many downstream WebSocket clients.
+//! # tickwire-relay
+//!
+//! The relay: one resilient upstream feed fanned out to many downstream WebSocket clients. The
+//! server runs on tokio (axum and hyper); the upstream feed is a `tickwire-tokio` client.
 //!
 //! Every decision (who gets what, conflation, limits, deadlines, which symbols the upstream
-//! carries) is the core's [`Hub`]; this module moves bytes between sockets and the hub, tells
+//! carries) is the core's [`Hub`]; this crate moves bytes between sockets and the hub, tells
 //! it the time, and serves:
 //!
 //! - `/ws`: the downstream protocol (see [`tickwire_core::hub`]),
@@ -13,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use tickwire_tokio::relay::{Relay, RelayConfig};
+//! use tickwire_relay::{Relay, RelayConfig};
 //!
 //! let mut config = RelayConfig::default();
 //! config.upstream.url = "ws://127.0.0.1:8765/socket.io/websocket".to_owned();
@@ -193,7 +196,8 @@ impl Relay {
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let listener = listener(&config)?;
         let addr = listener.local_addr()?;
-        let feed = crate::connect_with(config.upstream.clone(), config.upstream_options.clone());
+        let feed =
+            tickwire_tokio::connect_with(config.upstream.clone(), config.upstream_options.clone());
         let (commands, command_rx) = mpsc::channel(8192);
         let connections = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(LatencyHistogram::default());
@@ -593,3 +597,9 @@ impl HubTask {
             .store(self.hub.connection_count(), Ordering::Relaxed);
     }
 }
+
+/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doctests here,
+/// where every crate they use is a dependency, so they cannot drift.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
