@@ -34,8 +34,9 @@ const EMULATOR_PAGE_SYMBOLS: &[&str] = &[
 /// it works with no network. Ctrl-C (or SIGTERM) closes every client cleanly.
 #[derive(Debug, Args)]
 pub(crate) struct RelayArgs {
-    /// Address to serve HTTP and WebSocket clients on.
-    #[arg(long, env = "TICKWIRE_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to serve HTTP and WebSocket clients on: IP:PORT or HOST:PORT (`localhost:0`
+    /// picks a free port on loopback).
+    #[arg(long, env = "TICKWIRE_RELAY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     listen: SocketAddr,
     /// WebSocket URL of the upstream feed; the embedded emulator when omitted.
     #[arg(long, env = "TICKWIRE_RELAY_UPSTREAM")]
@@ -94,6 +95,48 @@ pub(crate) struct RelayArgs {
     fallback: FallbackArgs,
     #[command(flatten)]
     tuning: TuningArgs,
+}
+
+/// `IP:PORT`, or `HOST:PORT` resolved (its first address, IPv4 preferred).
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|error| format!("{text:?} is not IP:PORT or HOST:PORT ({error})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// What the page shows: `--symbols` when given, else the defaults the whitelist allows (or,
+/// when it allows none of them, its first symbols), so the page never opens on refusals.
+fn page_symbols(defaults: Vec<String>, hub: &HubConfig, chosen: &[String]) -> Vec<String> {
+    if !chosen.is_empty() {
+        return chosen.to_vec();
+    }
+    let Some(allowed) = &hub.whitelist else {
+        return defaults;
+    };
+    let kept: Vec<String> = defaults
+        .into_iter()
+        .filter(|symbol| allowed.contains(symbol.as_str()))
+        .collect();
+    if kept.is_empty() {
+        allowed
+            .iter()
+            .take(EMULATOR_PAGE_SYMBOLS.len())
+            .map(|symbol| symbol.to_string())
+            .collect()
+    } else {
+        kept
+    }
 }
 
 /// Largest whitelist file read: far more symbols than any feed carries.
@@ -244,7 +287,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
             args.emulator_rate
         )));
     }
-    let (emulator, url, mut page_symbols) = match &args.upstream {
+    let (emulator, url, default_symbols) = match &args.upstream {
         Some(url) => (None, url.clone(), Vec::new()),
         None => {
             let emulator = Emulator::start(EmulatorConfig {
@@ -263,9 +306,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
             (Some(emulator), url, symbols)
         }
     };
-    if !args.symbols.is_empty() {
-        page_symbols = args.symbols.clone();
-    }
+    let page_symbols = page_symbols(default_symbols, &hub, &args.symbols);
     // The embedded emulator gets no stored session unless one is named, and serves the HTTP
     // side (the polling fallback's scanner) itself.
     let mut tuning = args.tuning.clone();
@@ -338,6 +379,33 @@ mod tests {
 
     fn names(set: &BTreeSet<Arc<str>>) -> Vec<&str> {
         set.iter().map(|symbol| symbol.as_ref()).collect()
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        assert_eq!(
+            listen_address("localhost:0").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        );
+        assert_eq!(
+            listen_address("0.0.0.0:8080").unwrap(),
+            SocketAddr::from(([0, 0, 0, 0], 8080))
+        );
+        assert!(listen_address("localhost").is_err());
+        assert!(listen_address("nope nope:1").is_err());
+    }
+
+    #[test]
+    fn the_page_shows_only_symbols_the_whitelist_allows() {
+        let defaults = || vec!["BINANCE:BTCUSDT".to_owned(), "NASDAQ:AAPL".to_owned()];
+        let mut hub = HubConfig::default();
+        assert_eq!(page_symbols(defaults(), &hub, &[]), defaults());
+        hub.whitelist = Some(whitelist("NASDAQ:AAPL,FX:EURUSD", &hub).unwrap());
+        assert_eq!(page_symbols(defaults(), &hub, &[]), ["NASDAQ:AAPL"]);
+        hub.whitelist = Some(whitelist("FX:EURUSD", &hub).unwrap());
+        assert_eq!(page_symbols(defaults(), &hub, &[]), ["FX:EURUSD"]);
+        let chosen = ["X:Y".to_owned()];
+        assert_eq!(page_symbols(defaults(), &hub, &chosen), chosen);
     }
 
     #[test]

@@ -392,6 +392,25 @@ fn relay_runs_on_the_embedded_emulator_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn relay_listens_by_host_name_and_its_page_offers_only_whitelisted_symbols() {
+    let (mut relay, addr) = start_relay(tickwire().args([
+        "relay",
+        "--listen",
+        "localhost:0",
+        "--whitelist",
+        "NASDAQ:AAPL,FX:EURUSD,EMU:S1",
+    ]));
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let (status, symbols) = http_get(&addr, "/symbols").unwrap();
+    assert_eq!(status, 200);
+    let symbols: Vec<String> = serde_json::from_str(&symbols).unwrap();
+    // The embedded emulator's defaults, less those the whitelist refuses.
+    assert_eq!(symbols, ["NASDAQ:AAPL", "FX:EURUSD"]);
+    relay.kill().unwrap();
+    let _ = relay.wait();
+}
+
+#[test]
 fn relay_rejects_bad_settings_with_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
