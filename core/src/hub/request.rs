@@ -34,6 +34,12 @@ fn symbols(
             "\"{action}\" needs \"symbols\": an array of strings"
         )));
     };
+    if list.is_empty() {
+        // A request that does nothing gets an answer all the same, never silence.
+        return Err(bad_request(format!(
+            "\"{action}\" with no symbols: name at least one"
+        )));
+    }
     list.iter()
         .map(|symbol| match symbol {
             Value::String(symbol) => Ok(symbol.clone()),
@@ -85,8 +91,8 @@ mod tests {
             Ok(Request::Subscribe(vec!["A".into(), "B".into()]))
         );
         assert_eq!(
-            parse(r#"{"action":"unsubscribe","symbols":[]}"#),
-            Ok(Request::Unsubscribe(vec![]))
+            parse(r#"{"action":"unsubscribe","symbols":["A"]}"#),
+            Ok(Request::Unsubscribe(vec!["A".into()]))
         );
         assert_eq!(parse(r#"{"action":"ping"}"#), Ok(Request::Ping));
     }
@@ -101,6 +107,8 @@ mod tests {
             (r#"{"action":3}"#, "BAD_REQUEST"),
             (r#"{"action":"subscribe"}"#, "BAD_REQUEST"),
             (r#"{"action":"subscribe","symbols":"A"}"#, "BAD_REQUEST"),
+            (r#"{"action":"subscribe","symbols":[]}"#, "BAD_REQUEST"),
+            (r#"{"action":"unsubscribe","symbols":[]}"#, "BAD_REQUEST"),
             (r#"{"action":"subscribe","symbols":["A",1]}"#, "BAD_REQUEST"),
             (r#"{"action":"dance"}"#, "UNKNOWN_ACTION"),
         ] {

@@ -927,6 +927,8 @@ proptest! {
                     let mut expected: Vec<(String, String)> = Vec::new();
                     if text.len() > max_message_bytes {
                         expected.push(("error".into(), "MESSAGE_TOO_LARGE".into()));
+                    } else if names.is_empty() {
+                        expected.push(("error".into(), "BAD_REQUEST".into()));
                     } else {
                         for name in &names {
                             let wanted: BTreeSet<&str> = held.iter().flatten().copied().collect();
@@ -966,6 +968,9 @@ proptest! {
                     if text.len() > max_message_bytes {
                         prop_assert_eq!(replies.len(), 1);
                         prop_assert_eq!(&replies[0]["code"], "MESSAGE_TOO_LARGE");
+                    } else if names.is_empty() {
+                        prop_assert_eq!(replies.len(), 1);
+                        prop_assert_eq!(&replies[0]["code"], "BAD_REQUEST");
                     } else {
                         for name in &names {
                             held[slot].remove(name);
