@@ -26,6 +26,10 @@ pub(crate) struct EmulateArgs {
     /// Seed of the market's random walk.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print the market's symbols (as many as --symbols makes) with their kind and name, one
+    /// per line, and exit.
+    #[arg(long)]
+    list_symbols: bool,
     /// Time between heartbeats.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     heartbeat: Duration,
@@ -119,7 +123,27 @@ async fn stop_signal(terminate: Terminate) {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// `--list-symbols`: the instruments the market would have, one line each.
+fn list_symbols(args: &EmulateArgs) -> Result<(), Failure> {
+    let market = tickwire_emulator::market::Market::new(args.symbols.max(1), args.seed);
+    let mut stdout = std::io::stdout().lock();
+    for instrument in market.instruments() {
+        writeln!(
+            stdout,
+            "{:<18} {:<8} {}",
+            instrument.name,
+            format!("{:?}", instrument.kind).to_lowercase(),
+            instrument.description
+        )
+        .map_err(|_| Failure::OutputClosed)?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
+    if args.list_symbols {
+        return list_symbols(&args);
+    }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         return Err(Failure::Message(format!(
             "--rate {}: expected ticks per second, 0 or more",
@@ -187,7 +211,7 @@ pub(crate) async fn run(args: EmulateArgs) -> Result<(), Failure> {
     }
     let _ = writeln!(
         stdout,
-        "symbols: {} (e.g. BINANCE:BTCUSDT, NASDAQ:AAPL, FX:EURUSD, EMU:S10); Ctrl-C to stop",
+        "symbols: {} (e.g. BINANCE:BTCUSDT, NASDAQ:AAPL, FX:EURUSD; --list-symbols names them all); Ctrl-C to stop",
         args.symbols
     );
     if args.closed {

@@ -537,3 +537,27 @@ fn demo_ends_quietly_when_its_reader_goes_away() {
         "demo ended with {exited:?}: {log}"
     );
 }
+
+#[test]
+fn emulate_lists_the_symbols_its_market_has() {
+    let output = tickwire()
+        .args(["emulate", "--list-symbols", "--symbols", "12"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names.len(), 12, "{text}");
+    assert_eq!(names[0], "BINANCE:BTCUSDT");
+    assert!(
+        names.contains(&"NASDAQ:AAPL") && names.contains(&"FX:EURUSD"),
+        "{text}"
+    );
+    let unique: std::collections::BTreeSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{text}");
+    // Past the majors the synthetic symbols are numbered by their place in the market.
+    assert!(names.iter().any(|name| name.starts_with("EMU:S")), "{text}");
+}
