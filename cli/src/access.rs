@@ -90,7 +90,7 @@ pub(crate) struct AccessArgs {
     #[command(flatten)]
     pub(crate) session: SessionArgs,
     /// Ignore any stored session and connect anonymously (delayed data on many exchanges).
-    #[arg(long, conflicts_with = "session")]
+    #[arg(long, env = "TICKWIRE_ANONYMOUS", conflicts_with = "session")]
     pub(crate) anonymous: bool,
     #[command(flatten)]
     pub(crate) http: HttpArgs,

@@ -46,50 +46,50 @@ pub(crate) struct RelayArgs {
     #[arg(long, env = "TICKWIRE_RELAY_WHITELIST")]
     whitelist: Option<String>,
     /// Symbols the live page shows by default (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "TICKWIRE_RELAY_SYMBOLS", value_delimiter = ',')]
     symbols: Vec<String>,
     /// Also relay bars of this timeframe (e.g. 1, 5, 1D); "none" relays quotes only.
-    #[arg(long, default_value = "none")]
+    #[arg(long, env = "TICKWIRE_RELAY_BARS", default_value = "none")]
     bars: String,
     /// Downstream connections held at once.
-    #[arg(long, default_value_t = HubConfig::default().max_connections)]
+    #[arg(long, env = "TICKWIRE_RELAY_MAX_CONNECTIONS", default_value_t = HubConfig::default().max_connections)]
     max_connections: usize,
     /// Subscriptions per connection.
-    #[arg(long, default_value_t = HubConfig::default().max_subscriptions_per_connection)]
+    #[arg(long, env = "TICKWIRE_RELAY_MAX_SUBSCRIPTIONS", default_value_t = HubConfig::default().max_subscriptions_per_connection)]
     max_subscriptions: usize,
     /// Distinct symbols carried upstream at once.
-    #[arg(long, default_value_t = HubConfig::default().max_upstream_symbols)]
+    #[arg(long, env = "TICKWIRE_RELAY_MAX_UPSTREAM_SYMBOLS", default_value_t = HubConfig::default().max_upstream_symbols)]
     max_upstream_symbols: usize,
     /// Largest client message, in bytes.
-    #[arg(long, default_value_t = HubConfig::default().max_message_bytes)]
+    #[arg(long, env = "TICKWIRE_RELAY_MAX_MESSAGE_BYTES", default_value_t = HubConfig::default().max_message_bytes)]
     max_message_bytes: usize,
     /// Client messages per second per connection.
-    #[arg(long, default_value_t = HubConfig::default().messages_per_second)]
+    #[arg(long, env = "TICKWIRE_RELAY_MESSAGES_PER_SECOND", default_value_t = HubConfig::default().messages_per_second)]
     messages_per_second: u32,
     /// Client messages allowed in one burst.
-    #[arg(long, default_value_t = HubConfig::default().message_burst)]
+    #[arg(long, env = "TICKWIRE_RELAY_MESSAGE_BURST", default_value_t = HubConfig::default().message_burst)]
     message_burst: u32,
     /// Messages a client may have waiting before it is conflated and warned.
-    #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
+    #[arg(long, env = "TICKWIRE_RELAY_QUEUE", default_value_t = HubConfig::default().queue_capacity)]
     queue: usize,
     /// A client still behind this long after falling behind is disconnected.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TICKWIRE_RELAY_SLOW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     slow_deadline: Duration,
     /// A client silent (no message, no ping) this long is disconnected.
-    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, env = "TICKWIRE_RELAY_KEEPALIVE", default_value = "90s", value_parser = parse_duration)]
     keepalive: Duration,
     /// How long a symbol stays subscribed upstream after its last subscriber left.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TICKWIRE_RELAY_LINGER", default_value = "30s", value_parser = parse_duration)]
     linger: Duration,
     /// Log level on stderr: error, warn, info (upstream state changes, clients cut off) or
     /// debug (also refusals and upstream subscription batches).
     #[arg(long, env = "TICKWIRE_LOG_LEVEL", default_value = "info")]
     log_level: tracing::Level,
     /// Embedded emulator only: number of symbols in its market.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "TICKWIRE_RELAY_EMULATOR_SYMBOLS", default_value_t = 50)]
     emulator_symbols: usize,
     /// Embedded emulator only: market ticks per second over all symbols.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, env = "TICKWIRE_RELAY_EMULATOR_RATE", default_value_t = 20.0)]
     emulator_rate: f64,
     #[command(flatten)]
     fallback: FallbackArgs,

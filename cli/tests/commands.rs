@@ -561,3 +561,47 @@ fn emulate_lists_the_symbols_its_market_has() {
     // Past the majors the synthetic symbols are numbered by their place in the market.
     assert!(names.iter().any(|name| name.starts_with("EMU:S")), "{text}");
 }
+
+#[test]
+fn every_relay_flag_has_an_environment_variable() {
+    let output = tickwire().args(["relay", "--help"]).output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    // Each option's block in --help, from its `--name` line to the next option.
+    let mut missing = Vec::new();
+    let mut current: Option<(String, bool)> = None;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if let Some(flag) = trimmed
+            .strip_prefix("--")
+            .or_else(|| trimmed.get(4..).and_then(|rest| rest.strip_prefix("--")))
+            .filter(|_| line.starts_with("  "))
+        {
+            if let Some((name, false)) = current.take() {
+                missing.push(name);
+            }
+            let name = flag.split([' ', '=']).next().unwrap_or_default().to_owned();
+            current = Some((name, false));
+        }
+        if line.contains("[env: TICKWIRE_") {
+            if let Some((_, seen)) = current.as_mut() {
+                *seen = true;
+            }
+        }
+    }
+    if let Some((name, false)) = current {
+        missing.push(name);
+    }
+    missing.retain(|name| name != "help");
+    assert!(
+        missing.is_empty(),
+        "flags without an environment variable: {missing:?}"
+    );
+    // And the variables work: a bad limit from the environment is refused like the flag.
+    let output = tickwire()
+        .args(["relay", "--listen", "127.0.0.1:0"])
+        .env("TICKWIRE_RELAY_QUEUE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("queue_capacity must be at least 1"));
+}
