@@ -31,6 +31,7 @@
 mod connection;
 mod http;
 mod metrics;
+mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -316,14 +317,18 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     match rendered.await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(mut text) => {
+            // Read here, not in the hub's task: /proc reads are the only blocking part.
+            process::ProcessStats::read().render(&mut text);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }

@@ -240,6 +240,12 @@ async fn many_clients_get_snapshots_and_live_quotes_and_upstream_follows_demand(
         assert_eq!(quoted, mine);
     }
     assert_eq!(metric(addr, "tickwire_relay_connections ").await, 50.0);
+    // 50 client sockets are open in this process, and the process metrics see them.
+    assert!(metric(addr, "process_open_fds ").await >= 50.0);
+    assert!(metric(addr, "process_max_fds ").await >= metric(addr, "process_open_fds ").await);
+    assert!(metric(addr, "process_resident_memory_bytes ").await > 0.0);
+    assert!(metric(addr, "process_start_time_seconds ").await > 1.7e9);
+    assert!(metric(addr, "process_cpu_seconds_total ").await >= 0.0);
     assert_eq!(metric(addr, "tickwire_relay_upstream_symbols").await, 10.0);
     assert!(
         get(addr, "/metrics")
@@ -741,6 +747,48 @@ async fn relay_clients_get_polled_quotes_while_the_upstream_refuses_upgrades() {
         client.until("quotes", |_| true).await;
     }
     client.until("a streamed quote", is_type("quote")).await;
+    relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+/// Every metric the shipped Grafana dashboard (relay/dashboards/relay.json) queries is one the
+/// relay really exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_the_relay_exports() {
+    let emulator = emulator(200.0, false).await;
+    let relay = Relay::start(relay_config(&emulator, HubConfig::default()))
+        .await
+        .unwrap();
+    let addr = relay.local_addr();
+    let mut client = Client::connect(addr).await;
+    client.subscribe(&symbols(10..11)).await;
+    client.until("a quote", is_type("quote")).await;
+    let (_, body) = get(addr, "/metrics").await;
+    let exported: BTreeSet<String> = body
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../relay/dashboards/relay.json")).unwrap();
+    let mut queried = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("tickwire_") || word.starts_with("process_") {
+                    queried.insert(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let unknown: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries {unknown:?}, not in /metrics"
+    );
     relay.shutdown().await;
     emulator.shutdown().await;
 }
