@@ -879,11 +879,39 @@ async fn page_follows_the_relay_through_a_restart() {
         )
         .await;
 
+    // On a phone (390 px) the table fits: nothing is cut off at the right edge.
+    browser
+        .call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": true}),
+        )
+        .await
+        .unwrap();
+    let fits = "(() => { const table = document.getElementById('quotes'); \
+                 return document.documentElement.scrollWidth <= window.innerWidth \
+                     && table.getBoundingClientRect().right <= window.innerWidth; })()";
+    let deadline = Instant::now() + DEADLINE;
+    while browser.run(fits).await != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the table does not fit 390 px: {}",
+            browser
+                .run("JSON.stringify([window.innerWidth, document.documentElement.scrollWidth, document.getElementById('quotes').getBoundingClientRect().right])")
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .call("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await
+        .unwrap();
+
     relay.shutdown().await;
     let view = browser
         .wait_until(
-            "the indicator to say reconnecting once the relay is gone",
-            |view| state(view) == "reconnecting",
+            "the indicator to say reconnecting, and the upstream no longer live, once the relay \
+             is gone",
+            |view| state(view) == "reconnecting" && view["upstream"] != "live",
         )
         .await;
     let reconnects = stat(&view, "reconnects");
