@@ -1418,8 +1418,9 @@ fn a_refresh_that_brings_no_fresh_token_backs_off_and_never_loops() {
         assert_eq!(token_requests(&h.at(retry_at - h.start - SECOND / 2)), 0);
         t = retry_at - h.start;
     }
-    // The reconnect backoff: 1, 2, 4… seconds, capped at the backoff max.
-    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    // The reconnect backoff (1, 2 s), then from max_attempts (3) failures on the breaker's
+    // wait: 60 s doubling to its 600 s cap.
+    assert_eq!(delays, [1, 2, 60, 120, 240, 480, 600, 600, 600]);
     assert_eq!(h.client.status(h.now).auth.refresh_failures, 9);
 }
 

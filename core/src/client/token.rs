@@ -6,8 +6,8 @@
 //! here when the token's lifetime is known ([`AuthToken::lifetime`],
 //! [`Config::auth_token_lifetime`](super::Config::auth_token_lifetime)). One request is in flight
 //! at most; an answer serves whichever asked. A refresh that gets no fresh token is asked again
-//! after the reconnect backoff (with jitter), so a broken token source is never polled at a
-//! fixed rate.
+//! after the reconnect backoff (with jitter), and past `max_attempts` failures after the
+//! breaker's growing wait, so a broken token source is never polled at a fixed rate.
 
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,7 @@ impl Client {
 
     fn token_refresh_failed(&mut self, now: Instant) {
         self.token.failures = self.token.failures.saturating_add(1);
-        let delay = retry_delay(
+        let mut delay = retry_delay(
             self.token.failures,
             self.config.backoff_initial,
             self.config.backoff_initial,
@@ -111,6 +111,16 @@ impl Client {
             self.config.jitter,
             self.unit_jitter(),
         );
+        if self.token.failures >= self.config.max_attempts {
+            // Past max_attempts the breaker's wait, doubling per failure, as for the stream:
+            // a token source that keeps failing is asked ever more rarely, not every minute.
+            let trips = self
+                .token
+                .failures
+                .saturating_sub(self.config.max_attempts)
+                .saturating_add(1);
+            delay = delay.max(self.breaker_wait(trips));
+        }
         let retry_at = add(now, delay);
         self.token.refresh_at = Some(retry_at);
         self.push_event(Event::AuthTokenRefreshFailed {
