@@ -58,6 +58,19 @@ fn search(server: &Server, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `tickwire stream` against the emulator's socket and HTTP side; the test adds the rest.
+fn stream(server: &Server) -> std::process::Command {
+    let mut command = tickwire();
+    command.args([
+        "stream",
+        "--url",
+        &server.url(),
+        "--http-base",
+        &server.http_base(),
+    ]);
+    command
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -252,14 +265,7 @@ fn a_session_file_others_can_read_is_refused() {
     let dir = scratch_dir("session-mode");
     let session = signed_in(&server, &dir);
     std::fs::set_permissions(&session, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = tickwire()
-        .args([
-            "stream",
-            "--url",
-            &server.url(),
-            "--http-base",
-            &server.http_base(),
-        ])
+    let output = stream(&server)
         .arg("--session")
         .arg(&session)
         .arg("NASDAQ:AAPL")
@@ -337,17 +343,9 @@ fn stream_uses_the_session_for_real_time_data_and_anonymous_is_delayed() {
             "tokio",
         ),
     ] {
-        let mut command = tickwire();
+        let mut command = stream(&server);
         command
-            .args([
-                "stream",
-                "--runtime",
-                runtime,
-                "--url",
-                &server.url(),
-                "--http-base",
-                &server.http_base(),
-            ])
+            .args(["--runtime", runtime])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         match flag {
@@ -372,14 +370,7 @@ fn stream_uses_the_session_for_real_time_data_and_anonymous_is_delayed() {
 fn stream_polls_while_upgrades_are_refused_and_streams_again_after() {
     let server = Server::start();
     server.emulator().refuse_upgrades(Some(503));
-    let mut child = tickwire()
-        .args([
-            "stream",
-            "--url",
-            &server.url(),
-            "--http-base",
-            &server.http_base(),
-        ])
+    let mut child = stream(&server)
         .args([
             "--fallback",
             "poll",
@@ -429,14 +420,7 @@ fn a_signed_out_session_streams_until_its_token_expires_then_says_to_log_in() {
     server.emulator().set_token_lifetime(Duration::from_secs(4));
     let dir = scratch_dir("signed-out");
     let session = signed_in(&server, &dir);
-    let mut child = tickwire()
-        .args([
-            "stream",
-            "--url",
-            &server.url(),
-            "--http-base",
-            &server.http_base(),
-        ])
+    let mut child = stream(&server)
         .args(["--backoff-initial", "100ms"])
         .arg("--session")
         .arg(&session)
