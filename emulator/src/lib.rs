@@ -41,6 +41,7 @@
 //! ```
 
 mod auth;
+mod background;
 pub mod fault;
 pub mod market;
 mod server;
@@ -48,6 +49,7 @@ pub mod session;
 mod web;
 
 pub use auth::{Account, AccountSpecError, DEFAULT_PLAN, SigninMode, SigninModeError};
+pub use background::BackgroundEmulator;
 pub use fault::{Fault, FaultAction};
 pub use server::{
     ConnectionEvent, DEFAULT_TOKEN_LIFETIME, Emulator, EmulatorConfig, HEADER_DEADLINE,

@@ -17,28 +17,26 @@ mod support;
 
 use support::{Server, eventually, on_async_std, on_both_runtimes, on_tokio, sleep};
 
-impl Server {
-    fn quick(rate_hz: f64) -> Server {
-        Server::start(EmulatorConfig {
-            rate_hz,
-            symbols: 10,
-            heartbeat_interval: Duration::from_millis(300),
-            ..EmulatorConfig::default()
-        })
-    }
+fn quick_server(rate_hz: f64) -> Server {
+    Server::start(EmulatorConfig {
+        rate_hz,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        ..EmulatorConfig::default()
+    })
+}
 
-    fn with_faults(faults: &[&str]) -> Server {
-        Server::start(EmulatorConfig {
-            rate_hz: 200.0,
-            symbols: 10,
-            heartbeat_interval: Duration::from_millis(300),
-            faults: faults
-                .iter()
-                .map(|spec| spec.parse::<Fault>().unwrap())
-                .collect(),
-            ..EmulatorConfig::default()
-        })
-    }
+fn server_with_faults(faults: &[&str]) -> Server {
+    Server::start(EmulatorConfig {
+        rate_hz: 200.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        faults: faults
+            .iter()
+            .map(|spec| spec.parse::<Fault>().unwrap())
+            .collect(),
+        ..EmulatorConfig::default()
+    })
 }
 
 fn config(server: &Server) -> Config {
@@ -104,7 +102,7 @@ async fn socket_gone_and_stream_ends(
 // ----- scenarios --------------------------------------------------------------------------------
 
 async fn steady_streaming_loses_nothing(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(300.0);
+    let server = quick_server(300.0);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     let mut events = feed.events();
@@ -143,7 +141,7 @@ async fn recovers_from(
     cause: Option<DisconnectCause>,
     connect: impl Fn(Config, Options) -> Feed,
 ) {
-    let server = Server::quick(300.0);
+    let server = quick_server(300.0);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     let series = feed
@@ -212,7 +210,7 @@ async fn recovers_from(
 }
 
 async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::with_faults(&["#1:refuse", "#2:refuse"]);
+    let server = server_with_faults(&["#1:refuse", "#2:refuse"]);
     let start = Instant::now();
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
@@ -237,7 +235,7 @@ async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) ->
 }
 
 async fn breaker_opens_then_half_open_probe_recovers(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::with_faults(&["#1:refuse", "#2:refuse", "#3:refuse"]);
+    let server = server_with_faults(&["#1:refuse", "#2:refuse", "#3:refuse"]);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     eventually(Duration::from_secs(3), "the breaker to open", || {
@@ -264,7 +262,7 @@ async fn breaker_opens_then_half_open_probe_recovers(connect: impl Fn(Config, Op
 }
 
 async fn history_with_and_without_faults(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(50.0);
+    let server = quick_server(50.0);
     let feed = connect(config(&server), Options::default());
     let bars = feed
         .history("BINANCE:BTCUSDT", "1", 50)
@@ -286,7 +284,7 @@ async fn history_with_and_without_faults(connect: impl Fn(Config, Options) -> Fe
     feed.close().await;
 
     // The first connection is reset at once: the request survives and completes on the next.
-    let server = Server::with_faults(&["#1:drop"]);
+    let server = server_with_faults(&["#1:drop"]);
     let feed = connect(config(&server), Options::default());
     let bars = feed
         .history("NASDAQ:AAPL", "1D", 20)
@@ -298,7 +296,7 @@ async fn history_with_and_without_faults(connect: impl Fn(Config, Options) -> Fe
 }
 
 async fn slow_consumer_is_conflated_with_bounded_memory(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(3_000.0);
+    let server = quick_server(3_000.0);
     let options = Options {
         event_capacity: 16,
         ..Options::default()
@@ -328,7 +326,7 @@ async fn slow_consumer_is_conflated_with_bounded_memory(connect: impl Fn(Config,
 }
 
 async fn close_leaves_nothing_behind(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(100.0);
+    let server = quick_server(100.0);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     let mut events = feed.events();
@@ -349,7 +347,7 @@ async fn close_leaves_nothing_behind(connect: impl Fn(Config, Options) -> Feed) 
 
 async fn upgrade_refusals_and_slow_servers_are_survived(connect: impl Fn(Config, Options) -> Feed) {
     // HTTP 429 on the first upgrade, a 300 ms delay on the second, then every write slowed.
-    let server = Server::with_faults(&["#1:http-429", "#2:delay/300ms", "#2:slow/2ms"]);
+    let server = server_with_faults(&["#1:http-429", "#2:delay/300ms", "#2:slow/2ms"]);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     let mut events = feed.events();
@@ -372,7 +370,7 @@ async fn upgrade_refusals_and_slow_servers_are_survived(connect: impl Fn(Config,
 }
 
 async fn a_rejected_token_is_replaced_by_the_provider(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(200.0);
+    let server = quick_server(200.0);
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = std::sync::Arc::clone(&asked);
     let provider: tickwire_driver::TokenProvider = std::sync::Arc::new(move || {
@@ -475,7 +473,7 @@ async fn a_quiet_market_is_checked_once_not_churned(connect: impl Fn(Config, Opt
 /// A token the server rejects, with nothing to replace it: the application is told, and the
 /// attempts back off instead of repeating at a fixed rate.
 async fn a_rejected_token_without_a_provider_backs_off(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(200.0);
+    let server = quick_server(200.0);
     let config = Config {
         auth_token: "bad-forever".to_owned(),
         ..config(&server)
@@ -509,7 +507,7 @@ async fn a_rejected_token_without_a_provider_backs_off(connect: impl Fn(Config, 
 
 /// A token that expires mid-session: the provider's fresh one takes over.
 async fn an_expired_token_is_refreshed(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::with_faults(&["#1:expire-token@500ms"]);
+    let server = server_with_faults(&["#1:expire-token@500ms"]);
     let provider: tickwire_driver::TokenProvider = std::sync::Arc::new(|| {
         Box::pin(async { Some(tickwire_driver::AuthToken::new("fresh-token")) })
     });
@@ -538,7 +536,7 @@ async fn an_expired_token_is_refreshed(connect: impl Fn(Config, Options) -> Feed
 
 /// Timeframes the server would reject are refused before anything is sent.
 async fn invalid_timeframes_are_refused_at_once(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(50.0);
+    let server = quick_server(50.0);
     let feed = connect(config(&server), Options::default());
     let started = Instant::now();
     let result = feed.history("NASDAQ:AAPL", "7X", 10).await;
@@ -655,7 +653,7 @@ async fn polling_fallback_serves_quotes_while_the_stream_is_down(
 }
 
 async fn dropping_every_handle_closes_the_feed(connect: impl Fn(Config, Options) -> Feed) {
-    let server = Server::quick(100.0);
+    let server = quick_server(100.0);
     let feed = connect(config(&server), Options::default());
     feed.subscribe(SYMBOLS);
     let mut events = feed.events();
@@ -718,7 +716,7 @@ on_both_runtimes! {
 #[test]
 fn the_async_std_driver_runs_under_smol() {
     smol::block_on(async {
-        let server = Server::quick(300.0);
+        let server = quick_server(300.0);
         let (feed, driver) = tickwire_async_std::start(config(&server), Options::default());
         let task = smol::spawn(driver);
         feed.subscribe(SYMBOLS);

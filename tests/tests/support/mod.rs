@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tickwire_emulator::{Emulator, EmulatorConfig};
-
 /// Short timings so faults are detected and recovered from in about a second.
 pub(crate) fn quick_config(server: &Server) -> tickwire_driver::Config {
     tickwire_driver::Config {
@@ -27,48 +25,8 @@ pub(crate) fn quick_config(server: &Server) -> tickwire_driver::Config {
     }
 }
 
-/// An emulator on a tokio runtime of its own, so the code under test and the market it reads
-/// never share worker threads, and a test can drive it from any runtime.
-pub(crate) struct Server {
-    runtime: Option<tokio::runtime::Runtime>,
-    emulator: Option<Emulator>,
-}
-
-impl Server {
-    pub(crate) fn start(config: EmulatorConfig) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        // Started from a plain thread: tests call this from inside an async context.
-        let handle = runtime.handle().clone();
-        let emulator = std::thread::spawn(move || handle.block_on(Emulator::start(config)))
-            .join()
-            .unwrap()
-            .unwrap();
-        Server {
-            runtime: Some(runtime),
-            emulator: Some(emulator),
-        }
-    }
-
-    pub(crate) fn emulator(&self) -> &Emulator {
-        self.emulator.as_ref().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Tests drop the server inside an async context, where blocking on a runtime is not
-        // allowed: shut the emulator down from a plain thread, then release the runtime.
-        if let (Some(emulator), Some(runtime)) = (self.emulator.take(), self.runtime.take()) {
-            let handle = runtime.handle().clone();
-            let _ = std::thread::spawn(move || handle.block_on(emulator.shutdown())).join();
-            runtime.shutdown_background();
-        }
-    }
-}
+/// An emulator on a runtime of its own.
+pub(crate) use tickwire_emulator::BackgroundEmulator as Server;
 
 /// Each scenario as a test on tokio and one on async-std; `on_tokio` and `on_async_std` (the
 /// ones above, or the file's own) must be in scope where it is used.

@@ -30,9 +30,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-mod support;
-
-use support::Server;
+use tickwire_emulator::BackgroundEmulator as Server;
 
 /// How long any one expectation may take to come true.
 const DEADLINE: Duration = Duration::from_secs(20);
