@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tickwire_core::hub::{CloseReason, ConnId, Frame, FrameKind};
+use tickwire_core::hub::{CloseCode, CloseReason, ConnId, Frame, FrameKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::LatencyHistogram;
@@ -22,10 +22,6 @@ pub(crate) enum Outbound {
 
 /// Frames written per flush at most, so a written batch is reported while the next fills.
 const WRITE_BATCH: usize = 256;
-/// Code for a refused connection: try again later.
-const TRY_AGAIN_LATER: u16 = 1013;
-/// Code for a message over the WebSocket layer's limit.
-const MESSAGE_TOO_BIG: u16 = 1009;
 /// Time a departing or refused client gets to take its last frames.
 const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -34,10 +30,10 @@ fn text(frame: &Frame) -> Utf8Bytes {
     Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_else(|_| Utf8Bytes::from(frame.as_str()))
 }
 
-async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: CloseCode) {
     let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
     };
     let _ = sink.send(Message::Close(Some(frame))).await;
 }
@@ -86,7 +82,7 @@ async fn serve(
         Err(refused) => {
             let goodbye = async {
                 let _ = sink.send(Message::Text(text(&refused.frame))).await;
-                close_with(&mut sink, TRY_AGAIN_LATER, "connection limit").await;
+                close_with(&mut sink, CloseCode::TryAgainLater).await;
             };
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
             return;
@@ -107,28 +103,27 @@ async fn serve(
             () = writing => None,
         }
     };
-    if let Some((reason, code)) = ended {
+    if let Some(reason) = ended {
         let _ = commands.send(Command::Disconnected { conn, reason }).await;
         // tungstenite answered a client's close frame as it read it; flushing sends the answer.
         // A client that reads nothing gets a bounded wait, not a task that never ends.
         let goodbye = async {
-            match code {
-                Some(code) => close_with(&mut sink, code, "message too big").await,
-                None => {
-                    let _ = sink.close().await;
-                }
+            if reason == CloseReason::MessageTooBig {
+                close_with(&mut sink, reason.close_code()).await;
+            } else {
+                let _ = sink.close().await;
             }
         };
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
     }
 }
 
-/// Forwards client messages until the client leaves; says why, and which close code to send.
+/// Forwards client messages until the client leaves; says why.
 async fn read(
     mut stream: SplitStream<WebSocket>,
     conn: ConnId,
     commands: &mpsc::Sender<Command>,
-) -> (CloseReason, Option<u16>) {
+) -> CloseReason {
     loop {
         let command = match stream.next().await {
             Some(Ok(Message::Text(text))) => Command::Text { conn, text },
@@ -137,17 +132,21 @@ async fn read(
                 bytes: bytes.len(),
             },
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Command::Activity { conn },
-            Some(Ok(Message::Close(_))) | None => return (CloseReason::ClientClosed, None),
+            Some(Ok(Message::Close(_))) | None => return CloseReason::ClientClosed,
             Some(Err(error)) => {
                 // axum hides tungstenite's error type; its text names the capacity error.
                 let described = format!("{error} {:?}", std::error::Error::source(&error));
                 let too_big = described.contains("too long") || described.contains("Capacity");
-                return (CloseReason::SocketError, too_big.then_some(MESSAGE_TOO_BIG));
+                return if too_big {
+                    CloseReason::MessageTooBig
+                } else {
+                    CloseReason::SocketError
+                };
             }
         };
         // Waiting here when the hub is busy stops this client's reads: TCP pushes back on it.
         if commands.send(command).await.is_err() {
-            return (CloseReason::SocketError, None);
+            return CloseReason::SocketError;
         }
     }
 }
@@ -213,7 +212,7 @@ async fn write(
             latency.observe(now.saturating_duration_since(*origin));
         }
         if let Some(reason) = close {
-            close_with(sink, reason.close_code(), reason.as_str()).await;
+            close_with(sink, reason.close_code()).await;
             return;
         }
         unreported += frames;

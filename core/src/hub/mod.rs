@@ -51,6 +51,7 @@
 //! assert!(hub.poll_output().is_none());
 //! ```
 
+mod close;
 mod config;
 mod render;
 mod request;
@@ -68,6 +69,7 @@ use crate::client::policy::TokenBucket;
 use crate::client::{Quote, State};
 use crate::message::Bar;
 
+pub use close::{CloseCode, CloseReason};
 pub use config::{HubConfig, HubConfigError};
 use render::BarState;
 use request::Request;
@@ -143,65 +145,6 @@ impl Frame {
     }
 }
 
-/// Why a downstream connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CloseReason {
-    /// The client closed it.
-    ClientClosed,
-    /// The socket failed (reset, protocol error, oversized frame at the WebSocket layer).
-    SocketError,
-    /// It stayed behind past the slow-consumer deadline.
-    SlowConsumer,
-    /// It sent nothing within the keepalive timeout.
-    KeepaliveTimeout,
-    /// The relay is shutting down.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, for metrics.
-    pub const ALL: [CloseReason; 5] = [
-        CloseReason::ClientClosed,
-        CloseReason::SocketError,
-        CloseReason::SlowConsumer,
-        CloseReason::KeepaliveTimeout,
-        CloseReason::Shutdown,
-    ];
-
-    /// Lower-case name, as used in metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientClosed => "client_closed",
-            CloseReason::SocketError => "socket_error",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::KeepaliveTimeout => "keepalive_timeout",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-
-    /// The WebSocket close code the server sends for a close the hub decided.
-    pub fn close_code(self) -> u16 {
-        match self {
-            CloseReason::ClientClosed => 1000,
-            CloseReason::SocketError => 1011,
-            // Application codes (4000-4999) so clients can tell why.
-            CloseReason::SlowConsumer => 4001,
-            CloseReason::KeepaliveTimeout => 4002,
-            CloseReason::Shutdown => 1001,
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            CloseReason::ClientClosed => 0,
-            CloseReason::SocketError => 1,
-            CloseReason::SlowConsumer => 2,
-            CloseReason::KeepaliveTimeout => 3,
-            CloseReason::Shutdown => 4,
-        }
-    }
-}
-
 /// What the hub asks of the server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubOutput {
@@ -226,7 +169,7 @@ pub enum HubOutput {
     UnsubscribeUpstream(Vec<Arc<str>>),
 }
 
-/// A refused connection: send `frame`, then close with code 1013 (try again later).
+/// A refused connection: send `frame`, then close with [`CloseCode::TryAgainLater`] (1013).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// The `CONNECTION_LIMIT` error message.
@@ -265,7 +208,7 @@ pub struct HubCounters {
     /// Upstream unsubscribe decisions.
     pub upstream_unsubscribes: u64,
     /// Connections ended, by [`CloseReason`] (see [`HubCounters::disconnects`]).
-    disconnects: [u64; 5],
+    disconnects: [u64; CloseReason::ALL.len()],
 }
 
 impl HubCounters {

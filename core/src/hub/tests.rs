@@ -654,7 +654,7 @@ fn shutdown_closes_everyone_and_refuses_newcomers() {
     assert_eq!(h.closed.get(&first), Some(&CloseReason::Shutdown));
     assert_eq!(h.closed.get(&second), Some(&CloseReason::Shutdown));
     assert!(h.hub.connect(h.now).is_err());
-    assert_eq!(CloseReason::Shutdown.close_code(), 1001);
+    assert_eq!(CloseReason::Shutdown.close_code(), CloseCode::GoingAway);
 }
 
 #[test]
