@@ -161,6 +161,36 @@ impl Shared {
     }
 }
 
+/// The relay's fanout drives a feed through this: each call goes to the client with the time
+/// of the call (the `now` passed in is the caller's reading of the same clock).
+impl tickwire_core::hub::UpstreamFeed for Feed {
+    fn subscribe_quotes(&mut self, _now: Instant, symbols: &[Arc<str>]) -> usize {
+        self.subscribe(symbols)
+    }
+
+    fn unsubscribe_quotes(&mut self, _now: Instant, symbols: &[Arc<str>]) {
+        self.unsubscribe(symbols);
+    }
+
+    fn carries_quote(&self, symbol: &str) -> bool {
+        self.shared.client().quote(symbol).is_some()
+    }
+
+    fn subscribe_bars(
+        &mut self,
+        _now: Instant,
+        symbol: &str,
+        timeframe: &str,
+        history: u32,
+    ) -> Result<SeriesId, BarsError> {
+        Feed::subscribe_bars(self, symbol, timeframe, history)
+    }
+
+    fn unsubscribe_bars(&mut self, _now: Instant, series: SeriesId) {
+        Feed::unsubscribe_bars(self, series);
+    }
+}
+
 /// The application's handle: cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct Feed {

@@ -216,7 +216,7 @@ impl Relay {
             connections: connections.clone(),
             latency: latency.clone(),
             max_websocket_message_bytes: config.max_websocket_message_bytes,
-            report_every: (config.hub.send_window / 2).max(1),
+            report_every: config.hub.written_report_every(),
         });
         let hub_task = tokio::spawn(
             HubTask {

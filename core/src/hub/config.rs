@@ -98,6 +98,21 @@ impl HubConfig {
             && !symbol.chars().any(|c| c.is_control() || c.is_whitespace())
     }
 
+    /// Frames a socket writer may write before it reports them with `Hub::handle_written`:
+    /// half the send window. The hub never stalls on batched reports: once it has handed over
+    /// a full window, at least this many of those frames are still to be written, and
+    /// writing them sends a report.
+    ///
+    /// ```
+    /// use tickwire_core::hub::HubConfig;
+    ///
+    /// let config = HubConfig { send_window: 32, ..HubConfig::default() };
+    /// assert_eq!(config.written_report_every(), 16);
+    /// ```
+    pub fn written_report_every(&self) -> usize {
+        (self.send_window / 2).max(1)
+    }
+
     /// Checks that every limit is usable.
     pub fn validate(&self) -> Result<(), HubConfigError> {
         let counts = [

@@ -57,6 +57,7 @@ mod render;
 mod request;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -73,6 +74,9 @@ pub use close::{CloseCode, CloseReason};
 pub use config::{HubConfig, HubConfigError};
 use render::BarState;
 use request::Request;
+pub use upstream::{
+    Fanout, FanoutCounters, FanoutError, FanoutOutput, MAX_BAR_HISTORY, UpstreamFeed, UpstreamPlan,
+};
 
 /// Control frames (replies, warnings, status) a connection may have waiting beyond its data
 /// capacity before further ones are dropped.
@@ -966,6 +970,14 @@ impl Hub {
     /// Upstream rejected `symbol` (e.g. no such symbol): its subscribers get an
     /// `UNKNOWN_SYMBOL` error and lose the subscription. Upstream has already dropped it.
     pub fn handle_symbol_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        let message = format!("upstream rejected the symbol: {reason}");
+        self.reject_symbol(now, symbol, "UNKNOWN_SYMBOL", &message);
+    }
+
+    /// Upstream does not carry `symbol` (it rejected it, or has no room for it): its
+    /// subscribers get an error with `code` and lose the subscription, and no upstream change
+    /// about it is pending any more.
+    pub fn reject_symbol(&mut self, now: Instant, symbol: &str, code: &str, message: &str) {
         // Upstream has already forgotten it: no pending change about it may go out, even when
         // the hub itself had already let it go.
         self.upstream_adds
@@ -975,13 +987,28 @@ impl Hub {
         let Some(state) = self.symbols.remove(symbol) else {
             return;
         };
-        let message = format!("upstream rejected the symbol: {reason}");
         for conn in state.subscribers {
             if let Some(connection) = self.connections.get_mut(&conn) {
                 connection.symbols.remove(symbol);
                 connection.owed.remove(symbol);
             }
-            self.send_error(now, conn, "UNKNOWN_SYMBOL", &message, Some(symbol));
+            self.send_error(now, conn, code, message, Some(symbol));
+        }
+    }
+
+    /// Upstream refused the bar series of `symbol`: its subscribers get a `BARS_UNAVAILABLE`
+    /// error naming the symbol and keep their quote subscription; the symbol's last bar is
+    /// forgotten so snapshots stop carrying it.
+    pub fn handle_series_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        state.bar = None;
+        state.snapshot = None;
+        let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
+        let message = format!("no bars for this symbol (its quotes continue): {reason}");
+        for conn in subscribers {
+            self.send_error(now, conn, "BARS_UNAVAILABLE", &message, Some(symbol));
         }
     }
 
