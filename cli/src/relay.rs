@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 use tickwire_core::client::parse_duration;
-use tickwire_core::hub::HubConfig;
+use tickwire_core::hub::{HubConfig, MAX_BAR_HISTORY, UpstreamPlan};
+use tickwire_core::timeframe::Timeframe;
 use tickwire_emulator::{Emulator, EmulatorConfig};
 use tickwire_relay::{Relay, RelayConfig};
 
@@ -48,7 +49,9 @@ pub(crate) struct RelayArgs {
     /// Symbols the live page shows by default (comma-separated).
     #[arg(long, env = "TICKWIRE_RELAY_SYMBOLS", value_delimiter = ',')]
     symbols: Vec<String>,
-    /// Also relay bars of this timeframe (e.g. 1, 5, 1D); "none" relays quotes only.
+    /// Also relay bars of this timeframe (e.g. 1, 5, 1D), loading HISTORY bars when a series
+    /// opens (TF:HISTORY; 2 by default: the forming bar and the last closed one); "none"
+    /// relays quotes only.
     #[arg(long, env = "TICKWIRE_RELAY_BARS", default_value = "none")]
     bars: String,
     /// Downstream connections held at once.
@@ -218,13 +221,33 @@ fn hub_config(args: &RelayArgs) -> Result<HubConfig, Failure> {
     Ok(hub)
 }
 
-fn bars(value: &str) -> Result<Option<String>, Failure> {
+/// `none`, `TF` or `TF:HISTORY`, as the upstream plan; the fanout checks it again with the
+/// hub and upstream limits when the relay starts.
+fn upstream_plan(value: &str) -> Result<UpstreamPlan, Failure> {
+    let invalid = |error: String| Failure::Message(format!("--bars {value}: {error}"));
     if value.eq_ignore_ascii_case("none") {
-        return Ok(None);
+        return Ok(UpstreamPlan::default());
     }
-    crate::stream::parse_bars(value)
-        .map(|(timeframe, _)| Some(timeframe))
-        .map_err(|error| Failure::Message(format!("--bars: {error}")))
+    let (timeframe, history) = match value.split_once(':') {
+        Some((timeframe, history)) => {
+            let history = history
+                .parse::<u32>()
+                .ok()
+                .filter(|history| (1..=MAX_BAR_HISTORY).contains(history))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "the history {history:?} must be a number of bars from 1 to {MAX_BAR_HISTORY}"
+                    ))
+                })?;
+            (timeframe, history)
+        }
+        None => (value, UpstreamPlan::default().bar_history),
+    };
+    let timeframe = Timeframe::parse(timeframe).map_err(|error| invalid(error.to_string()))?;
+    Ok(UpstreamPlan {
+        bars: Some(timeframe.as_str().to_owned()),
+        bar_history: history,
+    })
 }
 
 async fn stop_signal() {
@@ -280,7 +303,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         .with_max_level(args.log_level)
         .with_target(false)
         .try_init();
-    let bars = bars(&args.bars)?;
+    let upstream_plan = upstream_plan(&args.bars)?;
     if !(args.emulator_rate >= 0.0 && args.emulator_rate.is_finite()) {
         return Err(Failure::Message(format!(
             "--emulator-rate {}: expected ticks per second, 0 or more",
@@ -327,14 +350,20 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         upstream,
         upstream_options,
         hub,
-        bars,
+        upstream_plan,
         page_symbols,
         ..RelayConfig::default()
     };
     raise_open_file_limit(&config);
     let relay = Relay::start(config)
         .await
-        .map_err(|error| Failure::Message(format!("cannot listen on {}: {error}", args.listen)))?;
+        .map_err(|error| match error.kind() {
+            // The hub, the plan and the upstream client's limits, checked together.
+            std::io::ErrorKind::InvalidInput => {
+                Failure::Message(format!("relay settings: {error}"))
+            }
+            _ => Failure::Message(format!("cannot listen on {}: {error}", args.listen)),
+        })?;
     let addr = relay.local_addr();
     // The first line is the address, for scripts and benchmarks that start the relay on port 0.
     let mut stdout = std::io::stdout().lock();

@@ -47,11 +47,6 @@ pub(crate) fn parse_bar_spec(text: &str) -> Result<(Timeframe, u32), String> {
     Ok((timeframe, count.max(1)))
 }
 
-/// [`parse_bar_spec`] with the timeframe as the text to send (`1h` gives `"60"`).
-pub(crate) fn parse_bars(text: &str) -> Result<(String, u32), String> {
-    parse_bar_spec(text).map(|(timeframe, count)| (timeframe.as_str().to_owned(), count))
-}
-
 /// Whether the feed has given up before ever working: the breaker opened without one live
 /// connection. Then the host is unreachable (or refuses us) and waiting longer will not help.
 pub(crate) fn unreachable(feed: &Feed, ever_live: bool) -> Option<Failure> {

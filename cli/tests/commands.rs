@@ -425,6 +425,13 @@ fn relay_rejects_bad_settings_with_one_line() {
         ),
         (vec!["relay", "--whitelist", ", ,"], "no symbols in it"),
         (vec!["relay", "--bars", "5 min"], "--bars"),
+        (vec!["relay", "--bars", "7X"], "--bars 7X"),
+        (vec!["relay", "--bars", "1:0"], "from 1 to 5000"),
+        (vec!["relay", "--bars", "1:lots"], "from 1 to 5000"),
+        (
+            vec!["relay", "--max-upstream-symbols", "20000"],
+            "relay settings: the hub may carry 20000 symbols upstream",
+        ),
         (
             vec!["relay", "--upstream", "http://x"],
             "expected a ws:// or wss:// URL",

@@ -46,8 +46,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
-use tickwire_core::hub::{CloseReason, ConnId, Hub, HubConfig, HubOutput, Refused};
-use tickwire_driver::{Config, Event, Feed, Options, SeriesId};
+use tickwire_core::hub::{
+    CloseReason, ConnId, Fanout, FanoutOutput, HubConfig, Refused, UpstreamPlan,
+};
+use tickwire_driver::{Config, Event, Feed, Options};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -67,9 +69,9 @@ pub struct RelayConfig {
     pub upstream_options: Options,
     /// Downstream limits.
     pub hub: HubConfig,
-    /// Bar timeframe carried per symbol (e.g. `"1"`); `None` relays quotes only. Each series
-    /// costs rate-limited upstream commands.
-    pub bars: Option<String>,
+    /// What the upstream carries per symbol: quotes, and optionally one bar series with its
+    /// history.
+    pub upstream_plan: UpstreamPlan,
     /// What `GET /symbols` returns: the page's default symbols.
     pub page_symbols: Vec<String>,
     /// Kernel send buffer of each client socket (`SO_SNDBUF`). Small buffers bound memory per
@@ -97,7 +99,7 @@ impl Default for RelayConfig {
             upstream: Config::default(),
             upstream_options: Options::default(),
             hub: HubConfig::default(),
-            bars: None,
+            upstream_plan: UpstreamPlan::default(),
             page_symbols: Vec::new(),
             send_buffer_bytes: Some(64 * 1024),
             max_websocket_message_bytes: 256 * 1024,
@@ -191,10 +193,16 @@ impl Relay {
     /// Binds, connects upstream and starts serving.
     ///
     /// # Errors
-    /// The address cannot be bound, or the hub configuration is invalid.
+    /// The address cannot be bound, or the hub configuration, the upstream plan or their
+    /// pairing with the upstream client's limits is invalid ([`std::io::ErrorKind::InvalidInput`],
+    /// with the reason).
     pub async fn start(config: RelayConfig) -> std::io::Result<Relay> {
-        let hub = Hub::new(config.hub.clone())
-            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let fanout = Fanout::new(
+            config.hub.clone(),
+            config.upstream_plan.clone(),
+            &config.upstream,
+        )
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
         let listener = listener(&config)?;
         let addr = listener.local_addr()?;
         let feed =
@@ -220,11 +228,9 @@ impl Relay {
         });
         let hub_task = tokio::spawn(
             HubTask {
-                hub,
+                fanout,
                 feed: feed.clone(),
                 connections: HashMap::new(),
-                series: HashMap::new(),
-                bars: config.bars.clone(),
                 close_timeout: config.close_timeout,
                 open: connections,
                 latency,
@@ -381,13 +387,12 @@ async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade
         .on_upgrade(move |socket| connection::accept(socket, state))
 }
 
-/// The one task that owns the hub: everything it decides is carried out here.
+/// The one task that owns the hub and its upstream side: everything they decide is carried
+/// out here.
 struct HubTask {
-    hub: Hub,
+    fanout: Fanout,
     feed: Feed,
     connections: HashMap<ConnId, ConnectionHandle>,
-    series: HashMap<Arc<str>, SeriesId>,
-    bars: Option<String>,
     close_timeout: Duration,
     open: Arc<AtomicUsize>,
     latency: Arc<LatencyHistogram>,
@@ -407,7 +412,7 @@ impl HubTask {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut events = self.feed.events();
         loop {
-            let deadline = self.hub.poll_timeout();
+            let deadline = self.fanout.poll_timeout();
             let sleep = async move {
                 match deadline {
                     Some(deadline) => {
@@ -436,7 +441,7 @@ impl HubTask {
                         self.handle_event(event);
                     }
                 }
-                () = sleep => self.hub.handle_timeout(Instant::now()),
+                () = sleep => self.fanout.handle_timeout(Instant::now()),
             }
             self.flush();
         }
@@ -451,7 +456,7 @@ impl HubTask {
                 task,
                 reply,
             } => {
-                let result = self.hub.connect(now);
+                let result = self.fanout.connect(now);
                 if result.is_err() {
                     tracing::debug!("refused a client at the connection limit");
                 }
@@ -461,17 +466,17 @@ impl HubTask {
                 }
                 let _ = reply.send(result);
             }
-            Command::Text { conn, text } => self.hub.handle_text(now, conn, text.as_str()),
-            Command::Binary { conn, bytes } => self.hub.handle_binary(now, conn, bytes),
-            Command::Activity { conn } => self.hub.handle_activity(now, conn),
-            Command::Written { conn, frames } => self.hub.handle_written(now, conn, frames),
+            Command::Text { conn, text } => self.fanout.handle_text(now, conn, text.as_str()),
+            Command::Binary { conn, bytes } => self.fanout.handle_binary(now, conn, bytes),
+            Command::Activity { conn } => self.fanout.handle_activity(now, conn),
+            Command::Written { conn, frames } => self.fanout.handle_written(now, conn, frames),
             Command::Disconnected { conn, reason } => {
-                self.hub.disconnect(now, conn, reason);
+                self.fanout.disconnect(now, conn, reason);
                 self.connections.remove(&conn);
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(metrics::render(
-                    &self.hub,
+                    self.fanout.hub(),
                     &self.latency,
                     &self.http,
                     &self.feed.status(),
@@ -479,10 +484,10 @@ impl HubTask {
             }
             Command::Shutdown { reply } => {
                 tracing::info!(
-                    clients = self.hub.connection_count(),
+                    clients = self.fanout.hub().connection_count(),
                     "shutting down: closing every client"
                 );
-                self.hub.shutdown(now);
+                self.fanout.shutdown(now);
                 self.flush();
                 let tasks: Vec<AbortHandle> = self
                     .connections
@@ -510,18 +515,12 @@ impl HubTask {
 
     fn handle_event(&mut self, event: Event) {
         let now = Instant::now();
-        match event {
-            Event::Quote(quote) => self.hub.handle_quote(now, &quote.quote),
-            Event::Bar(bar) => {
-                self.hub
-                    .handle_bar(now, &bar.symbol, &bar.timeframe, &bar.bar, bar.closed);
-            }
+        match &event {
             Event::QuoteError { symbol, reason } => {
                 tracing::warn!(%symbol, %reason, "upstream rejected a symbol");
-                self.hub.handle_symbol_error(now, &symbol, &reason);
-                if let Some(series) = self.series.remove(&symbol) {
-                    self.feed.unsubscribe_bars(series);
-                }
+            }
+            Event::SeriesError { symbol, reason, .. } => {
+                tracing::warn!(%symbol, %reason, "upstream rejected a bar series");
             }
             Event::State(change) => {
                 let retry_in = change.next_attempt.map_or_else(
@@ -535,27 +534,28 @@ impl HubTask {
                     retry_in = %retry_in,
                     "upstream"
                 );
-                self.hub.handle_upstream_state(now, change.state);
-            }
-            Event::SeriesError { symbol, reason, .. } => {
-                tracing::warn!(%symbol, %reason, "upstream rejected a bar series");
             }
             _ => {}
         }
+        self.fanout.handle_event(now, &event);
     }
 
-    /// Carries out everything the hub decided.
+    /// Carries out everything the hub decided; its upstream changes go to the feed during the
+    /// drain.
     fn flush(&mut self) {
-        let mut subscribe = Vec::new();
-        let mut unsubscribe = Vec::new();
-        while let Some(output) = self.hub.poll_output() {
+        let now = Instant::now();
+        let (upstream_before, series_before) = (
+            self.fanout.counters().quotes_subscribed,
+            self.fanout.counters().series_opened,
+        );
+        while let Some(output) = self.fanout.poll_output(now, &mut self.feed) {
             match output {
-                HubOutput::Transmit { conn, frame } => {
+                FanoutOutput::Transmit { conn, frame } => {
                     if let Some(handle) = self.connections.get(&conn) {
                         let _ = handle.outbound.send(Outbound::Frame(frame));
                     }
                 }
-                HubOutput::Close { conn, reason } => {
+                FanoutOutput::Close { conn, reason } => {
                     if reason != CloseReason::Shutdown {
                         tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
                     }
@@ -570,36 +570,19 @@ impl HubTask {
                         });
                     }
                 }
-                HubOutput::SubscribeUpstream(symbols) => subscribe.extend(symbols),
-                HubOutput::UnsubscribeUpstream(symbols) => unsubscribe.extend(symbols),
             }
         }
-        // The hub batches upstream changes (commands are rate limited upstream): one call each.
-        if !unsubscribe.is_empty() {
-            tracing::debug!(symbols = unsubscribe.len(), "unsubscribing upstream");
-            self.feed.unsubscribe(unsubscribe.iter());
-            for symbol in &unsubscribe {
-                if let Some(series) = self.series.remove(symbol) {
-                    self.feed.unsubscribe_bars(series);
-                }
-            }
-        }
-        if !subscribe.is_empty() {
-            tracing::debug!(symbols = subscribe.len(), "subscribing upstream");
-            self.feed.subscribe(subscribe.iter());
-            if let Some(timeframe) = &self.bars {
-                for symbol in subscribe {
-                    match self.feed.subscribe_bars(&symbol, timeframe, 2) {
-                        Ok(series) => {
-                            self.series.insert(symbol, series);
-                        }
-                        Err(error) => tracing::warn!(%symbol, %error, "bars not subscribed"),
-                    }
-                }
-            }
+        let counters = self.fanout.counters();
+        if counters.quotes_subscribed != upstream_before || counters.series_opened != series_before
+        {
+            tracing::debug!(
+                symbols = counters.quotes_subscribed.saturating_sub(upstream_before),
+                series = counters.series_opened.saturating_sub(series_before),
+                "subscribed upstream"
+            );
         }
         self.open
-            .store(self.hub.connection_count(), Ordering::Relaxed);
+            .store(self.fanout.hub().connection_count(), Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tickwire_core::hub::HubConfig;
+use tickwire_core::hub::{HubConfig, UpstreamPlan};
 use tickwire_emulator::{Emulator, EmulatorConfig};
 use tickwire_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -790,5 +790,71 @@ async fn the_dashboard_queries_only_metrics_the_relay_exports() {
         "the dashboard queries {unknown:?}, not in /metrics"
     );
     relay.shutdown().await;
+    emulator.shutdown().await;
+}
+
+/// The upstream plan over the wire: each subscribed symbol gets one bar series with its
+/// history, an unknown symbol is refused with its name, and a series the server refuses
+/// (the emulator refuses seconds bars, `seconds_not_entitled`) is reported while the
+/// symbol's quotes continue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_are_relayed_per_symbol_and_refused_series_and_symbols_are_reported() {
+    let emulator = emulator(200.0, false).await;
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.upstream_plan = UpstreamPlan {
+        bars: Some("1".to_owned()),
+        bar_history: 5,
+    };
+    let relay = Relay::start(config).await.unwrap();
+    let mut client = Client::connect(relay.local_addr()).await;
+    client.subscribe(&symbols(10..11)).await;
+    let bar = client.until("a bar", is_type("bar")).await;
+    assert_eq!(bar["symbol"], "EMU:S10", "{bar}");
+    client.subscribe(&["EMU:NOPE".to_owned()]).await;
+    let refused = client
+        .until("the unknown symbol refused", is_type("error"))
+        .await;
+    assert_eq!(refused["code"], "UNKNOWN_SYMBOL", "{refused}");
+    assert_eq!(refused["symbol"], "EMU:NOPE", "{refused}");
+    relay.shutdown().await;
+
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.upstream_plan = UpstreamPlan {
+        bars: Some("1S".to_owned()),
+        bar_history: 2,
+    };
+    let relay = Relay::start(config).await.unwrap();
+    let mut client = Client::connect(relay.local_addr()).await;
+    client.subscribe(&symbols(11..12)).await;
+    let refused = client.until("the series refused", is_type("error")).await;
+    assert_eq!(refused["code"], "BARS_UNAVAILABLE", "{refused}");
+    assert_eq!(refused["symbol"], "EMU:S11", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("seconds_not_entitled")),
+        "{refused}"
+    );
+    // Still subscribed: quotes keep coming, and no bar ever does.
+    for _ in 0..5 {
+        let quote = client
+            .until("a quote after the refusal", |value| {
+                assert_ne!(value["type"], "bar", "{value}");
+                value["type"] == "quote"
+            })
+            .await;
+        assert_eq!(quote["symbol"], "EMU:S11");
+    }
+    relay.shutdown().await;
+
+    // A plan the upstream client cannot hold is refused before anything starts.
+    let mut config = relay_config(&emulator, HubConfig::default());
+    config.upstream.max_subscriptions = 10;
+    let error = Relay::start(config).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        error.to_string().contains("max_upstream_symbols"),
+        "{error}"
+    );
     emulator.shutdown().await;
 }
