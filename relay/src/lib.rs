@@ -3,9 +3,10 @@
 //! The relay: one resilient upstream feed fanned out to many downstream WebSocket clients. The
 //! server runs on tokio (axum and hyper); the upstream feed is a `tickwire-tokio` client.
 //!
-//! Every decision (who gets what, conflation, limits, deadlines, which symbols the upstream
-//! carries) is the core's [`Hub`]; this crate moves bytes between sockets and the hub, tells
-//! it the time, and serves:
+//! Every decision (who gets what, conflation, limits, deadlines, which symbols and bar series
+//! the upstream carries, with what history, and what an upstream rejection means downstream)
+//! is the core's [`Fanout`] (the [`tickwire_core::hub::Hub`] composed with the upstream feed);
+//! this crate moves bytes between sockets and the fanout, tells it the time, and serves:
 //!
 //! - `/ws`: the downstream protocol (see [`tickwire_core::hub`]),
 //! - `/`: a live page (table, sparklines, connection indicator),
