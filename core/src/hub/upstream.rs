@@ -1,61 +1,4 @@
-//! The relay's upstream side: the [`Hub`] composed with the upstream feed.
-//!
-//! [`Fanout`] owns the hub and decides what the upstream feed carries for it: the quotes of
-//! every symbol the hub wants, and, when an [`UpstreamPlan`] names a timeframe, one bar series
-//! per symbol with a set history. It turns what the upstream reports (quotes, bars, rejected
-//! symbols and series, connection states) into hub inputs, and upstream refusals into
-//! downstream errors. Limits are reconciled once, at construction: a hub that may carry more
-//! symbols than the upstream client accepts is refused with a clear error instead of dropping
-//! symbols without a word later.
-//!
-//! The upstream feed is anything that implements [`UpstreamFeed`]: the core [`Client`] itself
-//! (as the deterministic simulation drives it) or a driver's feed handle (as the relay server
-//! does). A server built on `Fanout` only moves bytes and time.
-//!
-//! # Driving contract
-//!
-//! - **Inputs.** Downstream socket events go to the matching method ([`Fanout::connect`],
-//!   [`Fanout::handle_text`], [`Fanout::handle_written`], [`Fanout::disconnect`]…), upstream
-//!   events to [`Fanout::handle_event`], and the time returned by [`Fanout::poll_timeout`]
-//!   passing to [`Fanout::handle_timeout`]; each with the current time, which must not go
-//!   backwards.
-//! - **Outputs.** After every input, call [`Fanout::poll_output`] until it returns `None`,
-//!   passing the upstream feed: upstream commands (subscribe, unsubscribe, open or close a bar
-//!   series) are carried out on it during the drain, in the order the hub decided them, and
-//!   only the downstream outputs ([`FanoutOutput`]) come back, in order, for the server to
-//!   execute.
-//! - **Bounds.** The series map holds at most one series per carried symbol, so it is bounded
-//!   by [`HubConfig::max_upstream_symbols`].
-//!
-//! ```
-//! use std::time::Instant;
-//! use tickwire_core::client::{Client, Config};
-//! use tickwire_core::hub::{Fanout, FanoutOutput, HubConfig, UpstreamPlan};
-//!
-//! let now = Instant::now();
-//! let upstream_config = Config::default();
-//! let mut upstream = Client::new(upstream_config.clone(), now);
-//! let hub = HubConfig { upstream_batch_delay: std::time::Duration::ZERO, ..HubConfig::default() };
-//! let plan = UpstreamPlan { bars: Some("1".to_owned()), ..UpstreamPlan::default() };
-//! let mut fanout = Fanout::new(hub, plan, &upstream_config).unwrap();
-//!
-//! let conn = fanout.connect(now).unwrap();
-//! fanout.handle_text(now, conn, r#"{"action":"subscribe","symbols":["FX:EURUSD"]}"#);
-//! let mut frames = 0;
-//! while let Some(output) = fanout.poll_output(now, &mut upstream) {
-//!     if let FanoutOutput::Transmit { .. } = output {
-//!         frames += 1;
-//!     }
-//! }
-//! assert_eq!(frames, 2); // the status, then the snapshot
-//! // The upstream client now carries the quotes and one 1-minute bar series.
-//! assert_eq!(upstream.quote_symbols().len(), 1);
-//! assert_eq!(upstream.bar_subscriptions().len(), 1);
-//!
-//! // A hub that may want more symbols than the client accepts is refused up front.
-//! let greedy = HubConfig { max_upstream_symbols: 20_000, ..HubConfig::default() };
-//! assert!(Fanout::new(greedy, UpstreamPlan::default(), &upstream_config).is_err());
-//! ```
+//! The relay's upstream side: the [`Hub`] composed with the upstream feed ([`Fanout`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -214,7 +157,64 @@ pub struct FanoutCounters {
     pub stale_bars: u64,
 }
 
-/// The hub and what the upstream carries for it. See the [module docs](self).
+/// The relay's upstream side: the [`Hub`] composed with the upstream feed.
+///
+/// [`Fanout`] owns the hub and decides what the upstream feed carries for it: the quotes of
+/// every symbol the hub wants, and, when an [`UpstreamPlan`] names a timeframe, one bar series
+/// per symbol with a set history. It turns what the upstream reports (quotes, bars, rejected
+/// symbols and series, connection states) into hub inputs, and upstream refusals into
+/// downstream errors. Limits are reconciled once, at construction: a hub that may carry more
+/// symbols than the upstream client accepts is refused with a clear error instead of dropping
+/// symbols without a word later.
+///
+/// The upstream feed is anything that implements [`UpstreamFeed`]: the core [`Client`] itself
+/// (as the deterministic simulation drives it) or a driver's feed handle (as the relay server
+/// does). A server built on `Fanout` only moves bytes and time.
+///
+/// # Driving contract
+///
+/// - **Inputs.** Downstream socket events go to the matching method ([`Fanout::connect`],
+///   [`Fanout::handle_text`], [`Fanout::handle_written`], [`Fanout::disconnect`]…), upstream
+///   events to [`Fanout::handle_event`], and the time returned by [`Fanout::poll_timeout`]
+///   passing to [`Fanout::handle_timeout`]; each with the current time, which must not go
+///   backwards.
+/// - **Outputs.** After every input, call [`Fanout::poll_output`] until it returns `None`,
+///   passing the upstream feed: upstream commands (subscribe, unsubscribe, open or close a bar
+///   series) are carried out on it during the drain, in the order the hub decided them, and
+///   only the downstream outputs ([`FanoutOutput`]) come back, in order, for the server to
+///   execute.
+/// - **Bounds.** The series map holds at most one series per carried symbol, so it is bounded
+///   by [`HubConfig::max_upstream_symbols`].
+///
+/// ```
+/// use std::time::Instant;
+/// use tickwire_core::client::{Client, Config};
+/// use tickwire_core::hub::{Fanout, FanoutOutput, HubConfig, UpstreamPlan};
+///
+/// let now = Instant::now();
+/// let upstream_config = Config::default();
+/// let mut upstream = Client::new(upstream_config.clone(), now);
+/// let hub = HubConfig { upstream_batch_delay: std::time::Duration::ZERO, ..HubConfig::default() };
+/// let plan = UpstreamPlan { bars: Some("1".to_owned()), ..UpstreamPlan::default() };
+/// let mut fanout = Fanout::new(hub, plan, &upstream_config).unwrap();
+///
+/// let conn = fanout.connect(now).unwrap();
+/// fanout.handle_text(now, conn, r#"{"action":"subscribe","symbols":["FX:EURUSD"]}"#);
+/// let mut frames = 0;
+/// while let Some(output) = fanout.poll_output(now, &mut upstream) {
+///     if let FanoutOutput::Transmit { .. } = output {
+///         frames += 1;
+///     }
+/// }
+/// assert_eq!(frames, 2); // the status, then the snapshot
+/// // The upstream client now carries the quotes and one 1-minute bar series.
+/// assert_eq!(upstream.quote_symbols().len(), 1);
+/// assert_eq!(upstream.bar_subscriptions().len(), 1);
+///
+/// // A hub that may want more symbols than the client accepts is refused up front.
+/// let greedy = HubConfig { max_upstream_symbols: 20_000, ..HubConfig::default() };
+/// assert!(Fanout::new(greedy, UpstreamPlan::default(), &upstream_config).is_err());
+/// ```
 #[derive(Debug)]
 pub struct Fanout {
     hub: Hub,
