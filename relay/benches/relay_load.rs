@@ -18,7 +18,8 @@
 //! 3. subscribe every client (symbols assigned round-robin over the 100 symbols), wait for all
 //!    snapshots, warm up, then measure: messages delivered per second, quote latency (client
 //!    receipt time minus `emu_ns`) p50/p99/max, `SLOW_CONSUMER` warnings, unexpected closes,
-//!    VmRSS and CPU time of the relay;
+//!    VmRSS and CPU time of the relay, and that CPU time divided by the messages the clients
+//!    (probe included) received in the window: the relay's CPU per delivery;
 //! 4. print a markdown row.
 //!
 //! Cross-checks printed with every row: the updates/s the emulator really sent (the expected
@@ -871,6 +872,11 @@ struct Row {
     relay_cpu_percent: f64,
     bench_cpu_percent: f64,
     machine_busy_percent: f64,
+    /// Relay CPU time over the window divided by the messages the clients and the probe
+    /// received in it, in µs.
+    relay_cpu_us_per_delivery: f64,
+    /// Messages the clients and the probe received in the window.
+    deliveries: u64,
     relay: RelayView,
     probe_p50_ms: f64,
     probe_p99_ms: f64,
@@ -1088,7 +1094,9 @@ async fn run_one(
     let mut connect_errors = Vec::new();
     let mut close_reasons = Vec::new();
     let mut first_error = None;
-    let mut probe_latencies = probe.await.expect("the probe panicked").latencies;
+    let probe_report = probe.await.expect("the probe panicked");
+    let probe_window_messages = probe_report.window_messages;
+    let mut probe_latencies = probe_report.latencies;
     probe_latencies.sort_unstable();
     row.probe_samples = probe_latencies.len();
     row.probe_p50_ms = quantile(&probe_latencies, 0.50);
@@ -1130,6 +1138,9 @@ async fn run_one(
     tokio::time::sleep(Duration::from_secs(1)).await;
     row.after_kib = proc_status(pid, "VmRSS");
     row.messages_per_second = window_messages as f64 / elapsed;
+    row.deliveries = window_messages + probe_window_messages;
+    row.relay_cpu_us_per_delivery =
+        row.relay_cpu_percent / 100.0 * elapsed / row.deliveries.max(1) as f64 * 1e6;
     row.quotes_per_second = window_quotes as f64 / elapsed;
     // Each update of a symbol goes to every subscriber of that symbol; the emulator spreads its
     // ticks uniformly over the 100 symbols.
@@ -1166,6 +1177,13 @@ async fn run_one(
         row.bench_cpu_percent,
         (row.machine_busy_percent * cores - row.relay_cpu_percent - row.bench_cpu_percent).max(0.0),
         row.machine_busy_percent
+    );
+    println!(
+        "  relay CPU per delivery: {:.2} µs ({:.2} CPU s over {} messages received by the \
+         clients and the probe)",
+        row.relay_cpu_us_per_delivery,
+        row.relay_cpu_percent / 100.0 * elapsed,
+        row.deliveries
     );
     println!(
         "  delivered {:.0} msgs/s, {:.0} quotes/s (expected {:.0} = {:.0} updates/s / {SYMBOLS} \
@@ -1351,13 +1369,13 @@ fn main() {
     println!(
         "| build | connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
          msgs/s delivered | quotes/s (expected) | p50 | p99 | max | probe p99 | SLOW_CONSUMER | \
-         unexpected closes | CPU relay / bench / machine |"
+         unexpected closes | CPU relay / bench / machine | relay CPU per delivery |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         println!(
             "| {} | {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | \
-             {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% |",
+             {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% | {:.2} µs |",
             row.build,
             row.connections,
             row.held,
@@ -1375,7 +1393,8 @@ fn main() {
             row.unexpected_closes,
             row.relay_cpu_percent,
             row.bench_cpu_percent,
-            row.machine_busy_percent
+            row.machine_busy_percent,
+            row.relay_cpu_us_per_delivery
         );
     }
     emulator_runtime.block_on(emulator.shutdown());
