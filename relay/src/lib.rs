@@ -40,8 +40,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,7 +51,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use connection::Outbound;
 use metrics::LatencyHistogram;
 
 /// Relay settings. `RelayConfig::default()` listens on 127.0.0.1:8080 and relays the real feed.
@@ -111,13 +109,13 @@ impl Default for RelayConfig {
 /// What connection tasks and HTTP handlers ask of the hub task.
 enum Command {
     Connect {
-        outbound: mpsc::UnboundedSender<Outbound>,
+        writer: Arc<connection::Writer>,
         task: AbortHandle,
         reply: oneshot::Sender<Result<ConnId, Refused>>,
     },
     Text {
         conn: ConnId,
-        text: axum::extract::ws::Utf8Bytes,
+        text: tungstenite::Utf8Bytes,
     },
     Binary {
         conn: ConnId,
@@ -152,6 +150,8 @@ struct AppState {
     max_websocket_message_bytes: usize,
     /// Written frames a writer reports at once (half the hub's send window).
     report_every: usize,
+    /// The tasks that write the hub's frames into the sockets.
+    write_pool: Arc<connection::WritePool>,
 }
 
 /// A running relay. Dropping it leaves it running until the runtime ends; call
@@ -217,6 +217,7 @@ impl Relay {
             latency: latency.clone(),
             max_websocket_message_bytes: config.max_websocket_message_bytes,
             report_every: (config.hub.send_window / 2).max(1),
+            write_pool: connection::WritePool::start(commands.clone()),
         });
         let hub_task = tokio::spawn(
             HubTask {
@@ -369,16 +370,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
-    let limit = state.max_websocket_message_bytes;
-    upgrade
-        // Client messages are small; a large eager read buffer would cost every idle client.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(8 * 1024 * 1024)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::accept(socket, state))
+async fn websocket(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    connection::upgrade(request, state)
 }
 
 /// The one task that owns the hub: everything it decides is carried out here.
@@ -395,7 +388,8 @@ struct HubTask {
 }
 
 struct ConnectionHandle {
-    outbound: mpsc::UnboundedSender<Outbound>,
+    /// The hub task writes the connection's frames itself, through this.
+    writer: Arc<connection::Writer>,
     task: AbortHandle,
 }
 
@@ -447,7 +441,7 @@ impl HubTask {
         let now = Instant::now();
         match command {
             Command::Connect {
-                outbound,
+                writer,
                 task,
                 reply,
             } => {
@@ -457,7 +451,7 @@ impl HubTask {
                 }
                 if let Ok(conn) = result {
                     self.connections
-                        .insert(conn, ConnectionHandle { outbound, task });
+                        .insert(conn, ConnectionHandle { writer, task });
                 }
                 let _ = reply.send(result);
             }
@@ -552,7 +546,7 @@ impl HubTask {
             match output {
                 HubOutput::Transmit { conn, frame } => {
                     if let Some(handle) = self.connections.get(&conn) {
-                        let _ = handle.outbound.send(Outbound::Frame(frame));
+                        handle.writer.transmit(conn, frame);
                     }
                 }
                 HubOutput::Close { conn, reason } => {
@@ -560,7 +554,7 @@ impl HubTask {
                         tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
                     }
                     if let Some(handle) = self.connections.remove(&conn) {
-                        let _ = handle.outbound.send(Outbound::Close(reason));
+                        handle.writer.close(reason);
                         // A client that cannot take the close frame in time is dropped.
                         let task = handle.task;
                         let close_timeout = self.close_timeout;
