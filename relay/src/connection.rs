@@ -116,7 +116,16 @@ impl Writer {
 
     /// Hands a hub frame to this connection's pool writer.
     pub(crate) fn transmit(self: &Arc<Self>, conn: ConnId, frame: Frame) {
-        self.pool.push(self.shard, conn, self.clone(), frame);
+        self.pool
+            .push(self.shard, conn, self.clone(), Item::Frame(frame));
+    }
+
+    /// The hub closes the connection. The close goes the frames' way, so the frames handed
+    /// over before it (a last warning, say) are written first; then the connection task sends
+    /// the close frame and ends.
+    pub(crate) fn close(self: &Arc<Self>, conn: ConnId, reason: CloseReason) {
+        self.pool
+            .push(self.shard, conn, self.clone(), Item::Close(reason));
     }
 
     /// Encodes a hub frame behind whatever this connection has queued. True for the first
@@ -159,12 +168,9 @@ impl Writer {
         }
     }
 
-    /// The hub closes the connection: the task sends the close frame and ends.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        let mut state = self.lock();
-        state.closed = true;
-        state.close_request = Some(reason);
-        drop(state);
+    /// Passes the hub's close to the connection task, once the frames before it are out.
+    fn request_close(&self, reason: CloseReason) {
+        self.lock().close_request = Some(reason);
         self.wake.notify_one();
     }
 
@@ -280,7 +286,14 @@ impl Writer {
 }
 
 /// Frames handed over by the hub task and not yet taken by a pool writer.
-type Batch = Vec<(ConnId, Arc<Writer>, Frame)>;
+type Batch = Vec<(ConnId, Arc<Writer>, Item)>;
+
+/// What the hub task hands a pool writer.
+#[derive(Debug)]
+enum Item {
+    Frame(Frame),
+    Close(CloseReason),
+}
 
 #[derive(Debug, Default)]
 struct Shard {
@@ -323,14 +336,14 @@ impl WritePool {
         self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len().max(1)
     }
 
-    fn push(&self, shard: usize, conn: ConnId, writer: Arc<Writer>, frame: Frame) {
+    fn push(&self, shard: usize, conn: ConnId, writer: Arc<Writer>, item: Item) {
         let Some(shard) = self.shards.get(shard) else {
             return;
         };
         let mut queue = shard.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let was_empty = queue.is_empty();
         // Bounded: the hub hands each connection at most its send window before reports.
-        queue.push((conn, writer, frame));
+        queue.push((conn, writer, item));
         drop(queue);
         if was_empty {
             shard.wake.notify_one();
@@ -356,9 +369,20 @@ async fn write_loop(pool: Arc<WritePool>, index: usize, commands: mpsc::Sender<C
             }
         }
         // Every frame a connection has in the batch goes out in one system call.
-        for (conn, writer, frame) in batch.drain(..) {
-            if writer.stage(&frame) {
-                staged.push((conn, writer));
+        for (conn, writer, item) in batch.drain(..) {
+            match item {
+                Item::Frame(frame) => {
+                    if writer.stage(&frame) {
+                        staged.push((conn, writer));
+                    }
+                }
+                Item::Close(reason) => {
+                    let written = writer.flush_staged();
+                    if written > 0 {
+                        reports.push((conn, written));
+                    }
+                    writer.request_close(reason);
+                }
             }
         }
         for (conn, writer) in staged.drain(..) {

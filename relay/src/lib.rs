@@ -554,7 +554,7 @@ impl HubTask {
                         tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
                     }
                     if let Some(handle) = self.connections.remove(&conn) {
-                        handle.writer.close(reason);
+                        handle.writer.close(conn, reason);
                         // A client that cannot take the close frame in time is dropped.
                         let task = handle.task;
                         let close_timeout = self.close_timeout;
