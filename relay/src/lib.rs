@@ -41,8 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -55,7 +54,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use connection::Outbound;
 use metrics::LatencyHistogram;
 
 /// Relay settings. `RelayConfig::default()` listens on 127.0.0.1:8080 and relays the real feed.
@@ -114,13 +112,13 @@ impl Default for RelayConfig {
 /// What connection tasks and HTTP handlers ask of the hub task.
 enum Command {
     Connect {
-        outbound: mpsc::UnboundedSender<Outbound>,
+        writer: Arc<connection::Writer>,
         task: AbortHandle,
         reply: oneshot::Sender<Result<ConnId, Refused>>,
     },
     Text {
         conn: ConnId,
-        text: axum::extract::ws::Utf8Bytes,
+        text: tungstenite::Utf8Bytes,
     },
     Binary {
         conn: ConnId,
@@ -155,6 +153,8 @@ struct AppState {
     max_websocket_message_bytes: usize,
     /// Written frames a writer reports at once (half the hub's send window).
     report_every: usize,
+    /// The tasks that write the hub's frames into the sockets.
+    write_pool: Arc<connection::WritePool>,
 }
 
 /// A running relay. Dropping it leaves it running until the runtime ends; call
@@ -226,6 +226,7 @@ impl Relay {
             latency: latency.clone(),
             max_websocket_message_bytes: config.max_websocket_message_bytes,
             report_every: config.hub.written_report_every(),
+            write_pool: connection::WritePool::start(commands.clone()),
         });
         let hub_task = tokio::spawn(
             HubTask {
@@ -376,16 +377,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
-    let limit = state.max_websocket_message_bytes;
-    upgrade
-        // Client messages are small; a large eager read buffer would cost every idle client.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(8 * 1024 * 1024)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::accept(socket, state))
+async fn websocket(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    connection::upgrade(request, state)
 }
 
 /// The one task that owns the hub and its upstream side: everything they decide is carried
@@ -401,7 +394,8 @@ struct HubTask {
 }
 
 struct ConnectionHandle {
-    outbound: mpsc::UnboundedSender<Outbound>,
+    /// The hub task writes the connection's frames itself, through this.
+    writer: Arc<connection::Writer>,
     task: AbortHandle,
 }
 
@@ -453,7 +447,7 @@ impl HubTask {
         let now = Instant::now();
         match command {
             Command::Connect {
-                outbound,
+                writer,
                 task,
                 reply,
             } => {
@@ -463,7 +457,7 @@ impl HubTask {
                 }
                 if let Ok(conn) = result {
                     self.connections
-                        .insert(conn, ConnectionHandle { outbound, task });
+                        .insert(conn, ConnectionHandle { writer, task });
                 }
                 let _ = reply.send(result);
             }
@@ -553,7 +547,7 @@ impl HubTask {
             match output {
                 FanoutOutput::Transmit { conn, frame } => {
                     if let Some(handle) = self.connections.get(&conn) {
-                        let _ = handle.outbound.send(Outbound::Frame(frame));
+                        handle.writer.transmit(conn, frame);
                     }
                 }
                 FanoutOutput::Close { conn, reason } => {
@@ -561,7 +555,7 @@ impl HubTask {
                         tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
                     }
                     if let Some(handle) = self.connections.remove(&conn) {
-                        let _ = handle.outbound.send(Outbound::Close(reason));
+                        handle.writer.close(conn, reason);
                         // A client that cannot take the close frame in time is dropped.
                         let task = handle.task;
                         let close_timeout = self.close_timeout;

@@ -1,10 +1,16 @@
-//! Load benchmark of `tickwire relay`: many loopback WebSocket clients on one relay process.
+//! Load benchmark of the relay: many loopback WebSocket clients on one relay process.
 //!
-//! Run: `cargo bench -p tickwire --bench relay_load`
+//! Run: `cargo bench -p tickwire-relay --bench relay_load`
 //!
 //! The bench process runs the feed emulator (stamping every quote delta with its write time as
-//! `emu_ns`) and the clients; the relay is a child process (`tickwire relay`), restarted for
-//! every connection count so its memory (VmRSS) is its own. For each connection count N:
+//! `emu_ns`) and the clients; the relay is a child process, restarted for every connection
+//! count so its memory (VmRSS) and CPU time are its own. The child is this bench binary run
+//! again in relay mode (`TICKWIRE_LOAD_CHILD=relay`): [`tickwire_relay::Relay::start`] with
+//! [`RelayConfig`] defaults except the listen address, the upstream URL and the connection
+//! limit, on a two-worker multi-thread runtime as `tickwire relay` uses. With
+//! `TICKWIRE_LOAD_COMPARE=/path/to/old/tickwire`, every connection count is also run against
+//! that older build (`tickwire relay …`, as this bench ran it before it moved here), the old
+//! relay first, then this one, and both rows are printed. For each connection count N:
 //!
 //! 1. start the relay, read its baseline VmRSS;
 //! 2. open N clients (at most 200 handshakes at once, a failed one retried) and wait for each
@@ -12,7 +18,8 @@
 //! 3. subscribe every client (symbols assigned round-robin over the 100 symbols), wait for all
 //!    snapshots, warm up, then measure: messages delivered per second, quote latency (client
 //!    receipt time minus `emu_ns`) p50/p99/max, `SLOW_CONSUMER` warnings, unexpected closes,
-//!    VmRSS and CPU time of the relay;
+//!    VmRSS and CPU time of the relay, and that CPU time divided by the messages the clients
+//!    (probe included) received in the window: the relay's CPU per delivery;
 //! 4. print a markdown row.
 //!
 //! Cross-checks printed with every row: the updates/s the emulator really sent (the expected
@@ -28,21 +35,24 @@
 //! - `TICKWIRE_LOAD_SUBSCRIPTIONS`: symbols per client, default 1 (at most 100);
 //! - `TICKWIRE_LOAD_RATE`: updates per second over the 100 subscribed symbols, default 1000;
 //! - `TICKWIRE_LOAD_WARMUP_SECONDS`: warm-up once every symbol's quotes flow, default 2;
-//! - `TICKWIRE_LOAD_RELAY_ARGS`: extra `tickwire relay` flags, default none (see
-//!   [`DEFAULT_RELAY_ARGS`]).
+//! - `TICKWIRE_LOAD_RELAY_ARGS`: extra `tickwire relay` flags for the compared old build,
+//!   default none (see [`DEFAULT_RELAY_ARGS`]);
+//! - `TICKWIRE_LOAD_COMPARE`: path of an older `tickwire` binary to run beside this build.
 //!
 //! Everything (emulator, relay, clients) shares the machine's cores.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use tickwire_emulator::{Emulator, EmulatorConfig};
+use tickwire_relay::{Relay as RelayServer, RelayConfig};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -95,6 +105,7 @@ struct Params {
     rate: f64,
     warmup: u64,
     relay_args: Vec<String>,
+    compare: Option<PathBuf>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -130,6 +141,9 @@ impl Params {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            compare: std::env::var_os("TICKWIRE_LOAD_COMPARE")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
@@ -187,10 +201,36 @@ impl Tail {
     }
 }
 
+/// Which relay a row measures.
+#[derive(Debug, Clone)]
+enum Build {
+    /// This build: the bench binary itself in relay mode.
+    Current,
+    /// An older `tickwire` binary, run as `tickwire relay …`.
+    Old(PathBuf),
+}
+
+impl Build {
+    fn label(&self) -> &'static str {
+        match self {
+            Build::Current => "new",
+            Build::Old(_) => "old",
+        }
+    }
+}
+
+/// The environment variable that puts this binary in relay mode, and its settings.
+const CHILD_MODE: &str = "TICKWIRE_LOAD_CHILD";
+const CHILD_UPSTREAM: &str = "TICKWIRE_LOAD_CHILD_UPSTREAM";
+const CHILD_MAX_CONNECTIONS: &str = "TICKWIRE_LOAD_CHILD_MAX_CONNECTIONS";
+
 /// A running relay; killed when dropped (also on panic).
 #[derive(Debug)]
 struct Relay {
     child: Child,
+    /// Held open: the relay child ends itself when it reads end-of-file, so it cannot outlive
+    /// a bench that died without killing it.
+    _stdin: Option<ChildStdin>,
     addr: SocketAddr,
     stdout: Arc<Tail>,
     stderr: Arc<Tail>,
@@ -199,28 +239,49 @@ struct Relay {
 impl Relay {
     /// `max_connections` covers the clients and the probe, and no more, so the relay's
     /// open-file check speaks only when this machine really cannot hold the run.
-    fn start(upstream: &str, max_connections: usize, extra_args: &[String]) -> Relay {
+    fn start(
+        build: &Build,
+        upstream: &str,
+        max_connections: usize,
+        extra_args: &[String],
+    ) -> Relay {
         let max_connections = max_connections.to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tickwire"))
-            .args([
-                "relay",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                upstream,
-                "--bars",
-                "none",
-                "--max-connections",
-                &max_connections,
-                "--max-subscriptions",
-                "200",
-            ])
-            .args(extra_args)
-            .stdin(Stdio::null())
+        let mut command = match build {
+            Build::Current => {
+                let mut command =
+                    Command::new(std::env::current_exe().expect("the bench binary's path"));
+                command
+                    .env(CHILD_MODE, "relay")
+                    .env(CHILD_UPSTREAM, upstream)
+                    .env(CHILD_MAX_CONNECTIONS, &max_connections);
+                command
+            }
+            Build::Old(path) => {
+                let mut command = Command::new(path);
+                command
+                    .args([
+                        "relay",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--upstream",
+                        upstream,
+                        "--bars",
+                        "none",
+                        "--max-connections",
+                        &max_connections,
+                        "--max-subscriptions",
+                        "200",
+                    ])
+                    .args(extra_args);
+                command
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("cannot start `tickwire relay`");
+            .expect("cannot start the relay");
         let stderr = Arc::new(Tail::default());
         stderr.drain_from(child.stderr.take().expect("piped stderr"));
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
@@ -236,8 +297,10 @@ impl Relay {
                 tail.push(line);
             }
         });
+        let stdin = child.stdin.take();
         let mut relay = Relay {
             child,
+            _stdin: stdin,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stdout: stdout_tail,
             stderr,
@@ -791,6 +854,7 @@ async fn client(setup: ClientSetup) -> ClientReport {
 
 #[derive(Debug, Default)]
 struct Row {
+    build: &'static str,
     connections: usize,
     connected: usize,
     connect_failures: usize,
@@ -808,6 +872,11 @@ struct Row {
     relay_cpu_percent: f64,
     bench_cpu_percent: f64,
     machine_busy_percent: f64,
+    /// Relay CPU time over the window divided by the messages the clients and the probe
+    /// received in it, in µs.
+    relay_cpu_us_per_delivery: f64,
+    /// Messages the clients and the probe received in the window.
+    deliveries: u64,
     relay: RelayView,
     probe_p50_ms: f64,
     probe_p99_ms: f64,
@@ -875,17 +944,20 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
 async fn run_one(
     emulator: &Emulator,
     params: &Params,
+    build: &Build,
     connections: usize,
     probe_runtime: &tokio::runtime::Handle,
 ) -> Row {
     let mut row = Row {
+        build: build.label(),
         connections,
         ..Row::default()
     };
-    let mut relay = Relay::start(&emulator.url(), connections + 16, &params.relay_args);
+    let mut relay = Relay::start(build, &emulator.url(), connections + 16, &params.relay_args);
     let pid = relay.pid();
     println!(
-        "N = {connections}: relay pid {pid} listening on {}",
+        "N = {connections}, {} relay: pid {pid} listening on {}",
+        build.label(),
         relay.addr
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1022,7 +1094,9 @@ async fn run_one(
     let mut connect_errors = Vec::new();
     let mut close_reasons = Vec::new();
     let mut first_error = None;
-    let mut probe_latencies = probe.await.expect("the probe panicked").latencies;
+    let probe_report = probe.await.expect("the probe panicked");
+    let probe_window_messages = probe_report.window_messages;
+    let mut probe_latencies = probe_report.latencies;
     probe_latencies.sort_unstable();
     row.probe_samples = probe_latencies.len();
     row.probe_p50_ms = quantile(&probe_latencies, 0.50);
@@ -1064,6 +1138,9 @@ async fn run_one(
     tokio::time::sleep(Duration::from_secs(1)).await;
     row.after_kib = proc_status(pid, "VmRSS");
     row.messages_per_second = window_messages as f64 / elapsed;
+    row.deliveries = window_messages + probe_window_messages;
+    row.relay_cpu_us_per_delivery =
+        row.relay_cpu_percent / 100.0 * elapsed / row.deliveries.max(1) as f64 * 1e6;
     row.quotes_per_second = window_quotes as f64 / elapsed;
     // Each update of a symbol goes to every subscriber of that symbol; the emulator spreads its
     // ticks uniformly over the 100 symbols.
@@ -1100,6 +1177,13 @@ async fn run_one(
         row.bench_cpu_percent,
         (row.machine_busy_percent * cores - row.relay_cpu_percent - row.bench_cpu_percent).max(0.0),
         row.machine_busy_percent
+    );
+    println!(
+        "  relay CPU per delivery: {:.2} µs ({:.2} CPU s over {} messages received by the \
+         clients and the probe)",
+        row.relay_cpu_us_per_delivery,
+        row.relay_cpu_percent / 100.0 * elapsed,
+        row.deliveries
     );
     println!(
         "  delivered {:.0} msgs/s, {:.0} quotes/s (expected {:.0} = {:.0} updates/s / {SYMBOLS} \
@@ -1163,10 +1247,50 @@ async fn run_one(
     row
 }
 
+/// Relay mode: serve until standard input ends (the bench holds it open) or the process is
+/// killed. Its first stdout line is the address, as `tickwire relay` prints it.
+fn relay_child() {
+    let upstream = std::env::var(CHILD_UPSTREAM).expect("the upstream URL");
+    let max_connections: usize = env_or(CHILD_MAX_CONNECTIONS, 1024);
+    let mut config = RelayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..RelayConfig::default()
+    };
+    config.upstream.url = upstream;
+    config.hub.max_connections = max_connections;
+    let needed = (max_connections + config.max_http_connections + 64) as u64;
+    let limit = rlimit::increase_nofile_limit(needed).unwrap_or(0);
+    if limit < needed {
+        eprintln!("open-file limit {limit} is below the {needed} this run needs");
+    }
+    // As `tickwire relay` runs it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("relay runtime");
+    runtime.block_on(async {
+        let relay = RelayServer::start(config).await.expect("relay start");
+        println!("listening on http://{}", relay.local_addr());
+        let (ended, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = ended.send(());
+        });
+        let _ = stdin_closed.await;
+        relay.shutdown().await;
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
 fn main() {
+    if std::env::var(CHILD_MODE).as_deref() == Ok("relay") {
+        relay_child();
+        return;
+    }
     // `cargo test --benches` runs bench binaries without --bench: keep that cheap.
     if !std::env::args().any(|arg| arg == "--bench") {
-        println!("relay_load: run with `cargo bench -p tickwire --bench relay_load`");
+        println!("relay_load: run with `cargo bench -p tickwire-relay --bench relay_load`");
         return;
     }
     let params = Params::from_env();
@@ -1199,14 +1323,22 @@ fn main() {
          client, {} s warm-up, {} s measured, connections {:?}",
         params.rate, params.subscriptions, params.warmup, params.seconds, params.connections
     );
+    let mut builds = Vec::new();
+    if let Some(old) = &params.compare {
+        builds.push(Build::Old(old.clone()));
+    }
+    builds.push(Build::Current);
     let mut rows = Vec::new();
     for &connections in &params.connections {
-        rows.push(clients.block_on(run_one(
-            &emulator,
-            &params,
-            connections,
-            probe_runtime.handle(),
-        )));
+        for build in &builds {
+            rows.push(clients.block_on(run_one(
+                &emulator,
+                &params,
+                build,
+                connections,
+                probe_runtime.handle(),
+            )));
+        }
     }
     clients.shutdown_timeout(Duration::from_secs(2));
 
@@ -1219,23 +1351,32 @@ fn main() {
     println!(
         "Parameters: {SYMBOLS} symbols, upstream updates/s measured at the emulator: {produced}; \
          {} subscription(s) per client (round-robin); {} s measured after {} s warm-up; \
-         relay `--bars none {}`; emulator, relay and clients on the same 2-core machine.",
+         new relay: `RelayConfig` defaults; old relay: {}; emulator, relay and clients on the \
+         same machine.",
         params.subscriptions,
         params.seconds,
         params.warmup,
-        params.relay_args.join(" ")
+        params.compare.as_ref().map_or_else(
+            || "none".to_owned(),
+            |path| format!(
+                "`{} relay --bars none {}`",
+                path.display(),
+                params.relay_args.join(" ")
+            )
+        ),
     );
     println!();
     println!(
-        "| connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
+        "| build | connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
          msgs/s delivered | quotes/s (expected) | p50 | p99 | max | probe p99 | SLOW_CONSUMER | \
-         unexpected closes | CPU relay / bench / machine |"
+         unexpected closes | CPU relay / bench / machine | relay CPU per delivery |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         println!(
-            "| {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | {:.2} ms \
-             | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% |",
+            "| {} | {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | \
+             {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% | {:.2} µs |",
+            row.build,
             row.connections,
             row.held,
             row.connect_failures,
@@ -1252,7 +1393,8 @@ fn main() {
             row.unexpected_closes,
             row.relay_cpu_percent,
             row.bench_cpu_percent,
-            row.machine_busy_percent
+            row.machine_busy_percent,
+            row.relay_cpu_us_per_delivery
         );
     }
     emulator_runtime.block_on(emulator.shutdown());
