@@ -1174,24 +1174,44 @@ enum Step {
     Update(usize),
     Write(usize, usize),
     Tick(u64),
+    /// Subscribe connection `.0` again to every symbol, with an interval of `.1` tenths of a
+    /// second (0: none).
+    Resubscribe(usize, u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..3usize).prop_map(Step::Update),
-        2 => (0..3usize, 0..6usize).prop_map(|(conn, count)| Step::Write(conn, count)),
-        1 => (0..400u64).prop_map(Step::Tick),
+        8 => (0..3usize).prop_map(Step::Update),
+        4 => (0..3usize, 0..6usize).prop_map(|(conn, count)| Step::Write(conn, count)),
+        2 => (0..400u64).prop_map(Step::Tick),
+        1 => (0..4usize, 0..30u64).prop_map(|(conn, tenths)| Step::Resubscribe(conn, tenths)),
     ]
 }
 
+/// A random update interval: none, or 0.1 s to 3 s.
+fn interval() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(0u64), 2 => 1..30u64]
+}
+
+fn subscribe_paced(h: &mut Harness, conn: ConnId, symbols: &[&str], tenths: u64) {
+    if tenths == 0 {
+        h.subscribe(conn, symbols);
+    } else {
+        h.subscribe_every(conn, symbols, tenths as f64 / 10.0);
+    }
+}
+
 proptest! {
-    /// Whatever the consumers' pace, each sees every symbol's prices only rise (no reordering),
-    /// holds a bounded queue, and once it drains knows the latest price of every symbol.
+    /// Whatever the consumers' pace and update intervals, each sees every symbol's prices only
+    /// rise (no reordering), holds a bounded queue, and once it drains (and its intervals end)
+    /// knows the latest price of every symbol. A paced reader never gets two data updates of a
+    /// symbol within its interval, and the pacing state stays consistent throughout.
     #[test]
     fn conflation_never_reorders_or_loses_the_latest_value(
         steps in proptest::collection::vec(step(), 1..300),
         capacity in 1usize..6,
         window in 1usize..4,
+        intervals in proptest::collection::vec(interval(), 4),
     ) {
         let mut h = Harness::new(HubConfig {
             queue_capacity: capacity,
@@ -1200,15 +1220,31 @@ proptest! {
             ..config()
         });
         let symbols = ["A", "B", "C"];
-        let conns: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
-        for conn in &conns {
-            h.subscribe(*conn, &symbols);
+        // Three connections whose sockets write only when told to, and a reader (the fourth)
+        // whose socket writes everything at once.
+        let conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
+        for (conn, tenths) in conns.iter().zip(&intervals) {
+            for symbol in symbols {
+                subscribe_paced(&mut h, *conn, &[symbol], *tenths);
+            }
+        }
+        for conn in &conns[..3] {
             h.reading.remove(conn);
         }
+        let reader = 3;
+        let mut reader_interval = Duration::from_millis(intervals[reader] * 100);
+        // When the reader was last sent a data update carrying data, per symbol.
+        let mut reader_last: BTreeMap<String, Instant> = BTreeMap::new();
         let mut latest = [0.0f64; 3];
-        let mut views: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); 3];
-        let mut last_seen: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); 3];
-        let check = |h: &mut Harness, views: &mut Vec<BTreeMap<String, Value>>, last_seen: &mut Vec<BTreeMap<String, f64>>| -> Result<(), TestCaseError> {
+        let mut views: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); 4];
+        let mut last_seen: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); 4];
+        let check = |h: &mut Harness,
+                     views: &mut Vec<BTreeMap<String, Value>>,
+                     last_seen: &mut Vec<BTreeMap<String, f64>>,
+                     reader_last: &mut BTreeMap<String, Instant>,
+                     reader_interval: Duration,
+                     resubscribed: bool|
+         -> Result<(), TestCaseError> {
             for (index, conn) in conns.iter().enumerate() {
                 for message in h.take(*conn) {
                     apply(&mut views[index], &message);
@@ -1219,14 +1255,30 @@ proptest! {
                         prop_assert!(before.is_none_or(|before| before <= price),
                             "{symbol}: {before:?} then {price}");
                     }
+                    let carries_data = (message["type"] == "snapshot" && !message["quote"].is_null())
+                        || message["type"] == "quote";
+                    if index == reader && carries_data && let Some(symbol) = message["symbol"].as_str() {
+                        // A re-subscribe's answer may come early: the client asked for it.
+                        let answer = resubscribed && message["type"] == "snapshot";
+                        if let Some(last) = reader_last.insert(symbol.to_owned(), h.now)
+                            && !reader_interval.is_zero()
+                            && !answer
+                        {
+                            prop_assert!(h.now - last >= reader_interval,
+                                "{symbol}: updates {:?} apart, interval {reader_interval:?}",
+                                h.now - last);
+                        }
+                    }
                 }
                 let connection = &h.hub.connections[conn];
                 prop_assert!(connection.waiting() <= capacity + CONTROL_HEADROOM);
                 prop_assert!(connection.in_flight <= window);
             }
+            h.check_pacing();
             Ok(())
         };
         for step in steps {
+            let mut resubscribed = false;
             match step {
                 Step::Update(symbol) => {
                     latest[symbol] += 1.0;
@@ -1240,8 +1292,15 @@ proptest! {
                     h.drain();
                 }
                 Step::Tick(ms) => h.advance(Duration::from_millis(ms)),
+                Step::Resubscribe(conn, tenths) => {
+                    subscribe_paced(&mut h, conns[conn], &symbols, tenths);
+                    if conn == reader {
+                        reader_interval = Duration::from_millis(tenths * 100);
+                        resubscribed = true;
+                    }
+                }
             }
-            check(&mut h, &mut views, &mut last_seen)?;
+            check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, resubscribed)?;
         }
         for conn in &conns {
             h.reading.insert(*conn);
@@ -1249,7 +1308,11 @@ proptest! {
             h.hub.handle_written(h.now, *conn, unwritten);
             h.drain();
         }
-        check(&mut h, &mut views, &mut last_seen)?;
+        check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, false)?;
+        // Every interval ends: whatever was held goes out.
+        h.advance(Duration::from_secs(3));
+        check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, false)?;
+        prop_assert!(h.hub.pace_timers.is_empty());
         for view in &views {
             for (index, symbol) in symbols.iter().enumerate() {
                 let expected = (latest[index] > 0.0).then_some(latest[index]);
@@ -1259,11 +1322,12 @@ proptest! {
         prop_assert!(h.closed.is_empty());
     }
 
-    /// Subscriptions match a plain model after any sequence of subscribes, unsubscribes and
-    /// disconnects, and the upstream set is exactly the symbols someone wants once lingers end.
+    /// Subscriptions (and their update intervals) match a plain model after any sequence of
+    /// subscribes, unsubscribes, disconnects and updates, no held update outlives its
+    /// subscription, and the upstream set is exactly the symbols someone wants once lingers end.
     #[test]
     fn subscription_bookkeeping_matches_a_model(
-        ops in proptest::collection::vec((0..4usize, 0..3u8, 0..5usize), 1..200),
+        ops in proptest::collection::vec((0..4usize, 0..4u8, 0..5usize, interval()), 1..200),
         batched in any::<bool>(),
     ) {
         let mut h = Harness::new(HubConfig {
@@ -1273,27 +1337,46 @@ proptest! {
         let symbols = ["A", "B", "C", "D", "E"];
         let mut conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
         let mut model: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
-        for (slot, op, symbol) in ops {
+        let mut paces: BTreeMap<(usize, &str), Duration> = BTreeMap::new();
+        let mut price = 0.0;
+        for (slot, op, symbol, tenths) in ops {
             let name = symbols[symbol];
             match op {
                 0 => {
-                    h.subscribe(conns[slot], &[name]);
+                    subscribe_paced(&mut h, conns[slot], &[name], tenths);
                     model.entry(slot).or_default().insert(name);
+                    paces.insert((slot, name), Duration::from_millis(tenths * 100));
                 }
                 1 => {
                     h.send(conns[slot], &json!({"action":"unsubscribe","symbols":[name]}).to_string());
                     model.entry(slot).or_default().remove(name);
                 }
-                _ => {
+                2 => {
                     h.hub.disconnect(h.now, conns[slot], CloseReason::ClientClosed);
                     conns[slot] = h.connect();
                     model.remove(&slot);
                 }
+                _ => {
+                    // Two changes at once: a paced subscriber gets the first and holds the second.
+                    price += 1.0;
+                    h.quote(name, price);
+                    price += 1.0;
+                    h.quote(name, price);
+                }
             }
+            h.check_pacing();
+            // Part of an interval, then past the upstream batch delay.
+            h.advance(Duration::from_millis(tenths * 37));
+            h.check_pacing();
             h.advance(Duration::from_millis(700));
+            h.check_pacing();
             for (slot, conn) in conns.iter().enumerate() {
                 let held: BTreeSet<&str> = h.hub.subscriptions(*conn).map(|s| s.as_ref()).collect();
                 prop_assert_eq!(&held, &model.get(&slot).cloned().unwrap_or_default());
+                for symbol in &held {
+                    let expected = paces.get(&(slot, *symbol)).filter(|pace| !pace.is_zero()).copied();
+                    prop_assert_eq!(h.hub.update_interval(*conn, symbol), expected);
+                }
             }
             for (symbol, count, upstream) in h.hub.symbols() {
                 let wanted = model.values().filter(|set| set.contains(symbol.as_ref())).count();
@@ -1320,9 +1403,22 @@ proptest! {
 enum Request {
     Connect,
     Disconnect(usize),
-    Subscribe(usize, Vec<usize>, usize),
+    /// Slot, symbols, padding, and which `update_interval` (see [`interval_value`]).
+    Subscribe(usize, Vec<usize>, usize, usize),
     Unsubscribe(usize, Vec<usize>),
     Wait(u64),
+}
+
+/// `update_interval` values a client might send: absent, valid, out of bounds, not numbers.
+const INTERVAL_VALUES: [&str; 8] = ["", "0.5", "3600", "0.1", "0.01", "7200", "\"1\"", "null"];
+
+/// The subscribe field for [`INTERVAL_VALUES`]`[index]`, and whether it is acceptable.
+fn interval_value(index: usize) -> (Option<Value>, bool) {
+    let text = INTERVAL_VALUES[index];
+    if text.is_empty() {
+        return (None, true);
+    }
+    (Some(serde_json::from_str(text).unwrap()), index <= 3)
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -1330,8 +1426,8 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         1 => Just(Request::Connect),
         1 => (0..4usize).prop_map(Request::Disconnect),
-        5 => (0..4usize, symbols.clone(), 0..80usize)
-            .prop_map(|(slot, symbols, pad)| Request::Subscribe(slot, symbols, pad)),
+        5 => (0..4usize, symbols.clone(), 0..80usize, 0..INTERVAL_VALUES.len())
+            .prop_map(|(slot, symbols, pad, interval)| Request::Subscribe(slot, symbols, pad, interval)),
         2 => (0..4usize, symbols).prop_map(|(slot, symbols)| Request::Unsubscribe(slot, symbols)),
         1 => (0..3_000u64).prop_map(Request::Wait),
     ]
@@ -1396,15 +1492,19 @@ proptest! {
                         held[slot].clear();
                     }
                 }
-                Request::Subscribe(slot, symbols, pad) => {
+                Request::Subscribe(slot, symbols, pad, interval) => {
                     let Some(conn) = slots[slot] else { continue };
                     let names: Vec<&str> = symbols.iter().map(|index| universe[*index]).collect();
-                    let text = json!({"action": "subscribe", "symbols": names, "pad": "x".repeat(pad)})
-                        .to_string();
+                    let mut request = json!({"action": "subscribe", "symbols": names, "pad": "x".repeat(pad)});
+                    let (interval, acceptable) = interval_value(interval);
+                    if let Some(interval) = interval {
+                        request["update_interval"] = interval;
+                    }
+                    let text = request.to_string();
                     let mut expected: Vec<(String, String)> = Vec::new();
                     if text.len() > max_message_bytes {
                         expected.push(("error".into(), "MESSAGE_TOO_LARGE".into()));
-                    } else if names.is_empty() {
+                    } else if names.is_empty() || !acceptable {
                         expected.push(("error".into(), "BAD_REQUEST".into()));
                     } else {
                         for name in &names {
