@@ -5,10 +5,27 @@
 //! backpressure, conflation and the slow-consumer deadline are decided here; the server only
 //! moves frames between sockets and the hub and reports when frames were written.
 //!
-//! - Downstream protocol (JSON text): `{"action":"subscribe","symbols":[…]}`,
-//!   `{"action":"unsubscribe","symbols":[…]}`, `{"action":"ping"}`; the hub answers with
-//!   `snapshot`, `quote`, `bar`, `unsubscribed`, `status`, `pong`, `warning` and `error` messages.
+//! - Downstream protocol (JSON text): `{"action":"subscribe","symbols":[…]}` (optionally with
+//!   `"update_interval":seconds`, below), `{"action":"unsubscribe","symbols":[…]}`,
+//!   `{"action":"ping"}`; the hub answers with `snapshot`, `quote`, `bar`, `unsubscribed`,
+//!   `status`, `pong`, `warning` and `error` messages.
 //! - Only changes go out: an update equal to the last one broadcast for its symbol is dropped.
+//! - `update_interval` (seconds, fractions allowed, [`MIN_UPDATE_INTERVAL`] 0.1 to
+//!   [`MAX_UPDATE_INTERVAL`] 3600; anything else, a non-number included, is a `BAD_REQUEST`
+//!   naming the field and subscribes nothing) paces each symbol of that subscribe: the
+//!   connection gets at most one data message (`quote`, `bar` or `snapshot`) of the symbol per
+//!   interval. The `snapshot` answering the subscribe goes at once and confirms the interval
+//!   with an `"update_interval":N` key (absent when the subscription gets every change). A
+//!   change within the interval is held; when the interval ends the connection gets the
+//!   symbol's latest state as one `snapshot` (the one shared by every recipient, rendered once
+//!   per state), and later `quote` deltas are relative to it. If nothing changed, nothing is
+//!   sent at the interval's end (still change-only), and the first change after a quiet
+//!   interval goes at once as the usual shared delta. A symbol new upstream (an empty snapshot)
+//!   does not hold back its first price. Subscribing again to a symbol sets its interval anew
+//!   (no `update_interval`: [`HubConfig::default_update_interval`], by default every change)
+//!   and answers with the current state. The interval is counted from when the hub releases a
+//!   message; a connection that reads slowly is conflated as below, and its catch-up snapshot
+//!   also starts a new interval.
 //! - Upstream follows demand: the first subscriber of a symbol yields
 //!   [`HubOutput::SubscribeUpstream`], the last one leaving yields
 //!   [`HubOutput::UnsubscribeUpstream`] once the linger delay passes with nobody back. Changes
@@ -49,6 +66,37 @@
 //! // The same quote again changes nothing, so nothing is sent.
 //! hub.handle_quote(now, &quote);
 //! assert!(hub.poll_output().is_none());
+//!
+//! // Another client wants at most one update of the symbol every 5 seconds.
+//! let paced = hub.connect(now).unwrap();
+//! hub.handle_text(
+//!     now,
+//!     paced,
+//!     r#"{"action":"subscribe","symbols":["FX:EURUSD"],"update_interval":5}"#,
+//! );
+//! let answer: Vec<String> = std::iter::from_fn(|| hub.poll_output())
+//!     .filter_map(|output| match output {
+//!         HubOutput::Transmit { frame, .. } => Some(frame.as_str().to_owned()),
+//!         _ => None,
+//!     })
+//!     .collect();
+//! assert_eq!(
+//!     answer[1],
+//!     r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.08},"bar":null,"update_interval":5}"#
+//! );
+//! // A change a second later reaches the first client at once; the paced one's is held...
+//! let later = now + Duration::from_secs(1);
+//! let quote = Quote { last_price: Some(1.09), ..quote };
+//! hub.handle_quote(later, &quote);
+//! let Some(HubOutput::Transmit { conn: to, .. }) = hub.poll_output() else { panic!() };
+//! assert_eq!(to, conn);
+//! assert!(hub.poll_output().is_none());
+//! // ...until its interval ends: then it gets the latest state whole.
+//! assert_eq!(hub.poll_timeout(), Some(now + Duration::from_secs(5)));
+//! hub.handle_timeout(now + Duration::from_secs(5));
+//! let Some(HubOutput::Transmit { conn: to, frame }) = hub.poll_output() else { panic!() };
+//! assert_eq!(to, paced);
+//! assert!(frame.as_str().starts_with(r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.09}"#));
 //! ```
 
 mod close;
@@ -1295,8 +1343,8 @@ impl Hub {
         }
     }
 
-    /// Time passed: closes connections past their keepalive or slow-consumer deadline and
-    /// ends lingering upstream subscriptions.
+    /// Time passed: sends held updates whose interval ended, closes connections past their
+    /// keepalive or slow-consumer deadline and ends lingering upstream subscriptions.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.upstream_due.is_some_and(|due| due <= now) {
             self.flush_upstream();
