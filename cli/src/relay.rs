@@ -113,7 +113,7 @@ fn update_interval(text: &str) -> Result<UpdateInterval, String> {
         return Ok(UpdateInterval(None));
     }
     let interval = match text.parse::<f64>() {
-        Ok(seconds) if seconds == 0.0 => return Ok(UpdateInterval(None)),
+        Ok(0.0) => return Ok(UpdateInterval(None)),
         // Checked before any conversion: from_secs_f64 panics on what it cannot hold.
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 1e6 => {
             Duration::from_millis((seconds * 1000.0).round() as u64)
