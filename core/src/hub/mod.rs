@@ -159,28 +159,28 @@ pub enum FrameKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     text: Bytes,
-    kind: FrameKind,
     origin: Instant,
-    /// For a data frame: the counters of its symbol, counted when the frame is handed out.
-    tag: Option<SymbolTag>,
+    /// A data frame's symbol (whose counters it adds to when handed out), or
+    /// [`SymbolTag::CONTROL`]: the kind and the tag in one word, so frames stay as small as
+    /// they were before there were per-symbol counters.
+    tag: SymbolTag,
 }
 
 impl Frame {
-    fn new(text: Vec<u8>, kind: FrameKind, origin: Instant) -> Frame {
+    /// A control frame.
+    fn new(text: Vec<u8>, origin: Instant) -> Frame {
         Frame {
             text: Bytes::from(text),
-            kind,
             origin,
-            tag: None,
+            tag: SymbolTag::CONTROL,
         }
     }
 
     fn data(text: Vec<u8>, tag: SymbolTag, origin: Instant) -> Frame {
         Frame {
             text: Bytes::from(text),
-            kind: FrameKind::Data,
             origin,
-            tag: Some(tag),
+            tag,
         }
     }
 
@@ -196,7 +196,11 @@ impl Frame {
 
     /// Data or control.
     pub fn kind(&self) -> FrameKind {
-        self.kind
+        if self.tag == SymbolTag::CONTROL {
+            FrameKind::Control
+        } else {
+            FrameKind::Data
+        }
     }
 
     /// When the update behind this frame reached the hub (for latency measurements).
@@ -299,6 +303,14 @@ pub struct SymbolCounters {
 struct SymbolTag {
     slot: u32,
     generation: u32,
+}
+
+impl SymbolTag {
+    /// Not a symbol's: a control frame. No slot has this index (at most `u32::MAX - 1`).
+    const CONTROL: SymbolTag = SymbolTag {
+        slot: u32::MAX,
+        generation: u32::MAX,
+    };
 }
 
 #[derive(Debug, Default)]
@@ -606,11 +618,7 @@ impl Hub {
                 self.config.max_connections
             );
             return Err(Refused {
-                frame: Frame::new(
-                    render::error("CONNECTION_LIMIT", &message, None),
-                    FrameKind::Control,
-                    now,
-                ),
+                frame: Frame::new(render::error("CONNECTION_LIMIT", &message, None), now),
             });
         }
         let conn = ConnId(self.next_id);
@@ -637,9 +645,8 @@ impl Hub {
         self.schedule(Self::later(now, self.config.keepalive_timeout));
         let status = Frame {
             text: self.status_frame.clone(),
-            kind: FrameKind::Control,
             origin: now,
-            tag: None,
+            tag: SymbolTag::CONTROL,
         };
         self.send_control(conn, status);
         Ok(conn)
@@ -718,9 +725,8 @@ impl Hub {
             Ok(Request::Ping) => {
                 let pong = Frame {
                     text: Bytes::from_static(b"{\"type\":\"pong\"}"),
-                    kind: FrameKind::Control,
                     origin: now,
-                    tag: None,
+                    tag: SymbolTag::CONTROL,
                 };
                 self.send_control(conn, pong);
             }
@@ -896,7 +902,7 @@ impl Hub {
                 self.release(now, conn, &shared);
             }
             if symbol.len() <= self.config.max_symbol_bytes {
-                let frame = Frame::new(render::unsubscribed(&symbol), FrameKind::Control, now);
+                let frame = Frame::new(render::unsubscribed(&symbol), now);
                 self.send_control(conn, frame);
             }
         }
@@ -962,11 +968,7 @@ impl Hub {
         symbol: Option<&str>,
     ) {
         self.counters.errors_sent = self.counters.errors_sent.saturating_add(1);
-        let frame = Frame::new(
-            render::error(code, message, symbol),
-            FrameKind::Control,
-            now,
-        );
+        let frame = Frame::new(render::error(code, message, symbol), now);
         self.send_control(conn, frame);
     }
 
@@ -1078,7 +1080,16 @@ impl Hub {
             self.pump_connection(conn);
             return;
         }
-        // Fell behind: from now on it is owed the latest state per symbol, not every update.
+        self.fall_behind(now, conn, symbol);
+    }
+
+    /// `conn`'s queue is full: from now on it is owed the latest state per symbol, not every
+    /// update. Out of line: the fan-out path stays as small as it can be.
+    #[cold]
+    fn fall_behind(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
         connection.behind_since = Some(now);
         connection.owed.insert(symbol.clone());
         self.counters.deliveries_conflated = self.counters.deliveries_conflated.saturating_add(1);
@@ -1089,6 +1100,7 @@ impl Hub {
             connection.last_warning = Some(now);
             self.counters.slow_consumer_warnings =
                 self.counters.slow_consumer_warnings.saturating_add(1);
+            // Counted for each symbol it holds: which symbols' readers fall behind.
             for subscribed in &connection.symbols {
                 if let Some(state) = self.symbols.get(subscribed)
                     && let Some(slot) = self.slots.get_mut(state.tag.slot as usize)
@@ -1103,11 +1115,9 @@ impl Hub {
                 self.config.slow_consumer_deadline.as_millis()
             );
             // Ahead of the queued data: the warning is news, the backlog is already stale.
-            connection.backlog.push_front(Frame::new(
-                render::warning("SLOW_CONSUMER", &message),
-                FrameKind::Control,
-                now,
-            ));
+            connection
+                .backlog
+                .push_front(Frame::new(render::warning("SLOW_CONSUMER", &message), now));
         }
         self.schedule(Self::later(now, self.config.slow_consumer_deadline));
         self.pump_connection(conn);
@@ -1119,6 +1129,8 @@ impl Hub {
     }
 
     /// Hands queued frames to the socket writer, up to the send window.
+    // Inlined into the fan-out path, as it was before it counted per symbol.
+    #[inline(always)]
     fn pump_connection(&mut self, conn: ConnId) {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
@@ -1129,9 +1141,9 @@ impl Hub {
             };
             connection.in_flight = connection.in_flight.saturating_add(1);
             self.counters.frames_sent = self.counters.frames_sent.saturating_add(1);
-            if let Some(tag) = frame.tag
-                && let Some(slot) = self.slots.get_mut(tag.slot as usize)
-                && slot.generation == tag.generation
+            // A control frame's slot index is out of range: no separate test for it.
+            if let Some(slot) = self.slots.get_mut(frame.tag.slot as usize)
+                && slot.generation == frame.tag.generation
             {
                 slot.counters.messages_sent = slot.counters.messages_sent.saturating_add(1);
             }
@@ -1335,9 +1347,8 @@ impl Hub {
         for conn in all {
             let frame = Frame {
                 text: self.status_frame.clone(),
-                kind: FrameKind::Control,
                 origin: now,
-                tag: None,
+                tag: SymbolTag::CONTROL,
             };
             self.send_control(conn, frame);
         }
