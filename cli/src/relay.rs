@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 use tickwire_core::client::parse_duration;
-use tickwire_core::hub::{HubConfig, MAX_BAR_HISTORY, UpstreamPlan};
+use tickwire_core::hub::{
+    HubConfig, MAX_BAR_HISTORY, MAX_UPDATE_INTERVAL, MIN_UPDATE_INTERVAL, UpstreamPlan,
+};
 use tickwire_core::timeframe::Timeframe;
 use tickwire_emulator::{Emulator, EmulatorConfig};
 use tickwire_relay::{Relay, RelayConfig};
@@ -84,6 +86,11 @@ pub(crate) struct RelayArgs {
     /// How long a symbol stays subscribed upstream after its last subscriber left.
     #[arg(long, env = "TICKWIRE_RELAY_LINGER", default_value = "30s", value_parser = parse_duration)]
     linger: Duration,
+    /// At most one update per symbol per this many seconds (0.1 to 3600, fractions allowed;
+    /// the latest value, change-only) for subscriptions that ask for no `update_interval` of
+    /// their own; "0" or "none" sends every change.
+    #[arg(long, env = "TICKWIRE_RELAY_UPDATE_INTERVAL", default_value = "none", value_name = "SECONDS", value_parser = update_interval)]
+    update_interval: UpdateInterval,
     /// Log level on stderr: error, warn, info (upstream state changes, clients cut off) or
     /// debug (also refusals and upstream subscription batches).
     #[arg(long, env = "TICKWIRE_LOG_LEVEL", default_value = "info")]
@@ -98,6 +105,39 @@ pub(crate) struct RelayArgs {
     fallback: FallbackArgs,
     #[command(flatten)]
     tuning: TuningArgs,
+}
+
+/// `--update-interval`: none, or the pace of subscriptions that name none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct UpdateInterval(Option<Duration>);
+
+/// Seconds (`1`, `0.5`), a duration (`500ms`), or `0` / `none` for every change.
+fn update_interval(text: &str) -> Result<UpdateInterval, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(UpdateInterval(None));
+    }
+    let interval = match text.parse::<f64>() {
+        Ok(0.0) => return Ok(UpdateInterval(None)),
+        // Checked before any conversion: from_secs_f64 panics on what it cannot hold.
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 1e6 => {
+            Duration::from_millis((seconds * 1000.0).round() as u64)
+        }
+        Ok(_) => Duration::MAX,
+        Err(_) => parse_duration(text)
+            .map_err(|error| format!("expected seconds, a duration or \"none\": {error}"))?,
+    };
+    if interval.is_zero() {
+        return Ok(UpdateInterval(None));
+    }
+    if !(MIN_UPDATE_INTERVAL..=MAX_UPDATE_INTERVAL).contains(&interval) {
+        return Err(format!(
+            "the update interval must be from {} to {} seconds (or 0 / none for every change)",
+            MIN_UPDATE_INTERVAL.as_secs_f64(),
+            MAX_UPDATE_INTERVAL.as_secs_f64()
+        ));
+    }
+    Ok(UpdateInterval(Some(interval)))
 }
 
 /// `IP:PORT`, or `HOST:PORT` resolved (its first address, IPv4 preferred).
@@ -209,6 +249,7 @@ fn hub_config(args: &RelayArgs) -> Result<HubConfig, Failure> {
         slow_consumer_deadline: args.slow_deadline,
         keepalive_timeout: args.keepalive,
         linger: args.linger,
+        default_update_interval: args.update_interval.0,
         whitelist: args
             .whitelist
             .as_deref()
@@ -408,6 +449,29 @@ mod tests {
 
     fn names(set: &BTreeSet<Arc<str>>) -> Vec<&str> {
         set.iter().map(|symbol| symbol.as_ref()).collect()
+    }
+
+    #[test]
+    fn update_interval_takes_seconds_durations_or_none_within_bounds() {
+        let secs = |s: f64| Ok(UpdateInterval(Some(Duration::from_secs_f64(s))));
+        assert_eq!(update_interval("1"), secs(1.0));
+        assert_eq!(update_interval("0.5"), secs(0.5));
+        assert_eq!(update_interval(" 2.25 "), secs(2.25));
+        assert_eq!(update_interval("250ms"), secs(0.25));
+        assert_eq!(update_interval("1h"), secs(3600.0));
+        for none in ["none", "NONE", "0", "0.0", "0s"] {
+            assert_eq!(update_interval(none), Ok(UpdateInterval(None)), "{none}");
+        }
+        for bad in [
+            "0.05", "50ms", "3601", "-1", "nan", "inf", "1e300", "often", "",
+        ] {
+            assert!(update_interval(bad).is_err(), "{bad}");
+        }
+        assert!(
+            update_interval("0.05")
+                .unwrap_err()
+                .contains("from 0.1 to 3600")
+        );
     }
 
     #[test]

@@ -438,6 +438,10 @@ fn relay_rejects_bad_settings_with_one_line() {
         ),
         (vec!["relay", "--listen", &taken], "cannot listen on"),
         (vec!["relay", "--keepalive", "often"], "often"),
+        (
+            vec!["relay", "--update-interval", "0.05"],
+            "update interval must be from 0.1 to 3600 seconds",
+        ),
     ] {
         let output = tickwire().args(&args).output().unwrap();
         assert!(!output.status.success(), "{args:?}");

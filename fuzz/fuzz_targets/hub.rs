@@ -125,6 +125,7 @@ fuzz_target!(|schedule: Schedule| {
             Duration::ZERO
         },
         whitelist: None,
+        default_update_interval: None,
     };
     let mut hub = Hub::new(config).unwrap();
     let mut now = Instant::now();

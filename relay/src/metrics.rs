@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tickwire_core::hub::{CloseReason, Hub};
+use tickwire_core::hub::{CloseReason, Hub, SymbolCounters};
 use tickwire_driver::FeedStatus;
 
 use super::http::HttpStats;
@@ -77,6 +77,21 @@ fn label(value: &str) -> String {
     escaped
 }
 
+/// A counter family with an unlabelled total and one series per symbol.
+fn by_symbol<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    total: u64,
+    symbols: impl Iterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {total}");
+    for (symbol, value) in symbols {
+        let _ = writeln!(out, "{name}{{symbol=\"{}\"}} {value}", label(symbol));
+    }
+}
+
 /// Everything `/metrics` shows.
 pub(crate) fn render(
     hub: &Hub,
@@ -141,12 +156,36 @@ pub(crate) fn render(
         "Symbols subscribed upstream (including lingering ones).",
         hub.symbols().filter(|(_, _, upstream)| *upstream).count(),
     );
+    // The per-symbol series follow the symbols the hub carries, so there are never more than
+    // `max_upstream_symbols` of them; a symbol dropped (linger over, rejected) loses its series.
+    let per_symbol: Vec<(&str, SymbolCounters)> = hub
+        .symbol_counters()
+        .map(|(symbol, counters)| (symbol.as_ref(), counters))
+        .collect();
+    by_symbol(
+        &mut out,
+        "tickwire_relay_messages_sent_total",
+        "Messages handed to client sockets: without a label all of them; with a symbol label, \
+         the data messages (snapshot, quote, bar) of that symbol, for each symbol the relay \
+         carries now (at most max_upstream_symbols series; a symbol no longer carried loses \
+         its series).",
+        counters.frames_sent,
+        per_symbol
+            .iter()
+            .map(|(symbol, counters)| (*symbol, counters.messages_sent)),
+    );
+    by_symbol(
+        &mut out,
+        "tickwire_relay_slow_consumers_total",
+        "SLOW_CONSUMER warnings sent: without a label all of them; with a symbol label, those \
+         to connections subscribed to that symbol (one warning counts for each of its \
+         symbols), for each symbol the relay carries now.",
+        counters.slow_consumer_warnings,
+        per_symbol
+            .iter()
+            .map(|(symbol, counters)| (*symbol, counters.slow_consumers)),
+    );
     let totals = [
-        (
-            "tickwire_relay_messages_sent_total",
-            "Messages handed to client sockets.",
-            counters.frames_sent,
-        ),
         (
             "tickwire_relay_bytes_sent_total",
             "Bytes of messages handed to client sockets.",
@@ -166,11 +205,6 @@ pub(crate) fn render(
             "tickwire_relay_deliveries_conflated_total",
             "Deliveries to slow consumers replaced by a later value.",
             counters.deliveries_conflated,
-        ),
-        (
-            "tickwire_relay_slow_consumers_total",
-            "SLOW_CONSUMER warnings sent.",
-            counters.slow_consumer_warnings,
         ),
         (
             "tickwire_relay_control_messages_dropped_total",
@@ -308,6 +342,23 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn per_symbol_series_share_one_family_with_the_total_and_escape_their_labels() {
+        let mut out = String::new();
+        by_symbol(
+            &mut out,
+            "x_total",
+            "Help.",
+            7,
+            [("EMU:S1", 3), ("ODD\"NAME\\", 4)].into_iter(),
+        );
+        assert_eq!(
+            out,
+            "# HELP x_total Help.\n# TYPE x_total counter\nx_total 7\n\
+             x_total{symbol=\"EMU:S1\"} 3\nx_total{symbol=\"ODD\\\"NAME\\\\\"} 4\n"
+        );
     }
 
     #[test]

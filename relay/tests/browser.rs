@@ -246,6 +246,8 @@ const VIEW: &str = r#"(() => {
     upstream: text(document.getElementById('upstream')),
     notice: text(document.getElementById('notice')),
     stats: window.tickwireStats || null,
+    pace: (document.getElementById('interval') || {}).value,
+    pace_effect: text(document.getElementById('interval-effect')),
     rows: Array.from(document.querySelectorAll('tr[data-symbol]')).map((row) => {
       const price = row.querySelector('.price');
       const svg = row.querySelector('.spark svg');
@@ -260,6 +262,8 @@ const VIEW: &str = r#"(() => {
         change_class: (row.querySelector('.change-pct') || {}).className || null,
         points: line ? (line.getAttribute('points') || '').split(' ').filter(Boolean).length : 0,
         count: svg ? Number(svg.getAttribute('data-count')) : 0,
+        updates: Number(row.getAttribute('data-updates') || 0),
+        interval: row.getAttribute('data-interval'),
       };
     }),
   };
@@ -418,6 +422,22 @@ fn symbols(view: &Value) -> Vec<String> {
 fn stat(view: &Value, name: &str) -> u64 {
     view["stats"][name].as_u64().unwrap_or(0)
 }
+
+/// The update interval the relay confirmed for a row ("" for every change, null before any).
+fn interval<'a>(view: &'a Value, symbol: &str) -> Option<&'a str> {
+    row(view, symbol).and_then(|row| row["interval"].as_str())
+}
+
+/// Data messages a row has received.
+fn updates(view: &Value, symbol: &str) -> u64 {
+    row(view, symbol)
+        .and_then(|row| row["updates"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Picks an entry of the page's update-interval menu, as a viewer would.
+const PICK_INTERVAL: &str = "(value) => { const select = document.getElementById('interval'); \
+     select.value = value; select.dispatchEvent(new Event('change')); return select.value; }";
 
 // ---- scripted server --------------------------------------------------------------------------
 
@@ -657,6 +677,67 @@ async fn page_speaks_the_protocol() {
         "{view:#}"
     );
     assert_eq!(symbols(&view), ["AAA:ONE", "BBB:TWO", "CCC:THREE"]);
+    assert_eq!(
+        stat(&view, "updates"),
+        6,
+        "three snapshots and three deltas: {view:#}"
+    );
+    assert_eq!(
+        interval(&view, "AAA:ONE"),
+        Some(""),
+        "every change: {view:#}"
+    );
+
+    // The viewer picks "every 1 s": every row is subscribed again with it, and the answers
+    // (snapshots) confirm it.
+    assert_eq!(
+        browser.run(&format!("({PICK_INTERVAL})('1')")).await,
+        json!("1")
+    );
+    assert_eq!(
+        receive(&mut socket, "a subscribe with the interval").await,
+        json!({ "action": "subscribe", "symbols": ["AAA:ONE", "BBB:TWO", "CCC:THREE"], "update_interval": 1 })
+    );
+    for (symbol, quote) in [
+        (
+            "AAA:ONE",
+            json!({ "lp": 101.25, "chp": 1.52, "description": "Company One", "currency_code": "USD" }),
+        ),
+        ("BBB:TWO", json!({ "lp": 7 })),
+        ("CCC:THREE", json!({ "lp": 3, "ch": -0.25, "chp": -7.69 })),
+    ] {
+        send(
+            &mut socket,
+            json!({ "type": "snapshot", "symbol": symbol, "quote": quote, "bar": null, "update_interval": 1 }),
+        )
+        .await;
+    }
+    let view = browser
+        .wait_until("every row confirmed at 1 s, the URL saying so", |view| {
+            ["AAA:ONE", "BBB:TWO", "CCC:THREE"]
+                .iter()
+                .all(|symbol| interval(view, symbol) == Some("1"))
+                && view["href"].as_str().unwrap_or("").contains("interval=1")
+        })
+        .await;
+    assert_eq!(view["pace"], "1", "{view:#}");
+    assert_eq!(
+        view["pace_effect"], "",
+        "the relay confirmed what was asked: {view:#}"
+    );
+    assert_eq!(stat(&view, "interval"), 1, "{view:#}");
+    // A later snapshot without the key (a catch-up, not an answer) keeps the pace.
+    send(
+        &mut socket,
+        json!({ "type": "snapshot", "symbol": "AAA:ONE", "quote": { "lp": 101.25, "chp": 1.52 }, "bar": null }),
+    )
+    .await;
+    let view = browser
+        .wait_until("the catch-up snapshot counted", |view| {
+            updates(view, "AAA:ONE") == 4
+        })
+        .await;
+    assert_eq!(interval(&view, "AAA:ONE"), Some("1"), "{view:#}");
 
     // A slow-consumer warning shows as "slow" for about ten seconds.
     let warned = Instant::now();
@@ -710,7 +791,7 @@ async fn page_speaks_the_protocol() {
         .await;
     assert_eq!(
         receive(&mut socket, "a subscribe from the form").await,
-        json!({ "action": "subscribe", "symbols": ["DDD:FOUR"] })
+        json!({ "action": "subscribe", "symbols": ["DDD:FOUR"], "update_interval": 1 })
     );
     // A rate-limited (ignored) subscribe is asked again for rows still without a snapshot.
     send(
@@ -720,7 +801,7 @@ async fn page_speaks_the_protocol() {
     .await;
     assert_eq!(
         receive(&mut socket, "the subscribe again after RATE_LIMITED").await,
-        json!({ "action": "subscribe", "symbols": ["DDD:FOUR"] })
+        json!({ "action": "subscribe", "symbols": ["DDD:FOUR"], "update_interval": 1 })
     );
     send(
         &mut socket,
@@ -737,7 +818,7 @@ async fn page_speaks_the_protocol() {
         view["href"]
             .as_str()
             .unwrap()
-            .ends_with("?symbols=AAA:ONE,DDD:FOUR"),
+            .ends_with("?interval=1&symbols=AAA:ONE,DDD:FOUR"),
         "the URL follows the edited list: {view:#}"
     );
 
@@ -764,7 +845,7 @@ async fn page_speaks_the_protocol() {
     let mut socket = server.next_socket().await;
     assert_eq!(
         receive(&mut socket, "a subscribe after reconnecting").await,
-        json!({ "action": "subscribe", "symbols": ["AAA:ONE", "DDD:FOUR"] })
+        json!({ "action": "subscribe", "symbols": ["AAA:ONE", "DDD:FOUR"], "update_interval": 1 })
     );
     send(
         &mut socket,
@@ -789,7 +870,10 @@ async fn page_speaks_the_protocol() {
         .await;
     let one = row(&view, "AAA:ONE").unwrap();
     assert_eq!(one["change"], "", "a snapshot replaces the state: {view:#}");
-    assert_eq!(one["count"], 3, "{view:#}");
+    assert_eq!(one["count"], 5, "{view:#}");
+    // The answer named no interval (a relay that does not pace): the page says so.
+    assert_eq!(interval(&view, "AAA:ONE"), Some(""), "{view:#}");
+    assert_eq!(view["pace_effect"], "(relay: every change)", "{view:#}");
 }
 
 // ---- the real relay ---------------------------------------------------------------------------
@@ -904,6 +988,44 @@ async fn page_follows_the_relay_through_a_restart() {
         .await
         .unwrap();
 
+    // Every change: three more updates of every row come quickly (5 a second each).
+    let started = Instant::now();
+    let base = browser.run(VIEW).await;
+    browser
+        .wait_until("three more updates in every row", |view| {
+            RELAY_SYMBOLS
+                .iter()
+                .all(|symbol| updates(view, symbol) >= updates(&base, symbol) + 3)
+        })
+        .await;
+    let unpaced = started.elapsed();
+    // The viewer picks "every 1 s": the relay confirms it for every row, and from then on
+    // three updates of a row take at least two seconds (each at least 1 s after the last).
+    browser.run(&format!("({PICK_INTERVAL})('1')")).await;
+    browser
+        .wait_until("the relay to confirm 1 s for every row", |view| {
+            RELAY_SYMBOLS
+                .iter()
+                .all(|symbol| interval(view, symbol) == Some("1"))
+        })
+        .await;
+    let started = Instant::now();
+    let base = browser.run(VIEW).await;
+    let view = browser
+        .wait_until("three more updates in every row, paced", |view| {
+            RELAY_SYMBOLS
+                .iter()
+                .all(|symbol| updates(view, symbol) >= updates(&base, symbol) + 3)
+        })
+        .await;
+    let paced = started.elapsed();
+    eprintln!("browser: three updates per row took {unpaced:?} unpaced, {paced:?} at 1 s");
+    assert!(
+        paced >= Duration::from_millis(1800),
+        "three paced updates per row within {paced:?}: {view:#}"
+    );
+    assert!(all_priced(&view), "{view:#}");
+
     relay.shutdown().await;
     let view = browser
         .wait_until(
@@ -917,11 +1039,15 @@ async fn page_follows_the_relay_through_a_restart() {
     let relay = start_relay(addr, &market.emulator().url()).await;
     let view = browser
         .wait_until(
-            "connected again to the new relay on the same port, with prices in all three rows",
+            "connected again to the new relay on the same port, with prices in all three rows \
+             and the 1 s interval confirmed again",
             |view| {
                 state(view) == "connected"
                     && stat(view, "reconnects") > reconnects
                     && all_priced(view)
+                    && RELAY_SYMBOLS
+                        .iter()
+                        .all(|symbol| interval(view, symbol) == Some("1"))
             },
         )
         .await;

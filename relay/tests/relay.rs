@@ -253,6 +253,15 @@ async fn many_clients_get_snapshots_and_live_quotes_and_upstream_follows_demand(
             .1
             .contains("tickwire_relay_subscribers{symbol=\"EMU:S10\"} 15")
     );
+    // Each of its 15 subscribers read a snapshot and a quote of it at least.
+    assert!(
+        metric(
+            addr,
+            "tickwire_relay_messages_sent_total{symbol=\"EMU:S10\"}"
+        )
+        .await
+            >= 30.0
+    );
     let (status, health) = get(addr, "/healthz").await;
     assert_eq!(status, 200, "{health}");
     let health: Value = serde_json::from_str(&health).unwrap();
@@ -333,6 +342,12 @@ async fn a_stalled_client_is_warned_conflated_and_cut_off_while_the_others_keep_
     // A reader may lag for a moment on a loaded machine and be warned too, but only the
     // stalled client stays behind long enough to be cut off.
     assert!(metric(addr, "tickwire_relay_slow_consumers_total").await >= 1.0);
+    // The stalled client held every symbol the market has (EMU:S10 to EMU:S39; upstream
+    // rejected the rest): each counts it.
+    for symbol in [&wanted[0], &wanted[29]] {
+        let name = format!("tickwire_relay_slow_consumers_total{{symbol=\"{symbol}\"}}");
+        assert!(metric(addr, &name).await >= 1.0, "{name}");
+    }
     assert_eq!(
         metric(
             addr,
@@ -856,5 +871,211 @@ async fn bars_are_relayed_per_symbol_and_refused_series_and_symbols_are_reported
         error.to_string().contains("max_upstream_symbols"),
         "{error}"
     );
+    emulator.shutdown().await;
+}
+
+/// What a client saw of one symbol: when each data message arrived, and the state it left.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    kind: String,
+    price: f64,
+    /// The emulator's send time of the tick the state comes from: one per tick.
+    stamp: u64,
+}
+
+/// Applies a data message to `view` (snapshots replace, quotes merge); the state it leaves.
+fn seen(view: &mut serde_json::Map<String, Value>, message: &Value, at: Instant) -> Option<Seen> {
+    match message["type"].as_str()? {
+        "snapshot" => *view = message["quote"].as_object().cloned().unwrap_or_default(),
+        "quote" => {
+            for (key, value) in message["data"].as_object()? {
+                view.insert(key.clone(), value.clone());
+            }
+        }
+        _ => return None,
+    }
+    Some(Seen {
+        at,
+        kind: message["type"].as_str()?.to_owned(),
+        price: view.get("lp")?.as_f64()?,
+        stamp: view.get("emu_ns")?.as_str()?.parse().ok()?,
+    })
+}
+
+/// A one-symbol market ticking 20 times a second: a client with `update_interval: 1` gets
+/// about one update a second, each with the latest price the unpaced client had, while the
+/// unpaced one gets every change; the per-symbol message counter matches what both read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_interval_paces_a_client_to_the_latest_value_while_another_gets_every_change() {
+    const RATE: f64 = 20.0;
+    const WINDOW: Duration = Duration::from_millis(4500);
+    let emulator = Emulator::start(EmulatorConfig {
+        rate_hz: RATE,
+        // One symbol, so the whole rate is on it: the market's first, BINANCE:BTCUSDT.
+        symbols: 1,
+        heartbeat_interval: Duration::from_millis(500),
+        stamp_quotes: true,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let relay = Relay::start(relay_config(&emulator, HubConfig::default()))
+        .await
+        .unwrap();
+    let addr = relay.local_addr();
+    let symbol = "BINANCE:BTCUSDT";
+    let is_data = |message: &Value| {
+        message["symbol"] == symbol
+            && ["snapshot", "quote", "bar"].contains(&message["type"].as_str().unwrap_or(""))
+    };
+
+    let mut every = Client::connect(addr).await;
+    every.subscribe(&[symbol.to_owned()]).await;
+    let mut every_data = 0usize;
+    let mut every_view = serde_json::Map::new();
+    // Live data first, so the paced client's snapshot has a price.
+    loop {
+        let message = every.until("a quote", is_data).await;
+        every_data += 1;
+        if seen(&mut every_view, &message, Instant::now()).is_some() {
+            break;
+        }
+    }
+    let mut paced = Client::connect(addr).await;
+    paced
+        .send(json!({"action": "subscribe", "symbols": [symbol], "update_interval": 1}))
+        .await;
+    let answer = paced.until("the snapshot", is_type("snapshot")).await;
+    let answered = Instant::now();
+    assert_eq!(answer["update_interval"], 1, "{answer}");
+    let mut paced_view = serde_json::Map::new();
+    let first = seen(&mut paced_view, &answer, answered).expect("a price in the snapshot");
+    let mut paced_seen = vec![first];
+    let mut paced_data = 1usize;
+    let mut every_seen: Vec<Seen> = Vec::new();
+
+    // Both read at once until the window ends; `biased` records the unpaced client's messages
+    // first when both are ready.
+    let end = tokio::time::Instant::now() + WINDOW;
+    loop {
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(end) => break,
+            message = every.next() => {
+                let message = message.expect("the unpaced client stays connected");
+                if is_data(&message) {
+                    every_data += 1;
+                    every_seen.extend(seen(&mut every_view, &message, Instant::now()));
+                }
+            }
+            message = paced.next() => {
+                let message = message.expect("the paced client stays connected");
+                if is_data(&message) {
+                    paced_data += 1;
+                    paced_seen.extend(seen(&mut paced_view, &message, Instant::now()));
+                }
+            }
+        }
+    }
+    let seconds = WINDOW.as_secs_f64();
+    let updates = &paced_seen[1..];
+    let gaps: Vec<Duration> = paced_seen
+        .windows(2)
+        .map(|pair| pair[1].at - pair[0].at)
+        .collect();
+    let every_rate = every_seen.len() as f64 / seconds;
+    eprintln!(
+        "update_interval 1 s: {} updates in {seconds} s ({:.2}/s; {:?}), gaps {gaps:?}; \
+         without interval: {} updates ({every_rate:.1}/s)",
+        updates.len(),
+        updates.len() as f64 / seconds,
+        updates
+            .iter()
+            .map(|seen| seen.kind.as_str())
+            .collect::<Vec<_>>(),
+        every_seen.len(),
+    );
+    // At most one per second after the snapshot, and about that many.
+    assert!(
+        (3..=5).contains(&updates.len()),
+        "{} paced updates in {seconds} s",
+        updates.len()
+    );
+    assert!(
+        gaps.iter().all(|gap| *gap >= Duration::from_millis(900)),
+        "paced updates closer than the interval: {gaps:?}"
+    );
+    // The unpaced client got every change: about 20 a second.
+    assert!(
+        (RATE * 0.6..=RATE * 1.5).contains(&every_rate),
+        "{every_rate:.1} updates/s without interval"
+    );
+    // Each paced update carries the latest state: the one the unpaced client had last when it
+    // arrived. The two sockets race, so the unpaced client may already hold the next tick if it
+    // arrived just before (within 25 ms); never an older one, and never more than one tick.
+    let mut races = 0;
+    for update in updates {
+        let before: Vec<&Seen> = every_seen
+            .iter()
+            .filter(|seen| seen.at <= update.at)
+            .collect();
+        let Some(latest) = before.last() else {
+            panic!(
+                "no unpaced update before the paced one at {:?}",
+                update.at - answered
+            );
+        };
+        if update.stamp == latest.stamp {
+            assert_eq!(update.price, latest.price, "same tick, same price");
+            continue;
+        }
+        if update.stamp > latest.stamp {
+            // Newer than what the unpaced client had read: its copy must follow.
+            let copy = every_seen.iter().find(|seen| seen.stamp == update.stamp);
+            assert!(
+                copy.is_some_and(|copy| copy.price == update.price),
+                "the paced update's tick never reached the unpaced client: {update:?}"
+            );
+            races += 1;
+            continue;
+        }
+        let previous = before.iter().rev().nth(1);
+        assert!(
+            previous.is_some_and(
+                |previous| previous.stamp == update.stamp && previous.price == update.price
+            ) && update.at - latest.at < Duration::from_millis(25),
+            "stale paced update {update:?}: the unpaced client had {latest:?} by then"
+        );
+        races += 1;
+    }
+    eprintln!(
+        "latest-value check: {races} of {} decided by the sockets' race",
+        updates.len()
+    );
+
+    // Per-symbol counter: once both have unsubscribed (and read everything sent before), the
+    // relay handed out exactly the data messages they read.
+    for (client, count) in [(&mut every, &mut every_data), (&mut paced, &mut paced_data)] {
+        client
+            .send(json!({"action": "unsubscribe", "symbols": [symbol]}))
+            .await;
+        loop {
+            let message = client.next().await.expect("connected");
+            if message["type"] == "unsubscribed" {
+                break;
+            }
+            if is_data(&message) {
+                *count += 1;
+            }
+        }
+    }
+    let name = format!("tickwire_relay_messages_sent_total{{symbol=\"{symbol}\"}}");
+    assert_eq!(
+        metric(addr, &name).await,
+        (every_data + paced_data) as f64,
+        "{name}"
+    );
+    relay.shutdown().await;
     emulator.shutdown().await;
 }

@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// The shortest `update_interval` a client (or [`HubConfig::default_update_interval`]) may ask
+/// for.
+pub const MIN_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `update_interval` a client (or [`HubConfig::default_update_interval`]) may ask
+/// for.
+pub const MAX_UPDATE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Hub configuration. `HubConfig::default()` is ready to use.
 ///
 /// ```
@@ -14,6 +21,19 @@ use thiserror::Error;
 ///
 /// let config = HubConfig { linger: Duration::from_secs(5), ..HubConfig::default() };
 /// assert!(config.validate().is_ok());
+///
+/// // Dashboards that redraw once a second need no more than one update per symbol a second;
+/// // a client may still ask for another interval in its subscribe.
+/// let paced = HubConfig {
+///     default_update_interval: Some(Duration::from_secs(1)),
+///     ..HubConfig::default()
+/// };
+/// assert!(paced.validate().is_ok());
+/// let too_fast = HubConfig {
+///     default_update_interval: Some(Duration::from_millis(10)),
+///     ..HubConfig::default()
+/// };
+/// assert!(too_fast.validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
@@ -46,6 +66,10 @@ pub struct HubConfig {
     pub upstream_batch_delay: Duration,
     /// Only these symbols may be subscribed; `None` allows any.
     pub whitelist: Option<BTreeSet<Arc<str>>>,
+    /// The `update_interval` of a subscription whose subscribe names none: at most one data
+    /// update per symbol per interval, carrying the latest state. `None` (the default) sends
+    /// every change. From [`MIN_UPDATE_INTERVAL`] to [`MAX_UPDATE_INTERVAL`].
+    pub default_update_interval: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -65,6 +89,7 @@ impl Default for HubConfig {
             linger: Duration::from_secs(30),
             upstream_batch_delay: Duration::from_millis(100),
             whitelist: None,
+            default_update_interval: None,
         }
     }
 }
@@ -78,6 +103,16 @@ pub enum HubConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// A duration outside the range it must be in.
+    #[error("{name} must be from {min:?} to {max:?}")]
+    OutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// The shortest allowed.
+        min: Duration,
+        /// The longest allowed.
+        max: Duration,
+    },
 }
 
 impl HubConfig {
@@ -138,6 +173,15 @@ impl HubConfig {
         ];
         if let Some((name, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
             return Err(HubConfigError::ZeroDuration(name));
+        }
+        if let Some(interval) = self.default_update_interval
+            && !(MIN_UPDATE_INTERVAL..=MAX_UPDATE_INTERVAL).contains(&interval)
+        {
+            return Err(HubConfigError::OutOfRange {
+                name: "default_update_interval",
+                min: MIN_UPDATE_INTERVAL,
+                max: MAX_UPDATE_INTERVAL,
+            });
         }
         Ok(())
     }

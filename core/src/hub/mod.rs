@@ -5,10 +5,27 @@
 //! backpressure, conflation and the slow-consumer deadline are decided here; the server only
 //! moves frames between sockets and the hub and reports when frames were written.
 //!
-//! - Downstream protocol (JSON text): `{"action":"subscribe","symbols":[…]}`,
-//!   `{"action":"unsubscribe","symbols":[…]}`, `{"action":"ping"}`; the hub answers with
-//!   `snapshot`, `quote`, `bar`, `unsubscribed`, `status`, `pong`, `warning` and `error` messages.
+//! - Downstream protocol (JSON text): `{"action":"subscribe","symbols":[…]}` (optionally with
+//!   `"update_interval":seconds`, below), `{"action":"unsubscribe","symbols":[…]}`,
+//!   `{"action":"ping"}`; the hub answers with `snapshot`, `quote`, `bar`, `unsubscribed`,
+//!   `status`, `pong`, `warning` and `error` messages.
 //! - Only changes go out: an update equal to the last one broadcast for its symbol is dropped.
+//! - `update_interval` (seconds, fractions allowed, [`MIN_UPDATE_INTERVAL`] 0.1 to
+//!   [`MAX_UPDATE_INTERVAL`] 3600; anything else, a non-number included, is a `BAD_REQUEST`
+//!   naming the field and subscribes nothing) paces each symbol of that subscribe: the
+//!   connection gets at most one data message (`quote`, `bar` or `snapshot`) of the symbol per
+//!   interval. The `snapshot` answering the subscribe goes at once and confirms the interval
+//!   with an `"update_interval":N` key (absent when the subscription gets every change). A
+//!   change within the interval is held; when the interval ends the connection gets the
+//!   symbol's latest state as one `snapshot` (the one shared by every recipient, rendered once
+//!   per state), and later `quote` deltas are relative to it. If nothing changed, nothing is
+//!   sent at the interval's end (still change-only), and the first change after a quiet
+//!   interval goes at once as the usual shared delta. A symbol new upstream (an empty snapshot)
+//!   does not hold back its first price. Subscribing again to a symbol sets its interval anew
+//!   (no `update_interval`: [`HubConfig::default_update_interval`], by default every change)
+//!   and answers with the current state. The interval is counted from when the hub releases a
+//!   message; a connection that reads slowly is conflated as below, and its catch-up snapshot
+//!   also starts a new interval.
 //! - Upstream follows demand: the first subscriber of a symbol yields
 //!   [`HubOutput::SubscribeUpstream`], the last one leaving yields
 //!   [`HubOutput::UnsubscribeUpstream`] once the linger delay passes with nobody back. Changes
@@ -49,6 +66,37 @@
 //! // The same quote again changes nothing, so nothing is sent.
 //! hub.handle_quote(now, &quote);
 //! assert!(hub.poll_output().is_none());
+//!
+//! // Another client wants at most one update of the symbol every 5 seconds.
+//! let paced = hub.connect(now).unwrap();
+//! hub.handle_text(
+//!     now,
+//!     paced,
+//!     r#"{"action":"subscribe","symbols":["FX:EURUSD"],"update_interval":5}"#,
+//! );
+//! let answer: Vec<String> = std::iter::from_fn(|| hub.poll_output())
+//!     .filter_map(|output| match output {
+//!         HubOutput::Transmit { frame, .. } => Some(frame.as_str().to_owned()),
+//!         _ => None,
+//!     })
+//!     .collect();
+//! assert_eq!(
+//!     answer[1],
+//!     r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.08},"bar":null,"update_interval":5}"#
+//! );
+//! // A change a second later reaches the first client at once; the paced one's is held...
+//! let later = now + Duration::from_secs(1);
+//! let quote = Quote { last_price: Some(1.09), ..quote };
+//! hub.handle_quote(later, &quote);
+//! let Some(HubOutput::Transmit { conn: to, .. }) = hub.poll_output() else { panic!() };
+//! assert_eq!(to, conn);
+//! assert!(hub.poll_output().is_none());
+//! // ...until its interval ends: then it gets the latest state whole.
+//! assert_eq!(hub.poll_timeout(), Some(now + Duration::from_secs(5)));
+//! hub.handle_timeout(now + Duration::from_secs(5));
+//! let Some(HubOutput::Transmit { conn: to, frame }) = hub.poll_output() else { panic!() };
+//! assert_eq!(to, paced);
+//! assert!(frame.as_str().starts_with(r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.09}"#));
 //! ```
 
 mod close;
@@ -71,7 +119,7 @@ use crate::client::{Quote, State};
 use crate::message::Bar;
 
 pub use close::{CloseCode, CloseReason};
-pub use config::{HubConfig, HubConfigError};
+pub use config::{HubConfig, HubConfigError, MAX_UPDATE_INTERVAL, MIN_UPDATE_INTERVAL};
 use render::BarState;
 use request::Request;
 pub use upstream::{
@@ -115,16 +163,28 @@ pub enum FrameKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     text: Bytes,
-    kind: FrameKind,
     origin: Instant,
+    /// A data frame's symbol (whose counters it adds to when handed out), or
+    /// [`SymbolTag::CONTROL`]: the kind and the tag in one word, so frames stay as small as
+    /// they were before there were per-symbol counters.
+    tag: SymbolTag,
 }
 
 impl Frame {
-    fn new(text: Vec<u8>, kind: FrameKind, origin: Instant) -> Frame {
+    /// A control frame.
+    fn new(text: Vec<u8>, origin: Instant) -> Frame {
         Frame {
             text: Bytes::from(text),
-            kind,
             origin,
+            tag: SymbolTag::CONTROL,
+        }
+    }
+
+    fn data(text: Vec<u8>, tag: SymbolTag, origin: Instant) -> Frame {
+        Frame {
+            text: Bytes::from(text),
+            origin,
+            tag,
         }
     }
 
@@ -140,7 +200,11 @@ impl Frame {
 
     /// Data or control.
     pub fn kind(&self) -> FrameKind {
-        self.kind
+        if self.tag == SymbolTag::CONTROL {
+            FrameKind::Control
+        } else {
+            FrameKind::Data
+        }
     }
 
     /// When the update behind this frame reached the hub (for latency measurements).
@@ -228,10 +292,55 @@ impl HubCounters {
     }
 }
 
+/// What the hub counted for one symbol it carries (see [`Hub::symbol_counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SymbolCounters {
+    /// Data frames (`snapshot`, `quote`, `bar`) of this symbol handed to sockets.
+    pub messages_sent: u64,
+    /// Connections that fell behind (a `SLOW_CONSUMER` warning) while subscribed to it.
+    pub slow_consumers: u64,
+}
+
+/// Where a symbol's counters live: a slot reused once the symbol is gone, and the generation
+/// that tells a frame of the old symbol (still queued somewhere) from one of the new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SymbolTag {
+    slot: u32,
+    generation: u32,
+}
+
+impl SymbolTag {
+    /// Not a symbol's: a control frame. No slot has this index (at most `u32::MAX - 1`).
+    const CONTROL: SymbolTag = SymbolTag {
+        slot: u32::MAX,
+        generation: u32::MAX,
+    };
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    counters: SymbolCounters,
+}
+
+/// The pace of a subscription with an `update_interval`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    interval: Duration,
+    /// The next data frame of this subscription may go out at this instant or later.
+    next_allowed: Instant,
+    /// A change arrived before `next_allowed`: the state at that instant is owed, and a timer
+    /// `(next_allowed, conn, symbol)` is set for it.
+    held: bool,
+}
+
 /// One symbol's subscribers and latest broadcast state.
 #[derive(Debug)]
 struct SymbolState {
     subscribers: BTreeSet<ConnId>,
+    /// The subscribers with an update interval (a subset of `subscribers`).
+    paced: BTreeMap<ConnId, Pace>,
+    tag: SymbolTag,
     /// Subscribed upstream (a subscribe went out and no unsubscribe since).
     upstream: bool,
     /// Without subscribers: when the upstream subscription ends.
@@ -282,6 +391,11 @@ pub struct Hub {
     upstream_removes: Vec<Arc<str>>,
     upstream_due: Option<Instant>,
     counters: HubCounters,
+    /// Held paced updates, by due time: one at most per paced subscription.
+    pace_timers: BTreeSet<(Instant, ConnId, Arc<str>)>,
+    /// Per-symbol counters, indexed by [`SymbolTag::slot`]; as many as symbols carried at once.
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
     shut_down: bool,
 }
 
@@ -304,6 +418,9 @@ impl Hub {
             upstream_removes: Vec::new(),
             upstream_due: None,
             counters: HubCounters::default(),
+            pace_timers: BTreeSet::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             shut_down: false,
         })
     }
@@ -330,6 +447,28 @@ impl Hub {
             .map(|(symbol, state)| (symbol, state.subscribers.len(), state.upstream))
     }
 
+    /// Per-symbol counters of every symbol the hub carries. A symbol it stops carrying (its
+    /// linger over, or rejected upstream) is no longer listed, and starts again from zero if it
+    /// comes back, so the list never holds more than [`HubConfig::max_upstream_symbols`].
+    pub fn symbol_counters(&self) -> impl Iterator<Item = (&Arc<str>, SymbolCounters)> {
+        self.symbols.iter().map(|(symbol, state)| {
+            let counters = self
+                .slots
+                .get(state.tag.slot as usize)
+                .filter(|slot| slot.generation == state.tag.generation)
+                .map(|slot| slot.counters)
+                .unwrap_or_default();
+            (symbol, counters)
+        })
+    }
+
+    /// The update interval of `conn`'s subscription to `symbol`; `None` when it gets every
+    /// change (or holds no such subscription).
+    pub fn update_interval(&self, conn: ConnId, symbol: &str) -> Option<Duration> {
+        let state = self.symbols.get(symbol)?;
+        state.paced.get(&conn).map(|pace| pace.interval)
+    }
+
     /// The symbols `conn` is subscribed to (empty for an unknown connection).
     pub fn subscriptions(&self, conn: ConnId) -> impl Iterator<Item = &Arc<str>> {
         self.connections
@@ -350,10 +489,11 @@ impl Hub {
 
     /// When to call [`Hub::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.sweep_due(), self.upstream_due) {
-            (Some(sweep), Some(upstream)) => Some(sweep.min(upstream)),
-            (sweep, upstream) => sweep.or(upstream),
-        }
+        let paced = self.pace_timers.first().map(|(due, _, _)| *due);
+        [self.sweep_due(), self.upstream_due, paced]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn sweep_due(&self) -> Option<Instant> {
@@ -430,6 +570,49 @@ impl Hub {
         now.checked_add(delay).unwrap_or(now)
     }
 
+    /// A counter slot for a symbol the hub starts carrying.
+    fn allocate_slot(&mut self) -> SymbolTag {
+        if let Some(slot) = self.free_slots.pop()
+            && let Some(entry) = self.slots.get(slot as usize)
+        {
+            return SymbolTag {
+                slot,
+                generation: entry.generation,
+            };
+        }
+        match u32::try_from(self.slots.len()) {
+            Ok(slot) if slot < u32::MAX => {
+                self.slots.push(Slot::default());
+                SymbolTag {
+                    slot,
+                    generation: 0,
+                }
+            }
+            // Beyond four billion symbols at once the symbol is simply not counted.
+            _ => SymbolTag {
+                slot: u32::MAX,
+                generation: 0,
+            },
+        }
+    }
+
+    /// The hub no longer carries a symbol: its pending paced updates and its counters go.
+    fn forget_symbol(&mut self, symbol: &Arc<str>, state: &SymbolState) {
+        for (conn, pace) in &state.paced {
+            if pace.held {
+                self.pace_timers
+                    .remove(&(pace.next_allowed, *conn, symbol.clone()));
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(state.tag.slot as usize)
+            && slot.generation == state.tag.generation
+        {
+            slot.generation = slot.generation.wrapping_add(1);
+            slot.counters = SymbolCounters::default();
+            self.free_slots.push(state.tag.slot);
+        }
+    }
+
     /// A new downstream connection, or a refusal at the connection limit.
     pub fn connect(&mut self, now: Instant) -> Result<ConnId, Refused> {
         if self.shut_down || self.connections.len() >= self.config.max_connections {
@@ -439,11 +622,7 @@ impl Hub {
                 self.config.max_connections
             );
             return Err(Refused {
-                frame: Frame::new(
-                    render::error("CONNECTION_LIMIT", &message, None),
-                    FrameKind::Control,
-                    now,
-                ),
+                frame: Frame::new(render::error("CONNECTION_LIMIT", &message, None), now),
             });
         }
         let conn = ConnId(self.next_id);
@@ -470,8 +649,8 @@ impl Hub {
         self.schedule(Self::later(now, self.config.keepalive_timeout));
         let status = Frame {
             text: self.status_frame.clone(),
-            kind: FrameKind::Control,
             origin: now,
+            tag: SymbolTag::CONTROL,
         };
         self.send_control(conn, status);
         Ok(conn)
@@ -543,13 +722,15 @@ impl Hub {
             return;
         }
         match request::parse(text) {
-            Ok(Request::Subscribe(symbols)) => self.subscribe(now, conn, symbols),
+            Ok(Request::Subscribe(symbols, interval)) => {
+                self.subscribe(now, conn, symbols, interval);
+            }
             Ok(Request::Unsubscribe(symbols)) => self.unsubscribe(now, conn, symbols),
             Ok(Request::Ping) => {
                 let pong = Frame {
                     text: Bytes::from_static(b"{\"type\":\"pong\"}"),
-                    kind: FrameKind::Control,
                     origin: now,
+                    tag: SymbolTag::CONTROL,
                 };
                 self.send_control(conn, pong);
             }
@@ -587,7 +768,14 @@ impl Hub {
         Ok(())
     }
 
-    fn subscribe(&mut self, now: Instant, conn: ConnId, symbols: Vec<String>) {
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        symbols: Vec<String>,
+        interval: Option<Duration>,
+    ) {
+        let interval = interval.or(self.config.default_update_interval);
         for symbol in symbols {
             if let Err((code, message)) = self.check_symbol(&symbol) {
                 let shown: String = symbol.chars().take(self.config.max_symbol_bytes).collect();
@@ -619,19 +807,53 @@ impl Hub {
                 self.send_error(now, conn, "SYMBOL_LIMIT", &message, Some(&symbol));
                 continue;
             }
-            let state = self
-                .symbols
-                .entry(symbol.clone())
-                .or_insert_with(|| SymbolState {
-                    subscribers: BTreeSet::new(),
-                    upstream: false,
-                    linger_until: None,
-                    quote: None,
-                    bar: None,
-                    snapshot: None,
-                });
+            if !self.symbols.contains_key(&symbol) {
+                let tag = self.allocate_slot();
+                self.symbols.insert(
+                    symbol.clone(),
+                    SymbolState {
+                        subscribers: BTreeSet::new(),
+                        paced: BTreeMap::new(),
+                        tag,
+                        upstream: false,
+                        linger_until: None,
+                        quote: None,
+                        bar: None,
+                        snapshot: None,
+                    },
+                );
+            }
+            let Some(state) = self.symbols.get_mut(&symbol) else {
+                continue;
+            };
             state.subscribers.insert(conn);
             state.linger_until = None;
+            // The snapshot below is this subscription's first update: the interval runs from
+            // it, unless it is empty (a symbol new upstream), so the first price is not held.
+            let previous = match interval {
+                Some(interval) => {
+                    let has_data = state.quote.is_some() || state.bar.is_some();
+                    let next_allowed = if has_data {
+                        Self::later(now, interval)
+                    } else {
+                        now
+                    };
+                    let pace = Pace {
+                        interval,
+                        next_allowed,
+                        held: false,
+                    };
+                    state.paced.insert(conn, pace)
+                }
+                None => state.paced.remove(&conn),
+            };
+            // A re-subscribe: the snapshot carries whatever was held.
+            if let Some(previous) = previous
+                && previous.held
+            {
+                self.pace_timers
+                    .remove(&(previous.next_allowed, conn, symbol.clone()));
+            }
             if !state.upstream {
                 state.upstream = true;
                 self.add_upstream(now, &symbol);
@@ -640,7 +862,7 @@ impl Hub {
                 connection.symbols.insert(symbol.clone());
             }
             // Also on a repeated subscribe: the client asked for the current state.
-            self.send_snapshot(now, conn, &symbol);
+            self.send_subscribe_snapshot(now, conn, &symbol, interval);
         }
     }
 
@@ -666,10 +888,11 @@ impl Hub {
     }
 
     fn drop_symbol(&mut self, now: Instant, symbol: &Arc<str>) {
-        if let Some(state) = self.symbols.remove(symbol)
-            && state.upstream
-        {
-            self.remove_upstream(now, symbol);
+        if let Some(state) = self.symbols.remove(symbol) {
+            self.forget_symbol(symbol, &state);
+            if state.upstream {
+                self.remove_upstream(now, symbol);
+            }
         }
     }
 
@@ -683,7 +906,7 @@ impl Hub {
                 self.release(now, conn, &shared);
             }
             if symbol.len() <= self.config.max_symbol_bytes {
-                let frame = Frame::new(render::unsubscribed(&symbol), FrameKind::Control, now);
+                let frame = Frame::new(render::unsubscribed(&symbol), now);
                 self.send_control(conn, frame);
             }
         }
@@ -695,6 +918,12 @@ impl Hub {
             return;
         };
         state.subscribers.remove(&conn);
+        if let Some(pace) = state.paced.remove(&conn)
+            && pace.held
+        {
+            self.pace_timers
+                .remove(&(pace.next_allowed, conn, symbol.clone()));
+        }
         if state.subscribers.is_empty() {
             if self.config.linger.is_zero() {
                 self.drop_symbol(now, symbol);
@@ -743,11 +972,7 @@ impl Hub {
         symbol: Option<&str>,
     ) {
         self.counters.errors_sent = self.counters.errors_sent.saturating_add(1);
-        let frame = Frame::new(
-            render::error(code, message, symbol),
-            FrameKind::Control,
-            now,
-        );
+        let frame = Frame::new(render::error(code, message, symbol), now);
         self.send_control(conn, frame);
     }
 
@@ -770,20 +995,76 @@ impl Hub {
         if let Some(frame) = &state.snapshot {
             return Some(frame.clone());
         }
-        let frame = Frame::new(
+        let frame = Frame::data(
             render::snapshot(symbol, state.quote.as_ref(), state.bar.as_ref()),
-            FrameKind::Data,
+            state.tag,
             now,
         );
         state.snapshot = Some(frame.clone());
         Some(frame)
     }
 
-    fn send_snapshot(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
-        let Some(frame) = self.snapshot_frame(now, symbol) else {
+    /// The answer to a subscribe: the shared snapshot, naming the interval when there is one.
+    fn send_subscribe_snapshot(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        symbol: &Arc<str>,
+        interval: Option<Duration>,
+    ) {
+        let Some(mut frame) = self.snapshot_frame(now, symbol) else {
             return;
         };
+        if let Some(interval) = interval {
+            frame.text = Bytes::from(render::with_update_interval(&frame.text, interval));
+        }
         self.deliver(now, conn, symbol, frame);
+    }
+
+    /// A data frame of a paced subscription goes out other than through [`Hub::broadcast`] (a
+    /// catch-up snapshot): it carries the current state, so nothing is held any more, and the
+    /// interval starts again.
+    fn paced_sent(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
+        let Some(state) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        let Some(pace) = state.paced.get_mut(&conn) else {
+            return;
+        };
+        if pace.held {
+            pace.held = false;
+            self.pace_timers
+                .remove(&(pace.next_allowed, conn, symbol.clone()));
+        }
+        pace.next_allowed = Self::later(now, pace.interval);
+    }
+
+    /// Sends the current state (a snapshot) for every held paced update now due.
+    fn release_held(&mut self, now: Instant) {
+        while self
+            .pace_timers
+            .first()
+            .is_some_and(|(due, _, _)| *due <= now)
+        {
+            let Some((_, conn, symbol)) = self.pace_timers.pop_first() else {
+                return;
+            };
+            let Some(pace) = self
+                .symbols
+                .get_mut(&symbol)
+                .and_then(|state| state.paced.get_mut(&conn))
+            else {
+                continue;
+            };
+            if !pace.held {
+                continue;
+            }
+            pace.held = false;
+            pace.next_allowed = Self::later(now, pace.interval);
+            if let Some(frame) = self.snapshot_frame(now, &symbol) {
+                self.deliver(now, conn, &symbol, frame);
+            }
+        }
     }
 
     /// Queues a data frame for `conn`, or, if it is behind, records that it owes the latest
@@ -803,7 +1084,16 @@ impl Hub {
             self.pump_connection(conn);
             return;
         }
-        // Fell behind: from now on it is owed the latest state per symbol, not every update.
+        self.fall_behind(now, conn, symbol);
+    }
+
+    /// `conn`'s queue is full: from now on it is owed the latest state per symbol, not every
+    /// update. Out of line: the fan-out path stays as small as it can be.
+    #[cold]
+    fn fall_behind(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
         connection.behind_since = Some(now);
         connection.owed.insert(symbol.clone());
         self.counters.deliveries_conflated = self.counters.deliveries_conflated.saturating_add(1);
@@ -814,17 +1104,24 @@ impl Hub {
             connection.last_warning = Some(now);
             self.counters.slow_consumer_warnings =
                 self.counters.slow_consumer_warnings.saturating_add(1);
+            // Counted for each symbol it holds: which symbols' readers fall behind.
+            for subscribed in &connection.symbols {
+                if let Some(state) = self.symbols.get(subscribed)
+                    && let Some(slot) = self.slots.get_mut(state.tag.slot as usize)
+                    && slot.generation == state.tag.generation
+                {
+                    slot.counters.slow_consumers = slot.counters.slow_consumers.saturating_add(1);
+                }
+            }
             let message = format!(
                 "this connection reads too slowly: updates are conflated to the latest value per \
                  symbol, and it is closed if still behind in {} ms",
                 self.config.slow_consumer_deadline.as_millis()
             );
             // Ahead of the queued data: the warning is news, the backlog is already stale.
-            connection.backlog.push_front(Frame::new(
-                render::warning("SLOW_CONSUMER", &message),
-                FrameKind::Control,
-                now,
-            ));
+            connection
+                .backlog
+                .push_front(Frame::new(render::warning("SLOW_CONSUMER", &message), now));
         }
         self.schedule(Self::later(now, self.config.slow_consumer_deadline));
         self.pump_connection(conn);
@@ -836,6 +1133,8 @@ impl Hub {
     }
 
     /// Hands queued frames to the socket writer, up to the send window.
+    // Inlined into the fan-out path, as it was before it counted per symbol.
+    #[inline(always)]
     fn pump_connection(&mut self, conn: ConnId) {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
@@ -846,6 +1145,12 @@ impl Hub {
             };
             connection.in_flight = connection.in_flight.saturating_add(1);
             self.counters.frames_sent = self.counters.frames_sent.saturating_add(1);
+            // A control frame's slot index is out of range: no separate test for it.
+            if let Some(slot) = self.slots.get_mut(frame.tag.slot as usize)
+                && slot.generation == frame.tag.generation
+            {
+                slot.counters.messages_sent = slot.counters.messages_sent.saturating_add(1);
+            }
             self.counters.bytes_sent = self
                 .counters
                 .bytes_sent
@@ -874,6 +1179,7 @@ impl Hub {
             if !connection.symbols.contains(&symbol) {
                 continue;
             }
+            self.paced_sent(now, conn, &symbol);
             if let Some(frame) = self.snapshot_frame(now, &symbol)
                 && let Some(connection) = self.connections.get_mut(&conn)
             {
@@ -896,9 +1202,9 @@ impl Hub {
             self.counters.updates_unchanged = self.counters.updates_unchanged.saturating_add(1);
             return;
         }
-        let frame = Frame::new(
+        let frame = Frame::data(
             render::quote_update(symbol, quote, fields, state.quote.as_ref()),
-            FrameKind::Data,
+            state.tag,
             now,
         );
         state.quote = Some(quote.clone());
@@ -949,7 +1255,7 @@ impl Hub {
             .bar
             .as_ref()
             .is_some_and(|old| old.bar.time > new.bar.time);
-        let frame = Frame::new(render::bar_update(&symbol, &new), FrameKind::Data, now);
+        let frame = Frame::data(render::bar_update(&symbol, &new), state.tag, now);
         if !older {
             state.bar = Some(new);
             state.snapshot = None;
@@ -958,12 +1264,54 @@ impl Hub {
     }
 
     fn broadcast(&mut self, now: Instant, symbol: &Arc<str>, frame: Frame) {
-        let Some(state) = self.symbols.get(symbol) else {
+        let Some(state) = self.symbols.get_mut(symbol) else {
             return;
         };
-        let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
-        for conn in subscribers {
+        if state.paced.is_empty() {
+            let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
+            for conn in subscribers {
+                self.deliver(now, conn, symbol, frame.clone());
+            }
+            return;
+        }
+        // Paced subscribers get the change only once their interval has passed; earlier, it is
+        // held (once: later changes only make the held state newer) until the interval ends.
+        let mut changed = Vec::with_capacity(state.subscribers.len());
+        let mut overdue = Vec::new();
+        for conn in &state.subscribers {
+            let Some(pace) = state.paced.get_mut(conn) else {
+                changed.push(*conn);
+                continue;
+            };
+            if now < pace.next_allowed {
+                if !pace.held {
+                    pace.held = true;
+                    self.pace_timers
+                        .insert((pace.next_allowed, *conn, symbol.clone()));
+                }
+                continue;
+            }
+            if pace.held {
+                // Its timer is due but has not run yet: it missed changes, so the diff would
+                // not apply; the whole current state goes instead.
+                pace.held = false;
+                self.pace_timers
+                    .remove(&(pace.next_allowed, *conn, symbol.clone()));
+                overdue.push(*conn);
+            } else {
+                changed.push(*conn);
+            }
+            pace.next_allowed = Self::later(now, pace.interval);
+        }
+        for conn in changed {
             self.deliver(now, conn, symbol, frame.clone());
+        }
+        if !overdue.is_empty()
+            && let Some(snapshot) = self.snapshot_frame(now, symbol)
+        {
+            for conn in overdue {
+                self.deliver(now, conn, symbol, snapshot.clone());
+            }
         }
     }
 
@@ -984,9 +1332,11 @@ impl Hub {
             .retain(|pending| pending.as_ref() != symbol);
         self.upstream_removes
             .retain(|pending| pending.as_ref() != symbol);
-        let Some(state) = self.symbols.remove(symbol) else {
+        let Some((symbol, state)) = self.symbols.remove_entry(symbol) else {
             return;
         };
+        self.forget_symbol(&symbol, &state);
+        let symbol = symbol.as_ref();
         for conn in state.subscribers {
             if let Some(connection) = self.connections.get_mut(&conn) {
                 connection.symbols.remove(symbol);
@@ -1024,19 +1374,20 @@ impl Hub {
         for conn in all {
             let frame = Frame {
                 text: self.status_frame.clone(),
-                kind: FrameKind::Control,
                 origin: now,
+                tag: SymbolTag::CONTROL,
             };
             self.send_control(conn, frame);
         }
     }
 
-    /// Time passed: closes connections past their keepalive or slow-consumer deadline and
-    /// ends lingering upstream subscriptions.
+    /// Time passed: sends held updates whose interval ended, closes connections past their
+    /// keepalive or slow-consumer deadline and ends lingering upstream subscriptions.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.upstream_due.is_some_and(|due| due <= now) {
             self.flush_upstream();
         }
+        self.release_held(now);
         if self.sweep_due().is_none_or(|due| due > now) {
             return;
         }

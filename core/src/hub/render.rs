@@ -237,6 +237,22 @@ pub(crate) fn snapshot(symbol: &str, quote: Option<&Quote>, bar: Option<&BarStat
     out
 }
 
+/// A rendered snapshot with `,"update_interval":<seconds>` added as its last key: the answer
+/// to a subscribe with an interval, built from the shared snapshot with one copy, not a render.
+pub(crate) fn with_update_interval(snapshot: &[u8], interval: std::time::Duration) -> Vec<u8> {
+    let body = snapshot.strip_suffix(b"}").unwrap_or(snapshot);
+    let mut out = Vec::with_capacity(body.len().saturating_add(32));
+    out.extend_from_slice(body);
+    out.extend_from_slice(b",\"update_interval\":");
+    if interval.subsec_nanos() == 0 {
+        push(&mut out, &interval.as_secs());
+    } else {
+        push(&mut out, &interval.as_secs_f64());
+    }
+    out.push(b'}');
+    out
+}
+
 fn push_bar_state(out: &mut Vec<u8>, state: &BarState) {
     out.extend_from_slice(b"{\"timeframe\":");
     push(out, state.timeframe.as_ref());
@@ -381,6 +397,22 @@ mod tests {
             parse(&snapshot("X:Y", None, None)),
             serde_json::json!({"type":"snapshot","symbol":"X:Y","quote":null,"bar":null})
         );
+    }
+
+    #[test]
+    fn a_subscribe_answer_names_its_update_interval() {
+        let shared = snapshot("X:Y", Some(&quote()), None);
+        let json = parse(&with_update_interval(
+            &shared,
+            std::time::Duration::from_secs(5),
+        ));
+        assert_eq!(json["update_interval"], 5);
+        assert_eq!(json["quote"]["lp"], 1.5);
+        let json = parse(&with_update_interval(
+            &shared,
+            std::time::Duration::from_millis(250),
+        ));
+        assert_eq!(json["update_interval"], 0.25);
     }
 
     #[test]

@@ -104,6 +104,57 @@ impl Harness {
         );
     }
 
+    /// Subscribes with `"update_interval": seconds`.
+    fn subscribe_every(&mut self, conn: ConnId, symbols: &[&str], seconds: f64) {
+        self.send(
+            conn,
+            &json!({"action": "subscribe", "symbols": symbols, "update_interval": seconds})
+                .to_string(),
+        );
+    }
+
+    /// The prices of `symbol` in the data messages `conn` was sent, with their types (everything
+    /// else `conn` was sent is taken too).
+    fn prices(&mut self, conn: ConnId, symbol: &str) -> Vec<(String, Option<f64>)> {
+        self.take(conn)
+            .iter()
+            .filter(|value| value["symbol"] == symbol)
+            .map(|value| {
+                let kind = value["type"].as_str().unwrap().to_owned();
+                let price = match kind.as_str() {
+                    "snapshot" => value["quote"]["lp"].as_f64(),
+                    _ => value["data"]["lp"].as_f64(),
+                };
+                (kind, price)
+            })
+            .collect()
+    }
+
+    /// Internal consistency of the pacing state: one timer per held paced subscription of a
+    /// live subscriber, nothing else, and the earliest of them is a deadline the hub reports.
+    fn check_pacing(&self) {
+        let mut held = BTreeSet::new();
+        for (symbol, state) in &self.hub.symbols {
+            for (conn, pace) in &state.paced {
+                assert!(
+                    state.subscribers.contains(conn),
+                    "{conn} paced on {symbol}, not subscribed"
+                );
+                assert!(self.hub.connections[conn].symbols.contains(symbol));
+                if pace.held {
+                    held.insert((pace.next_allowed, *conn, symbol.clone()));
+                }
+            }
+        }
+        assert_eq!(
+            held, self.hub.pace_timers,
+            "timers match held subscriptions"
+        );
+        if let Some((due, _, _)) = self.hub.pace_timers.first() {
+            assert!(self.hub.poll_timeout().is_some_and(|next| next <= *due));
+        }
+    }
+
     fn quote(&mut self, symbol: &str, price: f64) {
         let quote = Quote {
             last_price: Some(price),
@@ -670,6 +721,432 @@ fn inputs_for_unknown_connections_are_ignored() {
     assert_eq!(h.hub.counters().disconnects(CloseReason::SocketError), 1);
 }
 
+#[test]
+fn an_update_interval_out_of_bounds_or_not_a_number_is_a_bad_request_naming_the_field() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.take(conn);
+    for interval in [
+        json!(0),
+        json!(0.05),
+        json!(3601),
+        json!(-2),
+        json!("1"),
+        json!(null),
+    ] {
+        h.send(
+            conn,
+            &json!({"action": "subscribe", "symbols": ["A"], "update_interval": interval})
+                .to_string(),
+        );
+        let replies = h.take(conn);
+        assert_eq!(replies.len(), 1, "{interval}: {replies:?}");
+        assert_eq!(replies[0]["code"], "BAD_REQUEST", "{interval}");
+        let message = replies[0]["message"].as_str().unwrap();
+        assert!(message.contains("update_interval"), "{interval}: {message}");
+    }
+    // Nothing was subscribed by the refused requests.
+    assert_eq!(h.hub.subscriptions(conn).count(), 0);
+    assert!(h.upstream.is_empty());
+    // The bounds themselves are fine.
+    h.subscribe_every(conn, &["A"], 0.1);
+    h.subscribe_every(conn, &["B"], 3600.0);
+    assert_eq!(
+        h.hub.update_interval(conn, "A"),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(h.hub.update_interval(conn, "B"), Some(3600 * SECOND));
+    assert_eq!(h.errors(conn), Vec::<String>::new());
+
+    // The relay-wide default has the same bounds.
+    for (interval, valid) in [
+        (None, true),
+        (Some(Duration::from_millis(100)), true),
+        (Some(3600 * SECOND), true),
+        (Some(Duration::from_millis(99)), false),
+        (Some(Duration::ZERO), false),
+        (Some(3601 * SECOND), false),
+    ] {
+        let result = HubConfig {
+            default_update_interval: interval,
+            ..config()
+        }
+        .validate();
+        assert_eq!(result.is_ok(), valid, "{interval:?}");
+        if let Err(error) = result {
+            assert!(
+                error.to_string().contains("default_update_interval"),
+                "{error}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_paced_subscription_gets_the_snapshot_at_once_then_at_most_one_update_per_interval_with_the_latest()
+ {
+    let mut h = Harness::new(config());
+    let paced = h.connect();
+    let every = h.connect();
+    h.subscribe(every, &["A"]);
+    h.quote("A", 1.0);
+    h.take(every);
+    let start = h.now;
+    h.subscribe_every(paced, &["A"], 1.0);
+    let answer = h.take(paced);
+    assert_eq!(
+        answer.last().unwrap(),
+        &json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.0}, "bar": null, "update_interval": 1})
+    );
+    // Ten changes over 0.9 s: the unpaced subscriber gets each, the paced one none yet.
+    for step in 1..=9 {
+        h.now = start + step * Duration::from_millis(100);
+        h.quote("A", 1.0 + f64::from(step));
+    }
+    assert_eq!(h.prices(every, "A").len(), 9);
+    assert!(h.take(paced).is_empty());
+    // Due exactly when the interval ends, and not a moment before.
+    assert_eq!(h.hub.poll_timeout(), Some(start + SECOND));
+    h.check_pacing();
+    h.advance(start + SECOND - Duration::from_nanos(1) - h.now);
+    assert!(h.take(paced).is_empty());
+    h.advance(Duration::from_nanos(1));
+    // One message: the latest state, whole.
+    assert_eq!(h.prices(paced, "A"), [("snapshot".to_owned(), Some(10.0))]);
+    assert!(h.hub.pace_timers.is_empty());
+    // The next change is held for a full interval from that update.
+    h.now += Duration::from_millis(500);
+    h.quote("A", 11.0);
+    h.now += Duration::from_millis(100);
+    h.quote("A", 12.0);
+    assert!(h.take(paced).is_empty());
+    assert_eq!(h.hub.poll_timeout(), Some(start + 2 * SECOND));
+    h.advance(start + 2 * SECOND - h.now);
+    assert_eq!(h.prices(paced, "A"), [("snapshot".to_owned(), Some(12.0))]);
+    // Every change reached the unpaced subscriber, one by one.
+    assert_eq!(h.prices(every, "A").len(), 2);
+    h.check_pacing();
+}
+
+#[test]
+fn a_paced_subscription_is_change_only_and_later_changes_apply_to_what_it_was_sent() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    // A symbol new upstream: its first price is not held behind the (empty) snapshot.
+    h.subscribe_every(conn, &["A"], 2.0);
+    assert_eq!(
+        h.take(conn).last().unwrap(),
+        &json!({"type": "snapshot", "symbol": "A", "quote": null, "bar": null, "update_interval": 2})
+    );
+    h.now += Duration::from_millis(10);
+    h.quote("A", 1.0);
+    assert_eq!(h.prices(conn, "A"), [("quote".to_owned(), Some(1.0))]);
+    // Unchanged updates are not changes: nothing is held, nothing is due.
+    h.now += Duration::from_millis(10);
+    h.quote("A", 1.0);
+    assert!(h.hub.pace_timers.is_empty());
+    assert!(h.take(conn).is_empty());
+    // Quiet for longer than the interval: nothing at its end.
+    h.advance(5 * SECOND);
+    assert!(h.take(conn).is_empty());
+    // A change after the quiet goes at once, as the shared delta from what it was last sent.
+    let mut quote = Quote {
+        last_price: Some(1.0),
+        volume: Some(5.0),
+        ..Quote::new(Arc::from("A"))
+    };
+    h.hub.handle_quote(h.now, &quote);
+    h.drain();
+    assert_eq!(
+        h.take(conn),
+        [json!({"type": "quote", "symbol": "A", "data": {"volume": 5.0}})]
+    );
+    // Held changes, then the snapshot; the next delta after it is relative to the snapshot.
+    h.now += Duration::from_millis(100);
+    quote.volume = Some(6.0);
+    h.hub.handle_quote(h.now, &quote);
+    quote.last_price = Some(2.0);
+    h.hub.handle_quote(h.now, &quote);
+    h.drain();
+    assert!(h.take(conn).is_empty());
+    h.advance(2 * SECOND);
+    assert_eq!(
+        h.take(conn),
+        [
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 2.0, "volume": 6.0}, "bar": null})
+        ]
+    );
+    h.advance(3 * SECOND);
+    quote.volume = None;
+    h.hub.handle_quote(h.now, &quote);
+    h.drain();
+    assert_eq!(
+        h.take(conn),
+        [json!({"type": "quote", "symbol": "A", "data": {"volume": null}})]
+    );
+}
+
+#[test]
+fn a_change_arriving_after_an_overdue_timer_sends_the_whole_state_not_a_delta() {
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.subscribe_every(conn, &["A"], 1.0);
+    h.quote("A", 0.0);
+    h.take(conn);
+    h.now += Duration::from_millis(100);
+    h.quote("A", 1.0);
+    // The driver is late: the next change arrives after the due time, before any timeout.
+    h.now += 2 * SECOND;
+    h.quote("A", 2.0);
+    assert_eq!(h.prices(conn, "A"), [("snapshot".to_owned(), Some(2.0))]);
+    assert!(h.hub.pace_timers.is_empty());
+    h.advance(SECOND / 2);
+    assert!(h.take(conn).is_empty());
+}
+
+#[test]
+fn a_resubscribe_changes_the_interval_and_without_one_means_the_relay_default() {
+    let mut h = Harness::new(HubConfig {
+        default_update_interval: Some(2 * SECOND),
+        ..config()
+    });
+    let conn = h.connect();
+    h.subscribe_every(conn, &["A"], 5.0);
+    h.quote("A", 0.0);
+    h.take(conn);
+    h.now += Duration::from_millis(100);
+    h.quote("A", 1.0);
+    assert_eq!(h.hub.pace_timers.len(), 1);
+    // Re-subscribing answers with the current state, so the held update is dropped with it.
+    h.subscribe_every(conn, &["A"], 1.0);
+    let answer = h.take(conn);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0]["quote"]["lp"], 1.0);
+    assert_eq!(answer[0]["update_interval"], 1);
+    assert!(h.hub.pace_timers.is_empty());
+    assert_eq!(h.hub.update_interval(conn, "A"), Some(SECOND));
+    h.now += Duration::from_millis(100);
+    h.quote("A", 2.0);
+    assert_eq!(
+        h.hub.poll_timeout(),
+        Some(h.now + Duration::from_millis(900))
+    );
+    h.advance(Duration::from_millis(900));
+    assert_eq!(h.prices(conn, "A"), [("snapshot".to_owned(), Some(2.0))]);
+    // No interval named: the relay's default.
+    h.subscribe(conn, &["A"]);
+    assert_eq!(h.take(conn)[0]["update_interval"], 2);
+    assert_eq!(h.hub.update_interval(conn, "A"), Some(2 * SECOND));
+
+    // Without a default, a re-subscribe without an interval gets every change again.
+    let mut h = Harness::new(config());
+    let conn = h.connect();
+    h.subscribe_every(conn, &["A"], 5.0);
+    h.quote("A", 1.0);
+    h.quote("A", 2.0);
+    h.take(conn);
+    assert_eq!(h.hub.pace_timers.len(), 1);
+    h.subscribe(conn, &["A"]);
+    let answer = h.take(conn);
+    assert_eq!(
+        answer,
+        [json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 2.0}, "bar": null})]
+    );
+    assert!(h.hub.pace_timers.is_empty());
+    h.quote("A", 3.0);
+    h.quote("A", 4.0);
+    assert_eq!(h.prices(conn, "A").len(), 2);
+}
+
+#[test]
+fn unsubscribing_or_disconnecting_cancels_held_updates() {
+    let mut h = Harness::new(config());
+    let first = h.connect();
+    let second = h.connect();
+    h.subscribe_every(first, &["A", "B"], 1.0);
+    h.subscribe_every(second, &["A"], 1.0);
+    h.quote("A", 1.0);
+    h.quote("B", 1.0);
+    h.quote("A", 2.0);
+    h.take(first);
+    h.take(second);
+    // Neither had data yet: their first prices went at once; A's second is held for both.
+    assert_eq!(h.hub.pace_timers.len(), 2);
+    h.check_pacing();
+    h.send(first, r#"{"action":"unsubscribe","symbols":["A"]}"#);
+    assert_eq!(h.hub.pace_timers.len(), 1);
+    h.hub.disconnect(h.now, second, CloseReason::ClientClosed);
+    h.drain();
+    assert!(h.hub.pace_timers.is_empty());
+    h.check_pacing();
+    h.advance(2 * SECOND);
+    assert_eq!(h.types(first), ["unsubscribed"]);
+    // An upstream rejection takes the held update with the symbol.
+    h.quote("B", 2.0);
+    h.quote("B", 3.0);
+    assert_eq!(h.prices(first, "B"), [("quote".to_owned(), Some(2.0))]);
+    assert_eq!(h.hub.pace_timers.len(), 1);
+    h.hub.handle_symbol_error(h.now, "B", "no_such_symbol");
+    assert!(h.hub.pace_timers.is_empty());
+    h.check_pacing();
+}
+
+#[test]
+fn a_paced_subscription_of_a_stalled_connection_is_conflated_once_and_not_sent_twice() {
+    let mut h = Harness::new(HubConfig {
+        queue_capacity: 2,
+        send_window: 1,
+        slow_consumer_deadline: 10 * SECOND,
+        ..config()
+    });
+    let conn = h.connect();
+    let reader = h.connect();
+    for symbol in ["A", "B", "C"] {
+        // One at a time: three snapshots at once would overflow even a reader's queue of 2.
+        h.subscribe(reader, &[symbol]);
+        h.quote(symbol, 0.0);
+    }
+    h.subscribe_every(conn, &["A", "B", "C"], 1.0);
+    h.take(conn);
+    h.reading.remove(&conn);
+    // Held changes on all three; their timers fire while the socket takes nothing.
+    for step in 1..=5 {
+        h.now += Duration::from_millis(100);
+        for symbol in ["A", "B", "C"] {
+            h.quote(symbol, f64::from(step));
+        }
+    }
+    h.advance(SECOND);
+    let connection = &h.hub.connections[&conn];
+    assert!(connection.behind_since.is_some(), "fell behind");
+    assert!(connection.waiting() <= 2 + CONTROL_HEADROOM);
+    assert!(h.hub.pace_timers.is_empty(), "owed now, not held");
+    assert_eq!(h.hub.counters().slow_consumer_warnings, 1);
+    // One slow consumer, counted once for each symbol it holds; not for the reader.
+    for (symbol, counters) in h.hub.symbol_counters() {
+        assert_eq!(counters.slow_consumers, 1, "{symbol}");
+    }
+    // The timers' snapshots: A in flight, B queued, C owed (the queue was full).
+    assert_eq!(
+        h.hub.connections[&conn]
+            .owed
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>(),
+        ["C"]
+    );
+    // More changes while behind, within the new interval: held again, once each.
+    h.now += Duration::from_millis(100);
+    for symbol in ["A", "B", "C"] {
+        h.quote(symbol, 9.0);
+    }
+    h.check_pacing();
+    assert_eq!(h.hub.pace_timers.len(), 3);
+    // It reads again: the backlog, then C's latest state; C's catch-up snapshot carries the
+    // held change, so C's timer goes and its interval starts again.
+    h.reading.insert(conn);
+    let pending = h.unwritten.insert(conn, 0).unwrap_or(0);
+    h.hub.handle_written(h.now, conn, pending);
+    h.drain();
+    let snapshots = |h: &mut Harness| -> Vec<(String, f64)> {
+        h.take(conn)
+            .iter()
+            .filter(|value| value["type"] == "snapshot")
+            .map(|value| {
+                let symbol = value["symbol"].as_str().unwrap().to_owned();
+                (symbol, value["quote"]["lp"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(
+        snapshots(&mut h),
+        [
+            ("A".to_owned(), 5.0),
+            ("B".to_owned(), 5.0),
+            ("C".to_owned(), 9.0)
+        ]
+    );
+    assert!(h.hub.connections[&conn].behind_since.is_none());
+    assert_eq!(h.hub.pace_timers.len(), 2);
+    h.check_pacing();
+    // A and B get theirs when their interval ends; C, already up to date, nothing.
+    h.advance(SECOND);
+    assert_eq!(
+        snapshots(&mut h),
+        [("A".to_owned(), 9.0), ("B".to_owned(), 9.0)]
+    );
+    h.advance(2 * SECOND);
+    assert!(h.take(conn).is_empty());
+    h.now += Duration::from_millis(10);
+    h.quote("A", 10.0);
+    assert_eq!(h.prices(conn, "A"), [("quote".to_owned(), Some(10.0))]);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn per_symbol_counters_count_data_frames_handed_out_and_go_with_the_symbol() {
+    let mut h = Harness::new(HubConfig {
+        linger: SECOND,
+        send_window: 1,
+        ..config()
+    });
+    let first = h.connect();
+    let second = h.connect();
+    h.subscribe(first, &["A", "B"]);
+    h.subscribe(second, &["A"]);
+    h.quote("A", 1.0);
+    h.quote("A", 2.0);
+    h.quote("B", 1.0);
+    h.send(first, r#"{"action":"ping"}"#);
+    let counters: BTreeMap<String, SymbolCounters> = h
+        .hub
+        .symbol_counters()
+        .map(|(symbol, counters)| (symbol.to_string(), counters))
+        .collect();
+    // A: two snapshots and two quotes to each of two; B: a snapshot and a quote. No control.
+    assert_eq!(counters["A"].messages_sent, 6);
+    assert_eq!(counters["B"].messages_sent, 2);
+    assert_eq!(counters["A"].slow_consumers, 0);
+    let data = h.hub.counters().frames_sent - 2 /* status */ - 1 /* pong */;
+    assert_eq!(data, 8);
+    // B's last subscriber leaves: after the linger its counters are gone with it.
+    h.send(first, r#"{"action":"unsubscribe","symbols":["B"]}"#);
+    h.advance(SECOND);
+    let symbols: Vec<String> = h
+        .hub
+        .symbol_counters()
+        .map(|(s, _)| s.to_string())
+        .collect();
+    assert_eq!(symbols, ["A"]);
+    // Back again: from zero, in the freed slot; a frame of the old B still queued somewhere
+    // would not count for the new one.
+    h.reading.remove(&first);
+    h.quote("A", 3.0);
+    h.subscribe(first, &["B"]);
+    assert_eq!(h.hub.slots.len(), 2, "the freed slot is reused");
+    let b = h
+        .hub
+        .symbol_counters()
+        .find(|(s, _)| s.as_ref() == "B")
+        .unwrap()
+        .1;
+    assert_eq!(
+        b.messages_sent, 0,
+        "queued behind A's quote, not handed out yet"
+    );
+    h.reading.insert(first);
+    let pending = h.unwritten.insert(first, 0).unwrap_or(0);
+    h.hub.handle_written(h.now, first, pending);
+    h.drain();
+    let b = h
+        .hub
+        .symbol_counters()
+        .find(|(s, _)| s.as_ref() == "B")
+        .unwrap()
+        .1;
+    assert_eq!(b.messages_sent, 1);
+}
+
 /// What a consumer knows: snapshots replace, quotes merge.
 fn apply(view: &mut BTreeMap<String, Value>, message: &Value) {
     let Some(symbol) = message["symbol"].as_str() else {
@@ -697,24 +1174,44 @@ enum Step {
     Update(usize),
     Write(usize, usize),
     Tick(u64),
+    /// Subscribe connection `.0` again to every symbol, with an interval of `.1` tenths of a
+    /// second (0: none).
+    Resubscribe(usize, u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..3usize).prop_map(Step::Update),
-        2 => (0..3usize, 0..6usize).prop_map(|(conn, count)| Step::Write(conn, count)),
-        1 => (0..400u64).prop_map(Step::Tick),
+        8 => (0..3usize).prop_map(Step::Update),
+        4 => (0..3usize, 0..6usize).prop_map(|(conn, count)| Step::Write(conn, count)),
+        2 => (0..400u64).prop_map(Step::Tick),
+        1 => (0..4usize, 0..30u64).prop_map(|(conn, tenths)| Step::Resubscribe(conn, tenths)),
     ]
 }
 
+/// A random update interval: none, or 0.1 s to 3 s.
+fn interval() -> impl Strategy<Value = u64> {
+    prop_oneof![1 => Just(0u64), 2 => 1..30u64]
+}
+
+fn subscribe_paced(h: &mut Harness, conn: ConnId, symbols: &[&str], tenths: u64) {
+    if tenths == 0 {
+        h.subscribe(conn, symbols);
+    } else {
+        h.subscribe_every(conn, symbols, tenths as f64 / 10.0);
+    }
+}
+
 proptest! {
-    /// Whatever the consumers' pace, each sees every symbol's prices only rise (no reordering),
-    /// holds a bounded queue, and once it drains knows the latest price of every symbol.
+    /// Whatever the consumers' pace and update intervals, each sees every symbol's prices only
+    /// rise (no reordering), holds a bounded queue, and once it drains (and its intervals end)
+    /// knows the latest price of every symbol. A paced reader never gets two data updates of a
+    /// symbol within its interval, and the pacing state stays consistent throughout.
     #[test]
     fn conflation_never_reorders_or_loses_the_latest_value(
         steps in proptest::collection::vec(step(), 1..300),
         capacity in 1usize..6,
         window in 1usize..4,
+        intervals in proptest::collection::vec(interval(), 4),
     ) {
         let mut h = Harness::new(HubConfig {
             queue_capacity: capacity,
@@ -723,15 +1220,31 @@ proptest! {
             ..config()
         });
         let symbols = ["A", "B", "C"];
-        let conns: Vec<ConnId> = (0..3).map(|_| h.connect()).collect();
-        for conn in &conns {
-            h.subscribe(*conn, &symbols);
+        // Three connections whose sockets write only when told to, and a reader (the fourth)
+        // whose socket writes everything at once.
+        let conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
+        for (conn, tenths) in conns.iter().zip(&intervals) {
+            for symbol in symbols {
+                subscribe_paced(&mut h, *conn, &[symbol], *tenths);
+            }
+        }
+        for conn in &conns[..3] {
             h.reading.remove(conn);
         }
+        let reader = 3;
+        let mut reader_interval = Duration::from_millis(intervals[reader] * 100);
+        // When the reader was last sent a data update carrying data, per symbol.
+        let mut reader_last: BTreeMap<String, Instant> = BTreeMap::new();
         let mut latest = [0.0f64; 3];
-        let mut views: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); 3];
-        let mut last_seen: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); 3];
-        let check = |h: &mut Harness, views: &mut Vec<BTreeMap<String, Value>>, last_seen: &mut Vec<BTreeMap<String, f64>>| -> Result<(), TestCaseError> {
+        let mut views: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new(); 4];
+        let mut last_seen: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); 4];
+        let check = |h: &mut Harness,
+                     views: &mut Vec<BTreeMap<String, Value>>,
+                     last_seen: &mut Vec<BTreeMap<String, f64>>,
+                     reader_last: &mut BTreeMap<String, Instant>,
+                     reader_interval: Duration,
+                     resubscribed: bool|
+         -> Result<(), TestCaseError> {
             for (index, conn) in conns.iter().enumerate() {
                 for message in h.take(*conn) {
                     apply(&mut views[index], &message);
@@ -742,14 +1255,30 @@ proptest! {
                         prop_assert!(before.is_none_or(|before| before <= price),
                             "{symbol}: {before:?} then {price}");
                     }
+                    let carries_data = (message["type"] == "snapshot" && !message["quote"].is_null())
+                        || message["type"] == "quote";
+                    if index == reader && carries_data && let Some(symbol) = message["symbol"].as_str() {
+                        // A re-subscribe's answer may come early: the client asked for it.
+                        let answer = resubscribed && message["type"] == "snapshot";
+                        if let Some(last) = reader_last.insert(symbol.to_owned(), h.now)
+                            && !reader_interval.is_zero()
+                            && !answer
+                        {
+                            prop_assert!(h.now - last >= reader_interval,
+                                "{symbol}: updates {:?} apart, interval {reader_interval:?}",
+                                h.now - last);
+                        }
+                    }
                 }
                 let connection = &h.hub.connections[conn];
                 prop_assert!(connection.waiting() <= capacity + CONTROL_HEADROOM);
                 prop_assert!(connection.in_flight <= window);
             }
+            h.check_pacing();
             Ok(())
         };
         for step in steps {
+            let mut resubscribed = false;
             match step {
                 Step::Update(symbol) => {
                     latest[symbol] += 1.0;
@@ -763,8 +1292,15 @@ proptest! {
                     h.drain();
                 }
                 Step::Tick(ms) => h.advance(Duration::from_millis(ms)),
+                Step::Resubscribe(conn, tenths) => {
+                    subscribe_paced(&mut h, conns[conn], &symbols, tenths);
+                    if conn == reader {
+                        reader_interval = Duration::from_millis(tenths * 100);
+                        resubscribed = true;
+                    }
+                }
             }
-            check(&mut h, &mut views, &mut last_seen)?;
+            check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, resubscribed)?;
         }
         for conn in &conns {
             h.reading.insert(*conn);
@@ -772,7 +1308,11 @@ proptest! {
             h.hub.handle_written(h.now, *conn, unwritten);
             h.drain();
         }
-        check(&mut h, &mut views, &mut last_seen)?;
+        check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, false)?;
+        // Every interval ends: whatever was held goes out.
+        h.advance(Duration::from_secs(3));
+        check(&mut h, &mut views, &mut last_seen, &mut reader_last, reader_interval, false)?;
+        prop_assert!(h.hub.pace_timers.is_empty());
         for view in &views {
             for (index, symbol) in symbols.iter().enumerate() {
                 let expected = (latest[index] > 0.0).then_some(latest[index]);
@@ -782,11 +1322,12 @@ proptest! {
         prop_assert!(h.closed.is_empty());
     }
 
-    /// Subscriptions match a plain model after any sequence of subscribes, unsubscribes and
-    /// disconnects, and the upstream set is exactly the symbols someone wants once lingers end.
+    /// Subscriptions (and their update intervals) match a plain model after any sequence of
+    /// subscribes, unsubscribes, disconnects and updates, no held update outlives its
+    /// subscription, and the upstream set is exactly the symbols someone wants once lingers end.
     #[test]
     fn subscription_bookkeeping_matches_a_model(
-        ops in proptest::collection::vec((0..4usize, 0..3u8, 0..5usize), 1..200),
+        ops in proptest::collection::vec((0..4usize, 0..4u8, 0..5usize, interval()), 1..200),
         batched in any::<bool>(),
     ) {
         let mut h = Harness::new(HubConfig {
@@ -796,27 +1337,46 @@ proptest! {
         let symbols = ["A", "B", "C", "D", "E"];
         let mut conns: Vec<ConnId> = (0..4).map(|_| h.connect()).collect();
         let mut model: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
-        for (slot, op, symbol) in ops {
+        let mut paces: BTreeMap<(usize, &str), Duration> = BTreeMap::new();
+        let mut price = 0.0;
+        for (slot, op, symbol, tenths) in ops {
             let name = symbols[symbol];
             match op {
                 0 => {
-                    h.subscribe(conns[slot], &[name]);
+                    subscribe_paced(&mut h, conns[slot], &[name], tenths);
                     model.entry(slot).or_default().insert(name);
+                    paces.insert((slot, name), Duration::from_millis(tenths * 100));
                 }
                 1 => {
                     h.send(conns[slot], &json!({"action":"unsubscribe","symbols":[name]}).to_string());
                     model.entry(slot).or_default().remove(name);
                 }
-                _ => {
+                2 => {
                     h.hub.disconnect(h.now, conns[slot], CloseReason::ClientClosed);
                     conns[slot] = h.connect();
                     model.remove(&slot);
                 }
+                _ => {
+                    // Two changes at once: a paced subscriber gets the first and holds the second.
+                    price += 1.0;
+                    h.quote(name, price);
+                    price += 1.0;
+                    h.quote(name, price);
+                }
             }
+            h.check_pacing();
+            // Part of an interval, then past the upstream batch delay.
+            h.advance(Duration::from_millis(tenths * 37));
+            h.check_pacing();
             h.advance(Duration::from_millis(700));
+            h.check_pacing();
             for (slot, conn) in conns.iter().enumerate() {
                 let held: BTreeSet<&str> = h.hub.subscriptions(*conn).map(|s| s.as_ref()).collect();
                 prop_assert_eq!(&held, &model.get(&slot).cloned().unwrap_or_default());
+                for symbol in &held {
+                    let expected = paces.get(&(slot, *symbol)).filter(|pace| !pace.is_zero()).copied();
+                    prop_assert_eq!(h.hub.update_interval(*conn, symbol), expected);
+                }
             }
             for (symbol, count, upstream) in h.hub.symbols() {
                 let wanted = model.values().filter(|set| set.contains(symbol.as_ref())).count();
@@ -843,9 +1403,22 @@ proptest! {
 enum Request {
     Connect,
     Disconnect(usize),
-    Subscribe(usize, Vec<usize>, usize),
+    /// Slot, symbols, padding, and which `update_interval` (see [`interval_value`]).
+    Subscribe(usize, Vec<usize>, usize, usize),
     Unsubscribe(usize, Vec<usize>),
     Wait(u64),
+}
+
+/// `update_interval` values a client might send: absent, valid, out of bounds, not numbers.
+const INTERVAL_VALUES: [&str; 8] = ["", "0.5", "3600", "0.1", "0.01", "7200", "\"1\"", "null"];
+
+/// The subscribe field for [`INTERVAL_VALUES`]`[index]`, and whether it is acceptable.
+fn interval_value(index: usize) -> (Option<Value>, bool) {
+    let text = INTERVAL_VALUES[index];
+    if text.is_empty() {
+        return (None, true);
+    }
+    (Some(serde_json::from_str(text).unwrap()), index <= 3)
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -853,8 +1426,8 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         1 => Just(Request::Connect),
         1 => (0..4usize).prop_map(Request::Disconnect),
-        5 => (0..4usize, symbols.clone(), 0..80usize)
-            .prop_map(|(slot, symbols, pad)| Request::Subscribe(slot, symbols, pad)),
+        5 => (0..4usize, symbols.clone(), 0..80usize, 0..INTERVAL_VALUES.len())
+            .prop_map(|(slot, symbols, pad, interval)| Request::Subscribe(slot, symbols, pad, interval)),
         2 => (0..4usize, symbols).prop_map(|(slot, symbols)| Request::Unsubscribe(slot, symbols)),
         1 => (0..3_000u64).prop_map(Request::Wait),
     ]
@@ -919,15 +1492,19 @@ proptest! {
                         held[slot].clear();
                     }
                 }
-                Request::Subscribe(slot, symbols, pad) => {
+                Request::Subscribe(slot, symbols, pad, interval) => {
                     let Some(conn) = slots[slot] else { continue };
                     let names: Vec<&str> = symbols.iter().map(|index| universe[*index]).collect();
-                    let text = json!({"action": "subscribe", "symbols": names, "pad": "x".repeat(pad)})
-                        .to_string();
+                    let mut request = json!({"action": "subscribe", "symbols": names, "pad": "x".repeat(pad)});
+                    let (interval, acceptable) = interval_value(interval);
+                    if let Some(interval) = interval {
+                        request["update_interval"] = interval;
+                    }
+                    let text = request.to_string();
                     let mut expected: Vec<(String, String)> = Vec::new();
                     if text.len() > max_message_bytes {
                         expected.push(("error".into(), "MESSAGE_TOO_LARGE".into()));
-                    } else if names.is_empty() {
+                    } else if names.is_empty() || !acceptable {
                         expected.push(("error".into(), "BAD_REQUEST".into()));
                     } else {
                         for name in &names {
