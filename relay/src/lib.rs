@@ -471,7 +471,7 @@ impl HubTask {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(metrics::render(
-                    self.fanout.hub(),
+                    &self.fanout,
                     &self.latency,
                     &self.http,
                     &self.feed.status(),

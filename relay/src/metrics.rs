@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tickwire_core::hub::{CloseReason, Hub, SymbolCounters};
+use tickwire_core::hub::{CloseReason, Fanout, SymbolCounters};
 use tickwire_driver::FeedStatus;
 
 use super::http::HttpStats;
@@ -77,30 +77,59 @@ fn label(value: &str) -> String {
     escaped
 }
 
-/// A counter family with an unlabelled total and one series per symbol.
+/// A relay-wide counter and, in a family of its own (so summing either never counts twice),
+/// one series of it per symbol.
 fn by_symbol<'a>(
     out: &mut String,
-    name: &str,
-    help: &str,
+    names: (&str, &str),
+    helps: (&str, &str),
     total: u64,
     symbols: impl Iterator<Item = (&'a str, u64)>,
 ) {
-    header(out, name, "counter", help);
+    let (name, per_symbol) = names;
+    header(out, name, "counter", helps.0);
     let _ = writeln!(out, "{name} {total}");
+    header(out, per_symbol, "counter", helps.1);
     for (symbol, value) in symbols {
-        let _ = writeln!(out, "{name}{{symbol=\"{}\"}} {value}", label(symbol));
+        let _ = writeln!(out, "{per_symbol}{{symbol=\"{}\"}} {value}", label(symbol));
     }
 }
 
 /// Everything `/metrics` shows.
 pub(crate) fn render(
-    hub: &Hub,
+    fanout: &Fanout,
     latency: &LatencyHistogram,
     http: &HttpStats,
     upstream: &FeedStatus,
 ) -> String {
     let mut out = String::with_capacity(4096);
+    let hub = fanout.hub();
     let counters = hub.counters();
+    let upstream_side = fanout.counters();
+    single(
+        &mut out,
+        "tickwire_relay_upstream_series",
+        "gauge",
+        "Bar series open upstream (one per carried symbol when bars are relayed).",
+        fanout.series_count(),
+    );
+    header(
+        &mut out,
+        "tickwire_relay_upstream_refusals_total",
+        "counter",
+        "Upstream refusals passed on to clients: symbols the upstream feed had no room for \
+         (UPSTREAM_LIMIT) and bar series it refused (BARS_UNAVAILABLE).",
+    );
+    let _ = writeln!(
+        out,
+        "tickwire_relay_upstream_refusals_total{{kind=\"symbol_limit\"}} {}",
+        upstream_side.symbols_refused
+    );
+    let _ = writeln!(
+        out,
+        "tickwire_relay_upstream_refusals_total{{kind=\"series\"}} {}",
+        upstream_side.series_refused
+    );
     single(
         &mut out,
         "tickwire_relay_connections",
@@ -164,11 +193,16 @@ pub(crate) fn render(
         .collect();
     by_symbol(
         &mut out,
-        "tickwire_relay_messages_sent_total",
-        "Messages handed to client sockets: without a label all of them; with a symbol label, \
-         the data messages (snapshot, quote, bar) of that symbol, for each symbol the relay \
-         carries now (at most max_upstream_symbols series; a symbol no longer carried loses \
-         its series).",
+        (
+            "tickwire_relay_messages_sent_total",
+            "tickwire_relay_symbol_messages_sent_total",
+        ),
+        (
+            "Messages handed to client sockets.",
+            "Data messages (snapshot, quote, bar) of a symbol handed to client sockets, for each \
+             symbol the relay carries now (at most max_upstream_symbols series; a symbol no \
+             longer carried loses its series).",
+        ),
         counters.frames_sent,
         per_symbol
             .iter()
@@ -176,10 +210,15 @@ pub(crate) fn render(
     );
     by_symbol(
         &mut out,
-        "tickwire_relay_slow_consumers_total",
-        "SLOW_CONSUMER warnings sent: without a label all of them; with a symbol label, those \
-         to connections subscribed to that symbol (one warning counts for each of its \
-         symbols), for each symbol the relay carries now.",
+        (
+            "tickwire_relay_slow_consumers_total",
+            "tickwire_relay_symbol_slow_consumers_total",
+        ),
+        (
+            "SLOW_CONSUMER warnings sent.",
+            "SLOW_CONSUMER warnings to connections subscribed to a symbol (one warning counts \
+             for each of its symbols), for each symbol the relay carries now.",
+        ),
         counters.slow_consumer_warnings,
         per_symbol
             .iter()
@@ -345,19 +384,20 @@ mod tests {
     }
 
     #[test]
-    fn per_symbol_series_share_one_family_with_the_total_and_escape_their_labels() {
+    fn per_symbol_series_have_a_family_of_their_own_and_escape_their_labels() {
         let mut out = String::new();
         by_symbol(
             &mut out,
-            "x_total",
-            "Help.",
+            ("x_total", "x_symbol_total"),
+            ("Help.", "Per symbol."),
             7,
             [("EMU:S1", 3), ("ODD\"NAME\\", 4)].into_iter(),
         );
         assert_eq!(
             out,
             "# HELP x_total Help.\n# TYPE x_total counter\nx_total 7\n\
-             x_total{symbol=\"EMU:S1\"} 3\nx_total{symbol=\"ODD\\\"NAME\\\\\"} 4\n"
+             # HELP x_symbol_total Per symbol.\n# TYPE x_symbol_total counter\n\
+             x_symbol_total{symbol=\"EMU:S1\"} 3\nx_symbol_total{symbol=\"ODD\\\"NAME\\\\\"} 4\n"
         );
     }
 

@@ -257,7 +257,7 @@ async fn many_clients_get_snapshots_and_live_quotes_and_upstream_follows_demand(
     assert!(
         metric(
             addr,
-            "tickwire_relay_messages_sent_total{symbol=\"EMU:S10\"}"
+            "tickwire_relay_symbol_messages_sent_total{symbol=\"EMU:S10\"}"
         )
         .await
             >= 30.0
@@ -345,7 +345,7 @@ async fn a_stalled_client_is_warned_conflated_and_cut_off_while_the_others_keep_
     // The stalled client held every symbol the market has (EMU:S10 to EMU:S39; upstream
     // rejected the rest): each counts it.
     for symbol in [&wanted[0], &wanted[29]] {
-        let name = format!("tickwire_relay_slow_consumers_total{{symbol=\"{symbol}\"}}");
+        let name = format!("tickwire_relay_symbol_slow_consumers_total{{symbol=\"{symbol}\"}}");
         assert!(metric(addr, &name).await >= 1.0, "{name}");
     }
     assert_eq!(
@@ -831,6 +831,12 @@ async fn bars_are_relayed_per_symbol_and_refused_series_and_symbols_are_reported
         .await;
     assert_eq!(refused["code"], "UNKNOWN_SYMBOL", "{refused}");
     assert_eq!(refused["symbol"], "EMU:NOPE", "{refused}");
+    // The refused symbol's series is gone again: one series, for the one symbol carried.
+    let addr = relay.local_addr();
+    eventually("one bar series upstream", async || {
+        metric(addr, "tickwire_relay_upstream_series").await == 1.0
+    })
+    .await;
     relay.shutdown().await;
 
     let mut config = relay_config(&emulator, HubConfig::default());
@@ -850,6 +856,16 @@ async fn bars_are_relayed_per_symbol_and_refused_series_and_symbols_are_reported
             .is_some_and(|message| message.contains("seconds_not_entitled")),
         "{refused}"
     );
+    let addr = relay.local_addr();
+    assert_eq!(
+        metric(
+            addr,
+            "tickwire_relay_upstream_refusals_total{kind=\"series\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric(addr, "tickwire_relay_upstream_series").await, 0.0);
     // Still subscribed: quotes keep coming, and no bar ever does.
     for _ in 0..5 {
         let quote = client
@@ -1070,7 +1086,7 @@ async fn an_update_interval_paces_a_client_to_the_latest_value_while_another_get
             }
         }
     }
-    let name = format!("tickwire_relay_messages_sent_total{{symbol=\"{symbol}\"}}");
+    let name = format!("tickwire_relay_symbol_messages_sent_total{{symbol=\"{symbol}\"}}");
     assert_eq!(
         metric(addr, &name).await,
         (every_data + paced_data) as f64,
