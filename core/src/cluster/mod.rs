@@ -7,16 +7,18 @@
 //! - [`Keys`]: the names of every key and channel of a cluster, all under the cluster's
 //!   prefix so several clusters can share one store.
 //!
-//! This is the first part of the cluster (issue 14): the leader's stream of updates, the
-//! followers' sequence tracking and the Redis link are still to come.
+//! This is the first part of the cluster (issue 14): the Redis link and the relay's use of
+//! these are still to come.
 
 pub mod demand;
 pub mod lease;
+pub mod stream;
 
 use std::fmt;
 
 pub use demand::{Demand, MAX_RELAYS};
 pub use lease::{Lease, LeaseConfig, LeaseCounters, LeaseEvent, LeaseReply, LeaseRequest, Role};
+pub use stream::{Follower, FollowerCounters, FollowerOutput, Published, Publisher, StreamError};
 
 /// Longest cluster name, in bytes.
 pub const MAX_CLUSTER_NAME: usize = 64;
@@ -36,6 +38,8 @@ pub struct ClusterNameError {
 /// | `NAME:epoch` | the fencing epoch, incremented by every takeover |
 /// | `NAME:relays` | the set of relay ids that published demand |
 /// | `NAME:demand:<relay id>` | that relay's wanted symbols, with a TTL |
+/// | `NAME:updates` (channel) | the leader's stream (see [`stream`]) |
+/// | `NAME:snapshot:<symbol>` | the symbol's latest state as a `snapshot` frame with its epoch and seq |
 ///
 /// ```
 /// use tickwire_core::cluster::Keys;
@@ -89,6 +93,16 @@ impl Keys {
     /// One relay's demand.
     pub fn demand(&self, relay: &str) -> String {
         format!("{}demand:{relay}", self.prefix)
+    }
+
+    /// The update stream's channel.
+    pub fn updates(&self) -> String {
+        format!("{}updates", self.prefix)
+    }
+
+    /// A symbol's stored snapshot.
+    pub fn snapshot(&self, symbol: &str) -> String {
+        format!("{}snapshot:{symbol}", self.prefix)
     }
 }
 
