@@ -254,7 +254,10 @@ impl Lease {
 
     /// When to call [`Lease::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut due = self.next_attempt;
+        // A new attempt waits for the request out (its timeout below wakes the driver).
+        let mut due = self
+            .next_attempt
+            .filter(|_| self.in_flight.is_none() && self.queued.is_none());
         let mut earliest = |at: Instant| due = Some(due.map_or(at, |due| due.min(at)));
         if let Some((_, sent)) = self.in_flight {
             earliest(later(sent, self.config.request_timeout));
@@ -266,12 +269,14 @@ impl Lease {
         } = self.held
         {
             earliest(valid_until);
-            if self.in_flight.is_none() {
+            // Renewal and abdication wait for the request in flight (or queued) to finish:
+            // a deadline they cannot act on yet must not wake the driver in a loop.
+            if self.in_flight.is_none() && self.queued.is_none() {
                 earliest(renew_at);
+                if let Some(since) = self.unhealthy_since {
+                    earliest(later(since, self.config.abdicate_after));
+                }
             }
-        }
-        if let (Some(since), Held::Yes { .. }) = (self.unhealthy_since, self.held) {
-            earliest(later(since, self.config.abdicate_after));
         }
         due
     }
@@ -637,6 +642,54 @@ mod tests {
             "{:?}",
             at - released_at
         );
+    }
+
+    #[test]
+    fn no_deadline_is_in_the_past_while_a_request_is_out() {
+        let start = Instant::now();
+        let config = LeaseConfig {
+            abdicate_after: Duration::from_secs(2),
+            ..LeaseConfig::new("a")
+        };
+        let mut lease = Lease::new(config, start);
+        take_leadership(&mut lease, start, 1);
+        lease.set_upstream_healthy(start, false);
+        // The renewal goes out at 1.67 s and stays unanswered past the abdication (2 s).
+        let (request, at) = next_request(&mut lease, start, Duration::from_secs(5));
+        assert_eq!(request, LeaseRequest::Renew { epoch: 1 });
+        let late = start + Duration::from_millis(2_100);
+        assert!(at < late);
+        lease.handle_timeout(late);
+        let due = lease.poll_timeout().unwrap();
+        assert!(due > late, "a deadline {:?} before now", late - due);
+        // Once the request has timed out the abdication goes ahead.
+        let (request, _) = next_request(&mut lease, due, Duration::from_secs(5));
+        assert_eq!(request, LeaseRequest::Release { epoch: 1 });
+    }
+
+    #[test]
+    fn a_holder_that_expires_with_a_renewal_out_asks_again_after_it() {
+        let start = Instant::now();
+        let config = LeaseConfig {
+            request_timeout: Duration::from_secs(5),
+            ..LeaseConfig::new("a")
+        };
+        let mut lease = Lease::new(config, start);
+        take_leadership(&mut lease, start, 1);
+        let (request, at) = next_request(&mut lease, start, Duration::from_secs(5));
+        assert_eq!(request, LeaseRequest::Renew { epoch: 1 });
+        // Just past the lease's local validity, the renewal still out.
+        let woke = start + Duration::from_millis(4_100);
+        lease.handle_timeout(woke);
+        assert_eq!(lease.role(), Role::Follower);
+        let due = lease.poll_timeout().unwrap();
+        assert_eq!(
+            due,
+            at + Duration::from_secs(5),
+            "the renewal's timeout, not now"
+        );
+        let (request, _) = next_request(&mut lease, due, Duration::from_secs(5));
+        assert_eq!(request, LeaseRequest::Acquire);
     }
 
     #[test]
