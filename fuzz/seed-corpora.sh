@@ -60,5 +60,5 @@ for answer in [
     put("http", answer)
 PY
 # The hub target's input is a schedule of operations, which libFuzzer builds up from nothing.
-mkdir -p corpus/hub
+mkdir -p corpus/hub corpus/cluster
 echo "corpora: $(ls corpus/codec | wc -l) codec, $(ls corpus/parse | wc -l) parse"

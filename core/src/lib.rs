@@ -79,6 +79,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod hub;

@@ -101,7 +101,7 @@
 
 mod close;
 mod config;
-mod render;
+pub(crate) mod render;
 mod request;
 #[cfg(test)]
 mod tests;
