@@ -75,7 +75,8 @@ pub use config::{HubConfig, HubConfigError};
 use render::BarState;
 use request::Request;
 pub use upstream::{
-    Fanout, FanoutCounters, FanoutError, FanoutOutput, MAX_BAR_HISTORY, UpstreamFeed, UpstreamPlan,
+    ConnectionBacklog, Fanout, FanoutCounters, FanoutError, FanoutOutput, MAX_BAR_HISTORY,
+    UpstreamFeed, UpstreamPlan,
 };
 
 /// Control frames (replies, warnings, status) a connection may have waiting beyond its data

@@ -214,6 +214,19 @@ pub struct FanoutCounters {
     pub stale_bars: u64,
 }
 
+/// How far behind one downstream connection is (see [`Fanout::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBacklog {
+    /// Frames waiting in the hub for the socket writer.
+    pub queued: usize,
+    /// Frames handed to the socket writer and not yet reported written.
+    pub in_flight: usize,
+    /// Symbols whose latest state the connection is owed as a snapshot while conflated.
+    pub owed: usize,
+    /// Since when the connection has been behind (conflated), if it is.
+    pub behind_since: Option<Instant>,
+}
+
 /// The hub and what the upstream carries for it. See the [module docs](self).
 #[derive(Debug)]
 pub struct Fanout {
@@ -286,6 +299,20 @@ impl Fanout {
     /// Bar series open upstream.
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// How far behind `conn` is: its queue, its unwritten frames, what it is owed (for metrics
+    /// and for checking the queue bounds from outside); `None` for an unknown connection.
+    pub fn backlog(&self, conn: ConnId) -> Option<ConnectionBacklog> {
+        self.hub
+            .connections
+            .get(&conn)
+            .map(|connection| ConnectionBacklog {
+                queued: connection.backlog.len(),
+                in_flight: connection.in_flight,
+                owed: connection.owed.len(),
+                behind_since: connection.behind_since,
+            })
     }
 
     // ----- downstream inputs ---------------------------------------------------------------
