@@ -786,6 +786,46 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_full_of_control_frames_stays_within_its_bound_when_it_falls_behind() {
+        // Found by the relay simulation: the SLOW_CONSUMER warning went in beyond the control
+        // headroom, one frame over the documented bound.
+        let (mut fanout, mut upstream, now) = fanout(10);
+        let capacity = fanout.hub().config().queue_capacity;
+        let bound = capacity + super::super::CONTROL_HEADROOM;
+        let a = fanout.connect(now).unwrap();
+        fanout.handle_text(now, a, r#"{"action":"subscribe","symbols":["X:A"]}"#);
+        drain(&mut fanout, &mut upstream, now);
+        // It reads nothing; its replies pile up to the control bound.
+        for _ in 0..bound {
+            fanout.handle_activity(now, a);
+            fanout
+                .hub
+                .handle_upstream_state(now, crate::client::State::Live);
+            fanout
+                .hub
+                .handle_upstream_state(now, crate::client::State::Connecting);
+        }
+        drain(&mut fanout, &mut upstream, now);
+        let backlog = fanout.backlog(a).unwrap();
+        assert_eq!(backlog.queued + backlog.in_flight, bound);
+        assert_eq!(backlog.behind_since, None);
+        // A quote now finds it full: it falls behind, and the warning is dropped, not queued.
+        let dropped = fanout.hub().counters().control_frames_dropped;
+        let quote = crate::client::Quote {
+            last_price: Some(1.0),
+            ..crate::client::Quote::new(Arc::from("X:A"))
+        };
+        fanout.hub.handle_quote(now, &quote);
+        drain(&mut fanout, &mut upstream, now);
+        let backlog = fanout.backlog(a).unwrap();
+        assert_eq!(backlog.queued + backlog.in_flight, bound);
+        assert_eq!(backlog.behind_since, Some(now));
+        assert_eq!(backlog.owed, 1);
+        assert_eq!(fanout.hub().counters().control_frames_dropped, dropped + 1);
+        assert_eq!(fanout.hub().counters().slow_consumer_warnings, 0);
+    }
+
+    #[test]
     fn upstream_states_reach_every_connection() {
         let (mut fanout, mut upstream, now) = fanout(10);
         let a = fanout.connect(now).unwrap();
