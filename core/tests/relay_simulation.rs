@@ -1908,7 +1908,9 @@ impl Sim {
         let bars = self.timeframe.is_some();
         let batch = config.upstream_batch_delay;
         for (symbol, since) in &self.wanted_at {
-            if now >= *since + batch + SLACK {
+            // Timers run at their due times: the batch has gone out by then (at once without
+            // a batch delay).
+            if now >= *since + batch {
                 check!(
                     self,
                     carried.contains(*symbol),
