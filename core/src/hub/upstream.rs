@@ -227,7 +227,8 @@ pub struct ConnectionBacklog {
     pub behind_since: Option<Instant>,
 }
 
-/// The hub and what the upstream carries for it. See the [module docs](self).
+/// The hub and what the upstream carries for it, driven as the [hub docs](crate::hub) describe
+/// (the driving contract is in `core/src/hub/upstream.rs`).
 #[derive(Debug)]
 pub struct Fanout {
     hub: Hub,
