@@ -123,7 +123,8 @@ pub use config::{HubConfig, HubConfigError, MAX_UPDATE_INTERVAL, MIN_UPDATE_INTE
 use render::BarState;
 use request::Request;
 pub use upstream::{
-    Fanout, FanoutCounters, FanoutError, FanoutOutput, MAX_BAR_HISTORY, UpstreamFeed, UpstreamPlan,
+    ConnectionBacklog, Fanout, FanoutCounters, FanoutError, FanoutOutput, MAX_BAR_HISTORY,
+    UpstreamFeed, UpstreamPlan,
 };
 
 /// Control frames (replies, warnings, status) a connection may have waiting beyond its data
@@ -1100,7 +1101,15 @@ impl Hub {
         let warn = connection.last_warning.is_none_or(|last| {
             now.saturating_duration_since(last) >= self.config.slow_consumer_deadline
         });
-        if warn {
+        // The warning is a control frame like the others: at the control bound it is dropped
+        // (and counted), so the queue never holds more than its bound.
+        let room =
+            connection.waiting() < self.config.queue_capacity.saturating_add(CONTROL_HEADROOM);
+        if warn && !room {
+            self.counters.control_frames_dropped =
+                self.counters.control_frames_dropped.saturating_add(1);
+        }
+        if warn && room {
             connection.last_warning = Some(now);
             self.counters.slow_consumer_warnings =
                 self.counters.slow_consumer_warnings.saturating_add(1);

@@ -157,6 +157,19 @@ pub struct FanoutCounters {
     pub stale_bars: u64,
 }
 
+/// How far behind one downstream connection is (see [`Fanout::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBacklog {
+    /// Frames waiting in the hub for the socket writer.
+    pub queued: usize,
+    /// Frames handed to the socket writer and not yet reported written.
+    pub in_flight: usize,
+    /// Symbols whose latest state the connection is owed as a snapshot while conflated.
+    pub owed: usize,
+    /// Since when the connection has been behind (conflated), if it is.
+    pub behind_since: Option<Instant>,
+}
+
 /// The relay's upstream side: the [`Hub`] composed with the upstream feed.
 ///
 /// [`Fanout`] owns the hub and decides what the upstream feed carries for it: the quotes of
@@ -286,6 +299,20 @@ impl Fanout {
     /// Bar series open upstream.
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// How far behind `conn` is: its queue, its unwritten frames, what it is owed (for metrics
+    /// and for checking the queue bounds from outside); `None` for an unknown connection.
+    pub fn backlog(&self, conn: ConnId) -> Option<ConnectionBacklog> {
+        self.hub
+            .connections
+            .get(&conn)
+            .map(|connection| ConnectionBacklog {
+                queued: connection.backlog.len(),
+                in_flight: connection.in_flight,
+                owed: connection.owed.len(),
+                behind_since: connection.behind_since,
+            })
     }
 
     // ----- downstream inputs ---------------------------------------------------------------
@@ -756,6 +783,46 @@ mod tests {
             ["X:A"]
         );
         assert_eq!(fanout.counters().symbols_refused, 1);
+    }
+
+    #[test]
+    fn a_connection_full_of_control_frames_stays_within_its_bound_when_it_falls_behind() {
+        // Found by the relay simulation: the SLOW_CONSUMER warning went in beyond the control
+        // headroom, one frame over the documented bound.
+        let (mut fanout, mut upstream, now) = fanout(10);
+        let capacity = fanout.hub().config().queue_capacity;
+        let bound = capacity + super::super::CONTROL_HEADROOM;
+        let a = fanout.connect(now).unwrap();
+        fanout.handle_text(now, a, r#"{"action":"subscribe","symbols":["X:A"]}"#);
+        drain(&mut fanout, &mut upstream, now);
+        // It reads nothing; its replies pile up to the control bound.
+        for _ in 0..bound {
+            fanout.handle_activity(now, a);
+            fanout
+                .hub
+                .handle_upstream_state(now, crate::client::State::Live);
+            fanout
+                .hub
+                .handle_upstream_state(now, crate::client::State::Connecting);
+        }
+        drain(&mut fanout, &mut upstream, now);
+        let backlog = fanout.backlog(a).unwrap();
+        assert_eq!(backlog.queued + backlog.in_flight, bound);
+        assert_eq!(backlog.behind_since, None);
+        // A quote now finds it full: it falls behind, and the warning is dropped, not queued.
+        let dropped = fanout.hub().counters().control_frames_dropped;
+        let quote = crate::client::Quote {
+            last_price: Some(1.0),
+            ..crate::client::Quote::new(Arc::from("X:A"))
+        };
+        fanout.hub.handle_quote(now, &quote);
+        drain(&mut fanout, &mut upstream, now);
+        let backlog = fanout.backlog(a).unwrap();
+        assert_eq!(backlog.queued + backlog.in_flight, bound);
+        assert_eq!(backlog.behind_since, Some(now));
+        assert_eq!(backlog.owed, 1);
+        assert_eq!(fanout.hub().counters().control_frames_dropped, dropped + 1);
+        assert_eq!(fanout.hub().counters().slow_consumer_warnings, 0);
     }
 
     #[test]
