@@ -1170,25 +1170,31 @@ impl Sim {
                     .filter(|at| lossy || *at < unsubscribed);
                 let tape = match due {
                     Some(at) => {
-                        let Some(Expect::Snapshot { tape, .. }) = queue.remove(at) else {
+                        let Some(Expect::Snapshot { tape, epoch, .. }) = queue.remove(at) else {
                             unreachable!()
                         };
                         if lossy {
                             queue.drain(..at);
                         } else {
-                            // Subscribes made while behind share the one snapshot it is owed.
+                            // Subscribes made while behind share the one snapshot it is owed,
+                            // until it leaves the symbol or upstream rejects it.
                             let mut index = 0;
                             queue.retain(|expect| {
                                 index += 1;
                                 index > unsubscribed - 1
-                                    || !matches!(expect, Expect::Snapshot { .. })
+                                    || !matches!(expect, Expect::Snapshot { epoch: e, .. } if *e == epoch)
                             });
                         }
                         tape
                     }
                     None => match down.views.get(symbol) {
                         Some(view) => view.tape.clone(),
-                        None => fail("a snapshot of a symbol it is not subscribed to".into()),
+                        None => fail(format!(
+                            "a snapshot of a symbol it is not subscribed to (owed {queue:?}, \
+                             rejections {:?}, conflated {}, lossy {lossy})",
+                            down.rejects.get(symbol),
+                            down.conflated
+                        )),
                     },
                 };
                 if let Some(lp) = lp
