@@ -38,14 +38,7 @@ const SYMBOLS: &[&str] = &[
     "bad symbol",
     "N\u{e9}:\u{1F600}",
 ];
-const STATES: [State; 6] = [
-    State::Idle,
-    State::Connecting,
-    State::Live,
-    State::BackingOff,
-    State::CircuitOpen,
-    State::Closed,
-];
+const STATES: [State; 6] = State::ALL;
 const MAX_CONNECTIONS: usize = 4;
 const WINDOW: usize = 2;
 const LINGER: Duration = Duration::from_millis(500);

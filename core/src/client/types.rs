@@ -480,6 +480,28 @@ pub enum State {
 }
 
 impl State {
+    /// Every state.
+    pub const ALL: [State; 6] = [
+        State::Idle,
+        State::Connecting,
+        State::Live,
+        State::BackingOff,
+        State::CircuitOpen,
+        State::Closed,
+    ];
+
+    /// The state with this [`State::as_str`] name.
+    ///
+    /// ```
+    /// use tickwire_core::client::State;
+    ///
+    /// assert_eq!(State::from_name("backing_off"), Some(State::BackingOff));
+    /// assert_eq!(State::from_name("dancing"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<State> {
+        State::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+
     /// Lower-case name, as shown in status output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -345,19 +345,6 @@ pub struct Follower {
     counters: FollowerCounters,
 }
 
-fn state_named(name: &str) -> Option<State> {
-    [
-        State::Idle,
-        State::Connecting,
-        State::Live,
-        State::BackingOff,
-        State::CircuitOpen,
-        State::Closed,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == name)
-}
-
 /// A quote object's fields; `null` (no quote yet) and malformed ones give none.
 fn quote_values(raw: &RawValue) -> Option<QuoteValues<'_>> {
     serde_json::from_str(raw.get()).ok()
@@ -464,7 +451,7 @@ impl Follower {
         self.epoch = wire.epoch;
         self.counters.received = self.counters.received.saturating_add(1);
         if wire.kind == "status" {
-            if let Some(state) = wire.upstream.as_deref().and_then(state_named) {
+            if let Some(state) = wire.upstream.as_deref().and_then(State::from_name) {
                 self.outputs.push_back(FollowerOutput::Upstream(state));
             }
             return Ok(());
