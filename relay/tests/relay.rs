@@ -504,8 +504,11 @@ async fn limits_on_connections_and_the_whitelist_are_enforced_over_the_wire() {
     .unwrap();
     let addr = relay.local_addr();
     let mut first = Client::connect(addr).await;
-    let _second = Client::connect(addr).await;
+    let mut second = Client::connect(addr).await;
+    // Both hold their places in the hub (each has its status) before the third arrives;
+    // otherwise the third may register before the second and take its place.
     first.until("status", is_type("status")).await;
+    second.until("status", is_type("status")).await;
     let mut third = Client::connect(addr).await;
     let refusal = third.next().await.unwrap();
     assert_eq!(refusal["code"], "CONNECTION_LIMIT");
