@@ -12,12 +12,14 @@
 
 pub mod demand;
 pub mod lease;
+pub mod store;
 pub mod stream;
 
 use std::fmt;
 
 pub use demand::{Demand, MAX_RELAYS};
 pub use lease::{Lease, LeaseConfig, LeaseCounters, LeaseEvent, LeaseReply, LeaseRequest, Role};
+pub use store::{SnapshotWrite, StoreReply, StoreRequest};
 pub use stream::{Follower, FollowerCounters, FollowerOutput, Published, Publisher, StreamError};
 
 /// Longest cluster name, in bytes.
@@ -38,6 +40,7 @@ pub struct ClusterNameError {
 /// | `NAME:epoch` | the fencing epoch, incremented by every takeover |
 /// | `NAME:relays` | the set of relay ids that published demand |
 /// | `NAME:demand:<relay id>` | that relay's wanted symbols, with a TTL |
+/// | `NAME:demand-changes` (channel) | every demand entry written, as it is written |
 /// | `NAME:updates` (channel) | the leader's stream (see [`stream`]) |
 /// | `NAME:snapshot:<symbol>` | the symbol's latest state as a `snapshot` frame with its epoch and seq |
 ///
@@ -95,6 +98,11 @@ impl Keys {
         format!("{}demand:{relay}", self.prefix)
     }
 
+    /// The channel announcing every demand entry written.
+    pub fn demand_changes(&self) -> String {
+        format!("{}demand-changes", self.prefix)
+    }
+
     /// The update stream's channel.
     pub fn updates(&self) -> String {
         format!("{}updates", self.prefix)
@@ -103,6 +111,11 @@ impl Keys {
     /// A symbol's stored snapshot.
     pub fn snapshot(&self, symbol: &str) -> String {
         format!("{}snapshot:{symbol}", self.prefix)
+    }
+
+    /// The pattern matching every stored snapshot (for `SCAN … MATCH`).
+    pub fn snapshot_pattern(&self) -> String {
+        format!("{}snapshot:*", self.prefix)
     }
 }
 
