@@ -133,6 +133,84 @@ impl Demand {
     }
 }
 
+/// Longest demand entry accepted, in bytes.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// One relay's demand as stored (`NAME:demand:<relay>`) and announced
+/// (`NAME:demand-changes`): `{"relay":"<id>","symbols":["X:A",…],"ttl_ms":15000}`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_core::cluster::demand::DemandEntry;
+///
+/// let entry = DemandEntry {
+///     relay: "relay-a".to_owned(),
+///     symbols: vec!["X:A".to_owned()],
+///     ttl: Duration::from_secs(15),
+/// };
+/// let text = entry.render();
+/// assert_eq!(text, r#"{"relay":"relay-a","symbols":["X:A"],"ttl_ms":15000}"#);
+/// assert_eq!(DemandEntry::parse(text.as_bytes()).unwrap(), entry);
+/// assert!(DemandEntry::parse(b"{}").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemandEntry {
+    /// The relay's id.
+    pub relay: String,
+    /// The symbols its hub carries (lingering ones included).
+    pub symbols: Vec<String>,
+    /// How long the entry lives without a rewrite.
+    pub ttl: Duration,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireEntry {
+    relay: String,
+    symbols: Vec<String>,
+    ttl_ms: u64,
+}
+
+/// A demand entry that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("demand entry: {0}")]
+pub struct DemandEntryError(String);
+
+impl DemandEntry {
+    /// The stored form.
+    pub fn render(&self) -> String {
+        let wire = WireEntry {
+            relay: self.relay.clone(),
+            symbols: self.symbols.clone(),
+            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+        };
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    ///
+    /// # Errors
+    /// [`DemandEntryError`] for text over [`MAX_ENTRY_BYTES`], not of this form, or with an
+    /// empty relay id.
+    pub fn parse(text: &[u8]) -> Result<DemandEntry, DemandEntryError> {
+        if text.len() > MAX_ENTRY_BYTES {
+            return Err(DemandEntryError(format!(
+                "{} bytes is over the limit",
+                text.len()
+            )));
+        }
+        let wire: WireEntry =
+            serde_json::from_slice(text).map_err(|error| DemandEntryError(error.to_string()))?;
+        if wire.relay.is_empty() {
+            return Err(DemandEntryError("no relay id".to_owned()));
+        }
+        Ok(DemandEntry {
+            relay: wire.relay,
+            symbols: wire.symbols,
+            ttl: Duration::from_millis(wire.ttl_ms),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

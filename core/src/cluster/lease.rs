@@ -390,6 +390,18 @@ impl Lease {
         }
     }
 
+    /// The store refused a publish fenced with this relay's epoch: another relay has taken
+    /// the lease since. A holder steps down at once and asks again only after a jittered
+    /// renewal period.
+    pub fn deposed(&mut self, now: Instant) {
+        let now = self.clock(now);
+        if let Held::Yes { .. } = self.held {
+            self.step_down();
+            let wait = self.jittered(self.config.renew_every);
+            self.next_attempt = Some(later(now, wait));
+        }
+    }
+
     /// Clean shutdown: a holder steps down and releases the lease so a follower need not wait
     /// for it to expire; nothing else is asked afterwards.
     pub fn close(&mut self) {

@@ -7,11 +7,13 @@
 //! - [`Keys`]: the names of every key and channel of a cluster, all under the cluster's
 //!   prefix so several clusters can share one store.
 //!
-//! This is the first part of the cluster (issue 14): the Redis link and the relay's use of
-//! these are still to come.
+//! - [`Node`]: one relay of the cluster, composing its hub, the lease, the demand, the
+//!   stream and (while it leads) the upstream feed; the relay's Redis link executes its
+//!   [`StoreRequest`]s.
 
 pub mod demand;
 pub mod lease;
+pub mod node;
 pub mod store;
 pub mod stream;
 
@@ -19,6 +21,7 @@ use std::fmt;
 
 pub use demand::{Demand, MAX_RELAYS};
 pub use lease::{Lease, LeaseConfig, LeaseCounters, LeaseEvent, LeaseReply, LeaseRequest, Role};
+pub use node::{Node, NodeConfig, NodeCounters, NodeOutput, StoreState};
 pub use store::{SnapshotWrite, StoreReply, StoreRequest};
 pub use stream::{Follower, FollowerCounters, FollowerOutput, Published, Publisher, StreamError};
 

@@ -8,8 +8,10 @@
 //! | --- | --- |
 //! | `{"type":"quote","symbol":S,"data":{…},"epoch":E,"seq":N}` | the fields that changed (`null` clears one); `seq` 1 carries every field |
 //! | `{"type":"bar","symbol":S,"timeframe":T,"bar":{…},"closed":B,"epoch":E,"seq":N}` | a bar of the symbol's series |
+//! | `{"type":"snapshot","symbol":S,"quote":{…},"bar":{…},"epoch":E,"seq":N}` | the symbol's whole state, replacing what came before (a new leader's first message per symbol, or after messages were skipped while the store was slow) |
 //! | `{"type":"error","code":"UNKNOWN_SYMBOL","message":…,"symbol":S,"epoch":E,"seq":N}` | the upstream rejected the symbol |
-//! | `{"type":"status","upstream":…,"epoch":E}` | the leader's upstream state |
+//! | `{"type":"error","code":"BARS_UNAVAILABLE","message":…,"symbol":S,"epoch":E,"seq":N}` | the upstream refused the symbol's bar series (its quotes continue) |
+//! | `{"type":"status","upstream":…,"epoch":E}` | the leader's upstream state, also repeated as the leader's heartbeat |
 //!
 //! Beside the stream, the leader keeps each symbol's latest state as a `snapshot` frame with the
 //! epoch and seq of the last message folded into it, so a relay that starts, falls behind or
@@ -188,6 +190,67 @@ impl Publisher {
         }
     }
 
+    /// A new epoch for the same state (this relay took the lease again): every symbol's
+    /// sequence starts again, and its first message of the epoch must be
+    /// [`Publisher::snapshot_message`].
+    pub fn restart(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        for state in self.symbols.values_mut() {
+            state.seq = 0;
+        }
+    }
+
+    /// The symbol's stored snapshot as it stands, if it has published about it.
+    pub fn snapshot_text(&self, symbol: &str) -> Option<String> {
+        self.symbols
+            .get(symbol)
+            .map(|state| self.snapshot(symbol, state))
+    }
+
+    /// The symbols it has published about.
+    pub fn symbols(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.symbols.keys()
+    }
+
+    /// The symbol's whole state as a stream message of its own (`"type":"snapshot"`), which a
+    /// follower takes in place of everything before it; `None` for a symbol it has not
+    /// published about.
+    pub fn snapshot_message(&mut self, symbol: &str) -> Option<Published> {
+        let (symbol, state) = self.symbols.get_key_value(symbol)?;
+        let symbol = symbol.clone();
+        let seq = state.seq.saturating_add(1);
+        let quote = state.quote.clone();
+        let bar = state.bar.clone();
+        if let Some(state) = self.symbols.get_mut(&symbol) {
+            state.seq = seq;
+        }
+        let text = with_tail(
+            render::snapshot(&symbol, quote.as_ref(), bar.as_ref()),
+            self.epoch,
+            Some(seq),
+        );
+        Some(Published {
+            symbol: Some(symbol),
+            message: text.clone(),
+            snapshot: Some(text),
+        })
+    }
+
+    /// The upstream refused the symbol's bar series: its bar is forgotten, its quotes go on.
+    pub fn series_error(&mut self, symbol: &Arc<str>, reason: &str) -> Published {
+        let state = self.symbols.entry(symbol.clone()).or_default();
+        state.seq = state.seq.saturating_add(1);
+        state.bar = None;
+        let seq = state.seq;
+        let message = format!("no bars for this symbol (its quotes continue): {reason}");
+        let frame = render::error("BARS_UNAVAILABLE", &message, Some(symbol));
+        Published {
+            symbol: Some(symbol.clone()),
+            message: with_tail(frame, self.epoch, Some(seq)),
+            snapshot: self.snapshot_text(symbol),
+        }
+    }
+
     /// The upstream rejected `symbol`; it is forgotten (its snapshot is to be deleted).
     pub fn symbol_error(&mut self, symbol: &Arc<str>, reason: &str) -> Published {
         let seq = self
@@ -257,6 +320,7 @@ struct Wire<'a> {
     timeframe: Option<String>,
     closed: Option<bool>,
     upstream: Option<String>,
+    code: Option<String>,
     message: Option<String>,
     epoch: u64,
     seq: Option<u64>,
@@ -291,6 +355,14 @@ pub enum FollowerOutput {
         bar: Bar,
         /// Whether it has closed.
         closed: bool,
+    },
+    /// The upstream refused the symbol's bar series; its quotes go on
+    /// (`Fanout::handle_series_error`).
+    SeriesError {
+        /// The symbol.
+        symbol: Arc<str>,
+        /// Why.
+        reason: String,
     },
     /// The upstream rejected the symbol (`Hub::handle_symbol_error`).
     SymbolError {
@@ -355,6 +427,20 @@ fn parse(text: &[u8]) -> Result<Wire<'_>, StreamError> {
         return Err(StreamError::TooLarge(text.len()));
     }
     serde_json::from_slice(text).map_err(|error| StreamError::Malformed(error.to_string()))
+}
+
+/// The epoch of a stream message, read without the rest.
+pub(crate) fn peek_epoch(text: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Epoch {
+        epoch: u64,
+    }
+    if text.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Epoch>(text)
+        .ok()
+        .map(|message| message.epoch)
 }
 
 impl Follower {
@@ -490,6 +576,13 @@ impl Follower {
         if wire.epoch < followed.epoch || (wire.epoch == followed.epoch && seq <= followed.seq) {
             return; // already folded in (a replay after a snapshot)
         }
+        if wire.kind == "snapshot" {
+            // Self-contained: it replaces whatever came before, so no gap can hide behind it.
+            self.adopt(symbol, wire);
+            self.outputs
+                .push_back(FollowerOutput::Refresh(symbol.clone()));
+            return;
+        }
         let first_of_epoch = wire.epoch > followed.epoch;
         let in_order = if first_of_epoch {
             seq == 1
@@ -538,6 +631,12 @@ impl Follower {
                     });
                 }
             }
+            "error" if wire.code.as_deref() == Some("BARS_UNAVAILABLE") => {
+                self.outputs.push_back(FollowerOutput::SeriesError {
+                    symbol: symbol.clone(),
+                    reason: wire.message.unwrap_or_default(),
+                });
+            }
             "error" => {
                 let reason = wire.message.unwrap_or_default();
                 self.symbols.remove(symbol);
@@ -547,6 +646,34 @@ impl Follower {
                 });
             }
             _ => self.counters.malformed = self.counters.malformed.saturating_add(1),
+        }
+    }
+
+    /// Takes a snapshot's state (stored, or a `snapshot` message of the stream) as the
+    /// symbol's whole state.
+    fn adopt(&mut self, symbol: &Arc<str>, wire: Wire<'_>) {
+        let Some(followed) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        followed.epoch = wire.epoch;
+        followed.seq = wire.seq.unwrap_or(0);
+        self.epoch = self.epoch.max(wire.epoch);
+        followed.quote = Quote::new(symbol.clone());
+        if let Some(values) = wire.quote.and_then(quote_values) {
+            followed.quote.apply(&values);
+        }
+        self.outputs
+            .push_back(FollowerOutput::Quote(followed.quote.clone()));
+        let bar = wire
+            .bar
+            .and_then(|bar| serde_json::from_value::<WireBarState>(bar).ok());
+        if let Some(state) = bar {
+            self.outputs.push_back(FollowerOutput::Bar {
+                symbol: symbol.clone(),
+                timeframe: Arc::from(state.timeframe),
+                bar: state.bar.bar(),
+                closed: state.closed,
+            });
         }
     }
 
@@ -570,33 +697,14 @@ impl Follower {
             .and_then(|text| parse(text).ok())
             .filter(|wire| wire.kind == "snapshot");
         match snapshot {
-            Some(wire) => {
-                followed.epoch = wire.epoch;
-                followed.seq = wire.seq.unwrap_or(0);
-                self.epoch = self.epoch.max(wire.epoch);
-                followed.quote = Quote::new(symbol.clone());
-                if let Some(values) = wire.quote.and_then(quote_values) {
-                    followed.quote.apply(&values);
-                }
-                self.outputs
-                    .push_back(FollowerOutput::Quote(followed.quote.clone()));
-                let bar = wire
-                    .bar
-                    .and_then(|bar| serde_json::from_value::<WireBarState>(bar).ok());
-                if let Some(state) = bar {
-                    self.outputs.push_back(FollowerOutput::Bar {
-                        symbol: symbol.clone(),
-                        timeframe: Arc::from(state.timeframe),
-                        bar: state.bar.bar(),
-                        closed: state.closed,
-                    });
-                }
-            }
+            Some(wire) => self.adopt(&symbol, wire),
             None => {
                 // Nothing stored: follow from whatever comes next (a first message of an
                 // epoch, seq 1, carries every field).
-                followed.epoch = 0;
-                followed.seq = 0;
+                if let Some(followed) = self.symbols.get_mut(&symbol) {
+                    followed.epoch = 0;
+                    followed.seq = 0;
+                }
             }
         }
         self.outputs

@@ -382,6 +382,9 @@ pub struct Hub {
     symbols: BTreeMap<Arc<str>, SymbolState>,
     next_id: u64,
     upstream_state: State,
+    /// The relay cannot reach its cluster's store: reported as `degraded` whatever the
+    /// upstream state is.
+    degraded: bool,
     status_frame: Bytes,
     outputs: VecDeque<HubOutput>,
     /// The earliest deadline known (keepalive, slow consumer, linger); may be early.
@@ -411,6 +414,7 @@ impl Hub {
             symbols: BTreeMap::new(),
             next_id: 0,
             upstream_state,
+            degraded: false,
             status_frame: Bytes::from(render::status(upstream_state.as_str())),
             outputs: VecDeque::new(),
             next_check: None,
@@ -1377,7 +1381,46 @@ impl Hub {
             return;
         }
         self.upstream_state = state;
-        self.status_frame = Bytes::from(render::status(state.as_str()));
+        self.announce_status(now);
+    }
+
+    /// The relay lost (true) or regained (false) its cluster's store: while it is lost,
+    /// every connection's status says `"upstream":"degraded"` (the data may be stale or
+    /// stop); then the upstream state again.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use tickwire_core::hub::{Hub, HubConfig, HubOutput};
+    ///
+    /// let now = Instant::now();
+    /// let mut hub = Hub::new(HubConfig::default()).unwrap();
+    /// let conn = hub.connect(now).unwrap();
+    /// while hub.poll_output().is_some() {}
+    /// hub.set_degraded(now, true);
+    /// let Some(HubOutput::Transmit { frame, .. }) = hub.poll_output() else { panic!() };
+    /// assert_eq!(frame.as_str(), r#"{"type":"status","upstream":"degraded"}"#);
+    /// assert!(hub.is_degraded());
+    /// ```
+    pub fn set_degraded(&mut self, now: Instant, degraded: bool) {
+        if degraded == self.degraded {
+            return;
+        }
+        self.degraded = degraded;
+        self.announce_status(now);
+    }
+
+    /// Whether the status reports `degraded` (see [`Hub::set_degraded`]).
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    fn announce_status(&mut self, now: Instant) {
+        let name = if self.degraded {
+            "degraded"
+        } else {
+            self.upstream_state.as_str()
+        };
+        self.status_frame = Bytes::from(render::status(name));
         let mut all: Vec<ConnId> = self.connections.keys().copied().collect();
         all.sort_unstable();
         for conn in all {
@@ -1387,6 +1430,24 @@ impl Hub {
                 tag: SymbolTag::CONTROL,
             };
             self.send_control(conn, frame);
+        }
+    }
+
+    /// The symbol's state was resynchronised from elsewhere (a cluster snapshot): every
+    /// subscriber gets a fresh `snapshot` of it, so none keeps a stale value silently. A
+    /// subscriber that is behind is owed it like any other update.
+    pub fn refresh(&mut self, now: Instant, symbol: &str) {
+        let Some((symbol, state)) = self.symbols.get_key_value(symbol) else {
+            return;
+        };
+        let symbol = symbol.clone();
+        let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
+        let Some(frame) = self.snapshot_frame(now, &symbol) else {
+            return;
+        };
+        for conn in subscribers {
+            self.deliver(now, conn, &symbol, frame.clone());
+            self.paced_sent(now, conn, &symbol);
         }
     }
 

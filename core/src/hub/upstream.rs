@@ -392,6 +392,65 @@ impl Fanout {
         }
     }
 
+    /// A merged quote from a source other than the feed's events (a cluster's stream): the
+    /// same as an [`Event::Quote`].
+    pub fn handle_quote(&mut self, now: Instant, quote: &crate::client::Quote) {
+        self.hub.handle_quote(now, quote);
+    }
+
+    /// A bar of `symbol`'s carried series from a source other than the feed's events (a
+    /// cluster's stream, which only carries the series the fanout asked for): the same as an
+    /// [`Event::Bar`] of the held series.
+    pub fn handle_bar(
+        &mut self,
+        now: Instant,
+        symbol: &str,
+        timeframe: &Arc<str>,
+        bar: &crate::message::Bar,
+        closed: bool,
+    ) {
+        if self.series.contains_key(symbol) {
+            self.hub.handle_bar(now, symbol, timeframe, bar, closed);
+        } else {
+            self.counters.stale_bars = self.counters.stale_bars.saturating_add(1);
+        }
+    }
+
+    /// The source rejected `symbol` (a cluster's stream): the same as an
+    /// [`Event::QuoteError`].
+    pub fn handle_symbol_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        if let Some(series) = self.series.remove(symbol) {
+            self.series_to_close.push(series);
+        }
+        self.hub.handle_symbol_error(now, symbol, reason);
+    }
+
+    /// The source refused `symbol`'s bar series (a cluster's stream): the same as an
+    /// [`Event::SeriesError`] of the held series.
+    pub fn handle_series_error(&mut self, now: Instant, symbol: &str, reason: &str) {
+        if self.series.remove(symbol).is_some() {
+            self.counters.series_refused = self.counters.series_refused.saturating_add(1);
+            self.hub.handle_series_error(now, symbol, reason);
+        }
+    }
+
+    /// The upstream state as another source reports it (a cluster's leader): the same as an
+    /// [`Event::State`].
+    pub fn handle_upstream_state(&mut self, now: Instant, state: crate::client::State) {
+        self.hub.handle_upstream_state(now, state);
+    }
+
+    /// The cluster store was lost or is back (see [`Hub::set_degraded`]).
+    pub fn set_degraded(&mut self, now: Instant, degraded: bool) {
+        self.hub.set_degraded(now, degraded);
+    }
+
+    /// `symbol` was resynchronised: its subscribers get a fresh snapshot (see
+    /// [`Hub::refresh`]).
+    pub fn refresh(&mut self, now: Instant, symbol: &str) {
+        self.hub.refresh(now, symbol);
+    }
+
     /// When to call [`Fanout::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.hub.poll_timeout()
