@@ -715,7 +715,11 @@ async fn run_websocket(
     )
     .await;
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
-    let open = shared.stats.open.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let open = shared
+        .stats
+        .open
+        .fetch_add(1, Ordering::Relaxed)
+        .saturating_add(1);
     shared.stats.peak_open.fetch_max(open, Ordering::Relaxed);
     shared.event(ConnectionEvent::Open { connection: number });
     let mut connection = Connection::new(ws, number, faults, &shared);

@@ -800,6 +800,20 @@ async fn nothing_listening_is_reported_down() {
 }
 
 #[tokio::test]
+async fn rediss_attempts_tls_and_a_stalled_handshake_is_down() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // A TLS handshake against a plaintext server: the rustls path runs (its crypto provider
+    // is found, nothing panics), the server never answers the ClientHello, and the link's
+    // timeout turns that into Down rather than a hang.
+    let url = format!("rediss://127.0.0.1:{}/0", server.port());
+    let mut node = Node::start(&url, "c", 64, Duration::from_millis(300));
+    let reason = node.down().await;
+    assert_eq!(reason, format!("{url}: connecting: no answer within 300ms"));
+}
+
+#[tokio::test]
 async fn closing_the_link_closes_its_connections_and_reports_nothing() {
     let Some(server) = RedisServer::start() else {
         return;

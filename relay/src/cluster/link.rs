@@ -424,10 +424,11 @@ impl Worker {
     async fn session(&self, mut queue: mpsc::Receiver<StoreRequest>) -> Result<Infallible, Ending> {
         let client = &self.url.client;
         // Every call is timed by `within`, which names what went unanswered. redis-rs's own
-        // response timeout (500 ms unless set) would race it with a vaguer message, or cut a
-        // longer timeout short, so it is off; a timed-out link is dropped whole anyway.
+        // timeouts (1 s to connect, 500 ms to answer, unless set) would race it with a vaguer
+        // message or cut a longer timeout short, so they are off; a timed-out link is dropped
+        // whole anyway.
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
+            .set_connection_timeout(None)
             .set_response_timeout(None);
         let mut commands = self
             .within(
