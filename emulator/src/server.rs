@@ -136,6 +136,9 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// The most WebSocket connections that were open at once, so a test can tell that a
+    /// client (or a cluster of relays) never held two upstream connections at the same time.
+    pub peak_open: AtomicU64,
     /// `qsd` packets handed to the socket (snapshots, deltas and errors).
     pub quotes_sent: AtomicU64,
     /// WebSocket messages sent.
@@ -712,7 +715,12 @@ async fn run_websocket(
     )
     .await;
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
-    shared.stats.open.fetch_add(1, Ordering::Relaxed);
+    let open = shared
+        .stats
+        .open
+        .fetch_add(1, Ordering::Relaxed)
+        .saturating_add(1);
+    shared.stats.peak_open.fetch_max(open, Ordering::Relaxed);
     shared.event(ConnectionEvent::Open { connection: number });
     let mut connection = Connection::new(ws, number, faults, &shared);
     connection.run(&shared).await;

@@ -1,10 +1,12 @@
 //! The emulator's field conditions over loopback, with a raw WebSocket client: market hours,
-//! token rejection and expiry, the close handshake, and heartbeats batched with data.
+//! token rejection and expiry, the close handshake, heartbeats batched with data, and the
+//! count of connections open at once.
 //!
 //! Every wait has a deadline; nothing sleeps for a fixed time.
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -402,4 +404,50 @@ async fn a_heartbeat_shares_a_message_with_data_while_ticks_flow() {
         }
     }
     emulator.shutdown().await;
+}
+
+/// A client whose session has started: the emulator counts a connection as open before it
+/// sends the session id.
+async fn open_client(emulator: &Emulator) -> Client {
+    let mut client = Client::connect(emulator).await;
+    client.until(|packet| packet.contains("session_id")).await;
+    client
+}
+
+/// Waits until the emulator counts no connection as open.
+async fn until_all_closed(emulator: &Emulator) {
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    while emulator.stats().open.load(Ordering::Relaxed) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections still open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn peak_open_counts_the_most_connections_open_at_once() {
+    let emulator = Emulator::start(config()).await.unwrap();
+    let stats = emulator.stats();
+
+    // One after another: never two at once.
+    for _ in 0..3 {
+        let client = open_client(&emulator).await;
+        assert_eq!(stats.open.load(Ordering::Relaxed), 1);
+        drop(client);
+        until_all_closed(&emulator).await;
+    }
+    assert_eq!(stats.peak_open.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.sessions.load(Ordering::Relaxed), 3);
+
+    // Two overlapping: the peak says so, and keeps saying so after they close.
+    let first = open_client(&emulator).await;
+    let second = open_client(&emulator).await;
+    assert_eq!(stats.peak_open.load(Ordering::Relaxed), 2);
+    drop((first, second));
+    until_all_closed(&emulator).await;
+    let _third = open_client(&emulator).await;
+    assert_eq!(stats.open.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.peak_open.load(Ordering::Relaxed), 2);
 }
