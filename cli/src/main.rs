@@ -55,7 +55,7 @@ enum Command {
     /// recovery live, then a summary. No network needed; under a minute.
     Demo(demo::DemoArgs),
     /// Fan live data out to many WebSocket clients, with a live page, metrics and health.
-    Relay(relay::RelayArgs),
+    Relay(Box<relay::RelayArgs>),
     /// Sign in to TradingView once and store the session (mode 0600) for every other command.
     ///
     /// The password comes from a no-echo prompt, TICKWIRE_PASSWORD or standard input, never
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
             Command::History(args) => history::run(args).await,
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Relay(args) => relay::run(args).await,
+            Command::Relay(args) => relay::run(*args).await,
             Command::Login(args) => login::login(args).await,
             Command::Logout(args) => login::logout(args),
             Command::Session(args) => login::show(args).await,

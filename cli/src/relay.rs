@@ -14,7 +14,7 @@ use tickwire_core::hub::{
 };
 use tickwire_core::timeframe::Timeframe;
 use tickwire_emulator::{Emulator, EmulatorConfig};
-use tickwire_relay::{Relay, RelayConfig};
+use tickwire_relay::{ClusterConfig, RedisUrl, Relay, RelayConfig};
 
 use crate::Failure;
 use crate::access::{Access, FallbackArgs};
@@ -101,10 +101,62 @@ pub(crate) struct RelayArgs {
     /// Embedded emulator only: market ticks per second over all symbols.
     #[arg(long, env = "TICKWIRE_RELAY_EMULATOR_RATE", default_value_t = 20.0)]
     emulator_rate: f64,
+    /// Join a cluster of relays through this Redis: redis://HOST:PORT[/DB] (rediss:// for
+    /// TLS). Only one relay of the cluster connects upstream; all serve clients. A password
+    /// belongs in the environment variable, never on the command line (others can read it).
+    #[arg(long, env = "TICKWIRE_RELAY_REDIS", hide_env_values = true, value_name = "URL", value_parser = redis_url)]
+    redis: Option<RedisUrl>,
+    /// The cluster's name (with --redis): it prefixes every Redis key and channel, so several
+    /// clusters can share one Redis.
+    #[arg(long, env = "TICKWIRE_RELAY_CLUSTER", default_value = "tickwire")]
+    cluster: String,
+    /// This relay's id in the cluster (with --redis; letters, digits, '-', '_', '.'); drawn
+    /// from the host name, the process id and the time when omitted.
+    #[arg(long, env = "TICKWIRE_RELAY_ID")]
+    relay_id: Option<String>,
     #[command(flatten)]
     fallback: FallbackArgs,
     #[command(flatten)]
     tuning: TuningArgs,
+}
+
+fn redis_url(text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text)
+}
+
+/// The cluster settings, or why they cannot work.
+fn cluster_config(args: &RelayArgs) -> Result<Option<ClusterConfig>, Failure> {
+    let Some(redis) = &args.redis else {
+        return Ok(None);
+    };
+    // The environment is private to the process; the command line is not.
+    let on_command_line = std::env::args().skip(1).any(|arg| {
+        let value = arg.strip_prefix("--redis=").unwrap_or(&arg);
+        RedisUrl::parse(value).is_ok_and(|url| url.has_password())
+    });
+    if on_command_line {
+        return Err(Failure::Message(
+            "--redis: the URL carries a password; pass it in TICKWIRE_RELAY_REDIS instead of \
+             on the command line, where other users can read it"
+                .to_owned(),
+        ));
+    }
+    let mut cluster = ClusterConfig::new(redis.clone(), &args.cluster)
+        .map_err(|error| Failure::Message(format!("--cluster: {error}")))?;
+    if let Some(id) = &args.relay_id {
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte));
+        if !valid {
+            return Err(Failure::Message(format!(
+                "--relay-id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        cluster.node.lease.relay_id.clone_from(id);
+    }
+    Ok(Some(cluster))
 }
 
 /// `--update-interval`: none, or the pace of subscriptions that name none.
@@ -345,6 +397,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         .with_target(false)
         .try_init();
     let upstream_plan = upstream_plan(&args.bars)?;
+    let cluster = cluster_config(&args)?;
     if !(args.emulator_rate >= 0.0 && args.emulator_rate.is_finite()) {
         return Err(Failure::Message(format!(
             "--emulator-rate {}: expected ticks per second, 0 or more",
@@ -393,6 +446,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         hub,
         upstream_plan,
         page_symbols,
+        cluster,
         ..RelayConfig::default()
     };
     raise_open_file_limit(&config);
@@ -433,8 +487,13 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
 }
 
 /// Completes when the upstream rejected the relay's token for good (a fixed token, or a signed
-/// out session): serving on would only mean retrying a token that will never work.
-async fn token_rejected(feed: &tickwire_driver::Feed, access: &Access) -> Failure {
+/// out session): serving on would only mean retrying a token that will never work. A cluster
+/// relay has no feed of its own to watch (the leader's comes and goes with the lease; one
+/// whose upstream stays unhealthy gives the lease up to another relay).
+async fn token_rejected(feed: Option<&tickwire_driver::Feed>, access: &Access) -> Failure {
+    let Some(feed) = feed else {
+        return std::future::pending().await;
+    };
     loop {
         if let Some(failure) = access.rejected(feed) {
             return failure;

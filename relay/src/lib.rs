@@ -29,10 +29,6 @@
 //! # }
 //! ```
 
-#[expect(
-    dead_code,
-    reason = "the relay's cluster mode uses the link in the next step of issue 14"
-)]
 mod cluster;
 mod connection;
 mod http;
@@ -51,8 +47,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
+pub use cluster::link::RedisUrl;
+use cluster::link::{Link, LinkCounters, LinkEvent};
+use tickwire_core::cluster::{ClusterNameError, Keys, Node, NodeConfig, NodeOutput};
 use tickwire_core::hub::{
-    CloseReason, ConnId, Fanout, FanoutOutput, HubConfig, Refused, UpstreamPlan,
+    CloseReason, ConnId, Fanout, FanoutOutput, HubConfig, Refused, UpstreamFeed, UpstreamPlan,
 };
 use tickwire_driver::{Config, Event, Feed, Options};
 use tokio::net::{TcpListener, TcpSocket};
@@ -94,6 +93,68 @@ pub struct RelayConfig {
     /// once; more wait in the accept backlog. Upgraded WebSockets count against the hub's
     /// `max_connections` instead.
     pub max_http_connections: usize,
+    /// Join a cluster of relays through Redis (see [`ClusterConfig`]); `None` runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A relay's part in a cluster: the Redis that links the relays, and its settings.
+///
+/// Only the relay holding the cluster's lease connects upstream; every relay fans out to its
+/// own clients (see [`tickwire_core::cluster`] for the decisions and the README's "Scaling
+/// out" for the keys and messages).
+///
+/// ```
+/// use tickwire_relay::{ClusterConfig, RedisUrl};
+///
+/// let redis = RedisUrl::parse("redis://user:secret@127.0.0.1:6379/0").unwrap();
+/// let cluster = ClusterConfig::new(redis, "prod-eu").unwrap();
+/// assert!(!format!("{cluster:?}").contains("secret"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where Redis is; its password never appears in logs or `Debug` output.
+    pub redis: RedisUrl,
+    /// The cluster's settings in the core: its keys (named by the cluster), this relay's id
+    /// and the lease and demand timings.
+    pub node: NodeConfig,
+    /// A Redis command (or connection attempt) unanswered this long fails the link.
+    pub redis_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Cluster `name` over `redis`, with a relay id drawn from the host name, the process id
+    /// and the time (unique in practice), and the core's default timings.
+    ///
+    /// # Errors
+    /// The name cannot prefix keys (see [`tickwire_core::cluster::Keys::new`]).
+    pub fn new(redis: RedisUrl, name: &str) -> Result<ClusterConfig, ClusterNameError> {
+        let keys = Keys::new(name)?;
+        let node = NodeConfig::new(keys, &default_relay_id());
+        Ok(ClusterConfig {
+            redis,
+            redis_timeout: node.lease.request_timeout,
+            node,
+        })
+    }
+}
+
+/// `<host>-<pid>-<hex>`: unique across the relays of a cluster without configuration.
+fn default_relay_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| {
+            name.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(32)
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
 impl Default for RelayConfig {
@@ -110,6 +171,7 @@ impl Default for RelayConfig {
             close_timeout: Duration::from_secs(2),
             http_header_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
+            cluster: None,
         }
     }
 }
@@ -143,6 +205,9 @@ enum Command {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+    Health {
+        reply: oneshot::Sender<(bool, String)>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -151,9 +216,7 @@ enum Command {
 /// State shared by the HTTP handlers.
 struct AppState {
     commands: mpsc::Sender<Command>,
-    feed: Feed,
     symbols_json: String,
-    connections: Arc<AtomicUsize>,
     latency: Arc<LatencyHistogram>,
     max_websocket_message_bytes: usize,
     /// Written frames a writer reports at once (half the hub's send window).
@@ -171,7 +234,9 @@ pub struct Relay {
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     hub_task: JoinHandle<()>,
-    feed: Feed,
+    /// The upstream feed of a relay that runs alone (in a cluster it comes and goes with the
+    /// lease, inside the hub task).
+    feed: Option<Feed>,
 }
 
 impl std::fmt::Debug for Command {
@@ -203,16 +268,62 @@ impl Relay {
     /// pairing with the upstream client's limits is invalid ([`std::io::ErrorKind::InvalidInput`],
     /// with the reason).
     pub async fn start(config: RelayConfig) -> std::io::Result<Relay> {
-        let fanout = Fanout::new(
-            config.hub.clone(),
-            config.upstream_plan.clone(),
-            &config.upstream,
-        )
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let invalid = |error: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, error);
+        let engine = match &config.cluster {
+            None => {
+                let fanout = Fanout::new(
+                    config.hub.clone(),
+                    config.upstream_plan.clone(),
+                    &config.upstream,
+                )
+                .map_err(|error| invalid(error.to_string()))?;
+                Engine::Single {
+                    fanout: Box::new(fanout),
+                    feed: None,
+                }
+            }
+            Some(cluster) => {
+                let node = Node::new(
+                    cluster.node.clone(),
+                    config.hub.clone(),
+                    config.upstream_plan.clone(),
+                    &config.upstream,
+                    Instant::now(),
+                )
+                .map_err(|error| invalid(error.to_string()))?;
+                tracing::info!(
+                    cluster = %cluster.node.keys,
+                    relay = %cluster.node.lease.relay_id,
+                    redis = %cluster.redis,
+                    "joining the cluster"
+                );
+                Engine::Cluster(Box::new(ClusterEngine {
+                    node,
+                    feed: None,
+                    link: None,
+                    redis: cluster.redis.clone(),
+                    keys: cluster.node.keys.clone(),
+                    redis_timeout: cluster.redis_timeout,
+                    upstream: config.upstream.clone(),
+                    options: config.upstream_options.clone(),
+                    retired: LinkCounters::default(),
+                }))
+            }
+        };
         let listener = listener(&config)?;
         let addr = listener.local_addr()?;
-        let feed =
-            tickwire_tokio::connect_with(config.upstream.clone(), config.upstream_options.clone());
+        let mut engine = engine;
+        let feed = match &mut engine {
+            Engine::Single { feed, .. } => {
+                let started = tickwire_tokio::connect_with(
+                    config.upstream.clone(),
+                    config.upstream_options.clone(),
+                );
+                *feed = Some(started.clone());
+                Some(started)
+            }
+            Engine::Cluster(_) => None,
+        };
         let (commands, command_rx) = mpsc::channel(8192);
         let connections = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(LatencyHistogram::default());
@@ -225,9 +336,7 @@ impl Relay {
         }
         let state = Arc::new(AppState {
             commands: commands.clone(),
-            feed: feed.clone(),
             symbols_json: serde_json::to_string(&page_symbols).unwrap_or_else(|_| "[]".into()),
-            connections: connections.clone(),
             latency: latency.clone(),
             max_websocket_message_bytes: config.max_websocket_message_bytes,
             report_every: config.hub.written_report_every(),
@@ -235,13 +344,14 @@ impl Relay {
         });
         let hub_task = tokio::spawn(
             HubTask {
-                fanout,
-                feed: feed.clone(),
+                engine,
                 connections: HashMap::new(),
                 close_timeout: config.close_timeout,
                 open: connections,
                 latency,
                 http: http_stats.clone(),
+                feed_swap: None,
+                new_link_events: None,
             }
             .run(command_rx),
         );
@@ -274,9 +384,10 @@ impl Relay {
         self.addr
     }
 
-    /// The upstream feed (for its status).
-    pub fn feed(&self) -> &Feed {
-        &self.feed
+    /// The upstream feed (for its status) of a relay that runs alone; `None` in a cluster,
+    /// where the feed comes and goes with the lease.
+    pub fn feed(&self) -> Option<&Feed> {
+        self.feed.as_ref()
     }
 
     /// Closes every client with a close frame (1001, going away), stops listening and closes
@@ -300,8 +411,17 @@ impl Relay {
         {
             self.server.abort();
         }
-        self.hub_task.abort();
-        self.feed.close().await;
+        // In a cluster the hub task ends once Redis has the lease released and the demand
+        // removed (or the close timeout passed).
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.hub_task)
+            .await
+            .is_err()
+        {
+            self.hub_task.abort();
+        }
+        if let Some(feed) = &self.feed {
+            feed.close().await;
+        }
     }
 }
 
@@ -347,55 +467,216 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let status = state.feed.status();
-    let upstream = status.client.state;
-    let live = upstream == tickwire_driver::State::Live;
-    let body = serde_json::json!({
-        "status": if live { "ok" } else { "degraded" },
-        "upstream": upstream.as_str(),
-        "mode": format!("{:?}", status.client.mode).to_lowercase(),
-        "consecutive_failures": status.client.consecutive_failures,
-        "last_failure": status.client.last_failure,
-        "connections": state.connections.load(Ordering::Relaxed),
-        // Real-time or delayed, from the quotes' update_mode (anonymous access is delayed on
-        // many exchanges).
-        "data": status.client.data.summary(),
-        "realtime_symbols": status.client.data.realtime,
-        "delayed_symbols": status.client.data.delayed,
-        "poll_failures": status.client.polling.failures,
-        "token_expires_in_s": status
-            .client
-            .auth
-            .expires_at
-            .map(|at| at.saturating_duration_since(std::time::Instant::now()).as_secs()),
-    });
-    let code = if live {
+    let (reply, report) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::Health { reply })
+        .await
+        .is_err()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let Ok((healthy, body)) = report.await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn websocket(State(state): State<Arc<AppState>>, request: Request) -> Response {
     connection::upgrade(request, state)
 }
 
+/// What decides: a fanout over the relay's own feed, or a cluster node.
+enum Engine {
+    Single {
+        fanout: Box<Fanout>,
+        /// Set once at start.
+        feed: Option<Feed>,
+    },
+    Cluster(Box<ClusterEngine>),
+}
+
+/// A cluster relay's moving parts: the node decides, these carry it out.
+struct ClusterEngine {
+    node: Node,
+    /// Open while the node carries the upstream (it leads).
+    feed: Option<Feed>,
+    link: Option<Link>,
+    redis: RedisUrl,
+    keys: Keys,
+    redis_timeout: Duration,
+    upstream: Config,
+    options: Options,
+    /// What earlier links did not forward.
+    retired: LinkCounters,
+}
+
+impl ClusterEngine {
+    /// Ends the current link (if any), keeping its counters.
+    fn retire_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            let counters = link.counters();
+            self.retired.messages_dropped = self
+                .retired
+                .messages_dropped
+                .saturating_add(counters.messages_dropped);
+            self.retired.messages_oversized = self
+                .retired
+                .messages_oversized
+                .saturating_add(counters.messages_oversized);
+            link.close();
+        }
+    }
+
+    /// Messages the links did not forward, over all links.
+    fn link_counters(&self) -> LinkCounters {
+        let current = self.link.as_ref().map(Link::counters).unwrap_or_default();
+        LinkCounters {
+            messages_dropped: self
+                .retired
+                .messages_dropped
+                .saturating_add(current.messages_dropped),
+            messages_oversized: self
+                .retired
+                .messages_oversized
+                .saturating_add(current.messages_oversized),
+        }
+    }
+}
+
+/// Link events waiting for the hub task: a burst of stream messages is drained in one
+/// wake-up; past this the link waits (and Redis buffers), never the hub.
+const LINK_EVENTS: usize = 4096;
+
+impl Engine {
+    fn fanout(&self) -> &Fanout {
+        match self {
+            Engine::Single { fanout, .. } => fanout,
+            Engine::Cluster(cluster) => cluster.node.fanout(),
+        }
+    }
+
+    fn feed(&self) -> Option<&Feed> {
+        match self {
+            Engine::Single { feed, .. } => feed.as_ref(),
+            Engine::Cluster(cluster) => cluster.feed.as_ref(),
+        }
+    }
+
+    fn connect(&mut self, now: Instant) -> Result<ConnId, Refused> {
+        match self {
+            Engine::Single { fanout, .. } => fanout.connect(now),
+            Engine::Cluster(cluster) => cluster.node.connect(now),
+        }
+    }
+
+    fn disconnect(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.disconnect(now, conn, reason),
+            Engine::Cluster(cluster) => cluster.node.disconnect(now, conn, reason),
+        }
+    }
+
+    fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_text(now, conn, text),
+            Engine::Cluster(cluster) => cluster.node.handle_text(now, conn, text),
+        }
+    }
+
+    fn handle_binary(&mut self, now: Instant, conn: ConnId, bytes: usize) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_binary(now, conn, bytes),
+            Engine::Cluster(cluster) => cluster.node.handle_binary(now, conn, bytes),
+        }
+    }
+
+    fn handle_activity(&mut self, now: Instant, conn: ConnId) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_activity(now, conn),
+            Engine::Cluster(cluster) => cluster.node.handle_activity(now, conn),
+        }
+    }
+
+    fn handle_written(&mut self, now: Instant, conn: ConnId, frames: usize) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_written(now, conn, frames),
+            Engine::Cluster(cluster) => cluster.node.handle_written(now, conn, frames),
+        }
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.shutdown(now),
+            Engine::Cluster(cluster) => cluster.node.shutdown(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Engine::Single { fanout, .. } => fanout.poll_timeout(),
+            Engine::Cluster(cluster) => cluster.node.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_timeout(now),
+            Engine::Cluster(cluster) => cluster.node.handle_timeout(now),
+        }
+    }
+
+    fn handle_feed_event(&mut self, now: Instant, event: &Event) {
+        match self {
+            Engine::Single { fanout, .. } => fanout.handle_event(now, event),
+            Engine::Cluster(cluster) => cluster.node.handle_feed_event(now, event),
+        }
+    }
+
+    fn handle_link_event(&mut self, now: Instant, event: Option<LinkEvent>) {
+        let Engine::Cluster(cluster) = self else {
+            return;
+        };
+        let node = &mut cluster.node;
+        match event {
+            Some(LinkEvent::Connected) => {
+                tracing::info!(redis = %cluster.redis, "linked to Redis");
+                node.handle_store_connected(now);
+            }
+            Some(LinkEvent::Reply(reply)) => node.handle_store_reply(now, reply),
+            Some(LinkEvent::Stream(message)) => node.handle_stream_message(now, &message),
+            Some(LinkEvent::DemandChange(entry)) => node.handle_demand_message(now, &entry),
+            Some(LinkEvent::Down(reason)) => {
+                tracing::warn!(redis = %cluster.redis, %reason, "the Redis link failed");
+                cluster.retire_link();
+                cluster.node.handle_store_failed(now, &reason);
+            }
+            None => {
+                cluster.retire_link();
+                cluster.node.handle_store_failed(now, "the Redis link ended");
+            }
+        }
+    }
+}
+
 /// The one task that owns the hub and its upstream side: everything they decide is carried
 /// out here.
 struct HubTask {
-    fanout: Fanout,
-    feed: Feed,
+    engine: Engine,
     connections: HashMap<ConnId, ConnectionHandle>,
     close_timeout: Duration,
     open: Arc<AtomicUsize>,
     latency: Arc<LatencyHistogram>,
     http: Arc<http::HttpStats>,
+    /// A feed opened (its events) or closed (`None`) during the last flush.
+    feed_swap: Option<Option<tickwire_driver::Events>>,
+    /// A Redis link opened during the last flush: its events.
+    new_link_events: Option<mpsc::Receiver<LinkEvent>>,
 }
 
 struct ConnectionHandle {
@@ -408,11 +689,34 @@ struct ConnectionHandle {
 /// the timers and upstream events.
 const COMMAND_BATCH: usize = 1024;
 
+async fn next_feed_event(events: &mut Option<tickwire_driver::Events>) -> Option<Event> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_link_event(events: &mut Option<mpsc::Receiver<LinkEvent>>) -> Option<LinkEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl HubTask {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut events = self.feed.events();
+        let mut events = self.engine.feed().map(Feed::events);
+        let mut link_events: Option<mpsc::Receiver<LinkEvent>> = None;
+        // A cluster node's first outputs (its Redis link) go out before anything happens.
+        self.flush();
         loop {
-            let deadline = self.fanout.poll_timeout();
+            if let Some(swap) = self.feed_swap.take() {
+                events = swap;
+            }
+            if let Some(new) = self.new_link_events.take() {
+                link_events = Some(new);
+            }
+            let deadline = self.engine.poll_timeout();
             let sleep = async move {
                 match deadline {
                     Some(deadline) => {
@@ -424,26 +728,73 @@ impl HubTask {
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
-                    if self.handle(command) {
+                    let mut stop = self.handle(command);
+                    for _ in 1..COMMAND_BATCH {
+                        if stop {
+                            break;
+                        }
+                        let Ok(command) = commands.try_recv() else { break };
+                        stop = self.handle(command);
+                    }
+                    if stop {
+                        self.flush();
+                        self.finish_cluster(link_events.take()).await;
                         return;
                     }
-                    for _ in 1..COMMAND_BATCH {
-                        let Ok(command) = commands.try_recv() else { break };
-                        if self.handle(command) {
-                            return;
-                        }
-                    }
                 }
-                event = events.next() => {
-                    let Some(event) = event else { break };
+                event = next_feed_event(&mut events) => {
+                    let Some(event) = event else {
+                        if matches!(self.engine, Engine::Single { .. }) {
+                            break;
+                        }
+                        events = None;
+                        continue;
+                    };
                     self.handle_event(event);
-                    while let Some(Some(event)) = events.next().now_or_never() {
+                    while let Some(Some(event)) = events.as_mut().and_then(|e| e.next().now_or_never()) {
                         self.handle_event(event);
                     }
                 }
-                () = sleep => self.fanout.handle_timeout(Instant::now()),
+                link = next_link_event(&mut link_events) => {
+                    let ended = link.is_none() || matches!(link, Some(LinkEvent::Down(_)));
+                    self.engine.handle_link_event(Instant::now(), link);
+                    if ended {
+                        link_events = None;
+                    } else if let Some(receiver) = link_events.as_mut() {
+                        for _ in 1..COMMAND_BATCH {
+                            let Ok(event) = receiver.try_recv() else { break };
+                            let down = matches!(event, LinkEvent::Down(_));
+                            self.engine.handle_link_event(Instant::now(), Some(event));
+                            if down {
+                                link_events = None;
+                                break;
+                            }
+                        }
+                    }
+                }
+                () = sleep => self.engine.handle_timeout(Instant::now()),
             }
             self.flush();
+        }
+    }
+
+    /// After shutdown: a cluster relay waits (a bounded time) for Redis to answer the release
+    /// of the lease and the removal of its demand, so others need not wait for them to expire.
+    async fn finish_cluster(&mut self, link_events: Option<mpsc::Receiver<LinkEvent>>) {
+        let (Some(mut link_events), Engine::Cluster(_)) = (link_events, &self.engine) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        while let Engine::Cluster(cluster) = &mut self.engine
+            && !cluster.node.store_idle()
+        {
+            match tokio::time::timeout_at(deadline, link_events.recv()).await {
+                Ok(Some(LinkEvent::Reply(reply))) => {
+                    cluster.node.handle_store_reply(Instant::now(), reply);
+                }
+                Ok(Some(LinkEvent::Stream(_) | LinkEvent::DemandChange(_))) => {}
+                _ => return,
+            }
         }
     }
 
@@ -456,7 +807,7 @@ impl HubTask {
                 task,
                 reply,
             } => {
-                let result = self.fanout.connect(now);
+                let result = self.engine.connect(now);
                 if result.is_err() {
                     tracing::debug!("refused a client at the connection limit");
                 }
@@ -466,28 +817,37 @@ impl HubTask {
                 }
                 let _ = reply.send(result);
             }
-            Command::Text { conn, text } => self.fanout.handle_text(now, conn, text.as_str()),
-            Command::Binary { conn, bytes } => self.fanout.handle_binary(now, conn, bytes),
-            Command::Activity { conn } => self.fanout.handle_activity(now, conn),
-            Command::Written { conn, frames } => self.fanout.handle_written(now, conn, frames),
+            Command::Text { conn, text } => self.engine.handle_text(now, conn, text.as_str()),
+            Command::Binary { conn, bytes } => self.engine.handle_binary(now, conn, bytes),
+            Command::Activity { conn } => self.engine.handle_activity(now, conn),
+            Command::Written { conn, frames } => self.engine.handle_written(now, conn, frames),
             Command::Disconnected { conn, reason } => {
-                self.fanout.disconnect(now, conn, reason);
+                self.engine.disconnect(now, conn, reason);
                 self.connections.remove(&conn);
             }
             Command::Metrics { reply } => {
+                let feed = self.engine.feed().map(Feed::status);
+                let node = match &self.engine {
+                    Engine::Cluster(cluster) => Some((&cluster.node, cluster.link_counters())),
+                    Engine::Single { .. } => None,
+                };
                 let _ = reply.send(metrics::render(
-                    &self.fanout,
+                    self.engine.fanout(),
                     &self.latency,
                     &self.http,
-                    &self.feed.status(),
+                    feed.as_ref(),
+                    node,
                 ));
+            }
+            Command::Health { reply } => {
+                let _ = reply.send(self.health());
             }
             Command::Shutdown { reply } => {
                 tracing::info!(
-                    clients = self.fanout.hub().connection_count(),
+                    clients = self.engine.fanout().hub().connection_count(),
                     "shutting down: closing every client"
                 );
-                self.fanout.shutdown(now);
+                self.engine.shutdown(now);
                 self.flush();
                 let tasks: Vec<AbortHandle> = self
                     .connections
@@ -511,6 +871,54 @@ impl HubTask {
             }
         }
         false
+    }
+
+    /// `/healthz`: 200 while the data flows (the upstream is live and, in a cluster, Redis is
+    /// reachable), 503 otherwise, with what a probe or an operator wants to see.
+    fn health(&self) -> (bool, String) {
+        let hub = self.engine.fanout().hub();
+        let degraded = hub.is_degraded();
+        let state = hub.upstream_state();
+        let live = state == tickwire_driver::State::Live && !degraded;
+        let mut body = serde_json::json!({
+            "status": if live { "ok" } else { "degraded" },
+            "upstream": if degraded { "degraded" } else { state.as_str() },
+            "connections": self.open.load(Ordering::Relaxed),
+        });
+        if let Some(status) = self.engine.feed().map(Feed::status) {
+            body["mode"] = format!("{:?}", status.client.mode).to_lowercase().into();
+            body["consecutive_failures"] = status.client.consecutive_failures.into();
+            body["last_failure"] = serde_json::json!(status.client.last_failure);
+            // Real-time or delayed, from the quotes' update_mode (anonymous access is delayed
+            // on many exchanges).
+            body["data"] = status.client.data.summary().into();
+            body["realtime_symbols"] = status.client.data.realtime.into();
+            body["delayed_symbols"] = status.client.data.delayed.into();
+            body["poll_failures"] = status.client.polling.failures.into();
+            body["token_expires_in_s"] = serde_json::json!(
+                status
+                    .client
+                    .auth
+                    .expires_at
+                    .map(|at| at.saturating_duration_since(Instant::now()).as_secs())
+            );
+        }
+        if let Engine::Cluster(cluster) = &self.engine {
+            let node = &cluster.node;
+            let (role, epoch) = match node.role() {
+                tickwire_core::cluster::Role::Leader { epoch } => ("leader", Some(epoch)),
+                tickwire_core::cluster::Role::Follower => ("follower", None),
+            };
+            body["cluster"] = serde_json::json!({
+                "name": cluster.keys.to_string(),
+                "relay": node.lease().config().relay_id,
+                "role": role,
+                "epoch": epoch.unwrap_or(node.follower().epoch()),
+                "redis": node.store_state().as_str(),
+                "carries_upstream": node.carries_upstream(),
+            });
+        }
+        (live, body.to_string())
     }
 
     fn handle_event(&mut self, event: Event) {
@@ -537,42 +945,82 @@ impl HubTask {
             }
             _ => {}
         }
-        self.fanout.handle_event(now, &event);
+        self.engine.handle_feed_event(now, &event);
     }
 
-    /// Carries out everything the hub decided; its upstream changes go to the feed during the
-    /// drain.
+    /// Carries out everything the hub (or the cluster node) decided; upstream changes go to
+    /// the feed during the drain.
     fn flush(&mut self) {
         let now = Instant::now();
         let (upstream_before, series_before) = (
-            self.fanout.counters().quotes_subscribed,
-            self.fanout.counters().series_opened,
+            self.engine.fanout().counters().quotes_subscribed,
+            self.engine.fanout().counters().series_opened,
         );
-        while let Some(output) = self.fanout.poll_output(now, &mut self.feed) {
-            match output {
-                FanoutOutput::Transmit { conn, frame } => {
-                    if let Some(handle) = self.connections.get(&conn) {
-                        handle.writer.transmit(conn, frame);
-                    }
-                }
-                FanoutOutput::Close { conn, reason } => {
-                    if reason != CloseReason::Shutdown {
-                        tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
-                    }
-                    if let Some(handle) = self.connections.remove(&conn) {
-                        handle.writer.close(conn, reason);
-                        // A client that cannot take the close frame in time is dropped.
-                        let task = handle.task;
-                        let close_timeout = self.close_timeout;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(close_timeout).await;
-                            task.abort();
-                        });
-                    }
+        match &mut self.engine {
+            Engine::Single { fanout, feed } => {
+                let Some(feed) = feed.as_mut() else {
+                    return;
+                };
+                while let Some(output) = fanout.poll_output(now, feed) {
+                    downstream(&mut self.connections, self.close_timeout, output);
                 }
             }
+            Engine::Cluster(cluster) => loop {
+                let upstream = cluster
+                    .feed
+                    .as_mut()
+                    .map(|feed| feed as &mut dyn UpstreamFeed);
+                let Some(output) = cluster.node.poll_output(now, upstream) else {
+                    break;
+                };
+                match output {
+                    NodeOutput::Downstream(output) => {
+                        downstream(&mut self.connections, self.close_timeout, output);
+                    }
+                    NodeOutput::Store(request) => {
+                        let sent = cluster
+                            .link
+                            .as_ref()
+                            .is_some_and(|link| link.send(request).is_ok());
+                        if !sent {
+                            // The node backs off and reconnects; this link is done.
+                            cluster.retire_link();
+                            cluster
+                                .node
+                                .handle_store_failed(now, "the Redis link is gone or full");
+                        }
+                    }
+                    NodeOutput::ConnectStore => {
+                        let (sender, receiver) = mpsc::channel(LINK_EVENTS);
+                        cluster.retire_link();
+                        cluster.link = Some(cluster::link::connect(
+                            &cluster.redis,
+                            cluster.keys.clone(),
+                            sender,
+                            cluster.redis_timeout,
+                        ));
+                        self.new_link_events = Some(receiver);
+                    }
+                    NodeOutput::OpenUpstream => {
+                        tracing::info!("leading the cluster: connecting upstream");
+                        let feed = tickwire_tokio::connect_with(
+                            cluster.upstream.clone(),
+                            cluster.options.clone(),
+                        );
+                        self.feed_swap = Some(Some(feed.events()));
+                        cluster.feed = Some(feed);
+                    }
+                    NodeOutput::CloseUpstream => {
+                        tracing::info!("no longer leading the cluster: closing the upstream feed");
+                        if let Some(feed) = cluster.feed.take() {
+                            tokio::spawn(async move { feed.close().await });
+                        }
+                        self.feed_swap = Some(None);
+                    }
+                }
+            },
         }
-        let counters = self.fanout.counters();
+        let counters = self.engine.fanout().counters();
         if counters.quotes_subscribed != upstream_before || counters.series_opened != series_before
         {
             tracing::debug!(
@@ -581,8 +1029,39 @@ impl HubTask {
                 "subscribed upstream"
             );
         }
-        self.open
-            .store(self.fanout.hub().connection_count(), Ordering::Relaxed);
+        self.open.store(
+            self.engine.fanout().hub().connection_count(),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Carries out one downstream output.
+fn downstream(
+    connections: &mut HashMap<ConnId, ConnectionHandle>,
+    close_timeout: Duration,
+    output: FanoutOutput,
+) {
+    match output {
+        FanoutOutput::Transmit { conn, frame } => {
+            if let Some(handle) = connections.get(&conn) {
+                handle.writer.transmit(conn, frame);
+            }
+        }
+        FanoutOutput::Close { conn, reason } => {
+            if reason != CloseReason::Shutdown {
+                tracing::info!(%conn, reason = %reason.as_str(), "closing a client");
+            }
+            if let Some(handle) = connections.remove(&conn) {
+                handle.writer.close(conn, reason);
+                // A client that cannot take the close frame in time is dropped.
+                let task = handle.task;
+                tokio::spawn(async move {
+                    tokio::time::sleep(close_timeout).await;
+                    task.abort();
+                });
+            }
+        }
     }
 }
 

@@ -4,9 +4,11 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tickwire_core::cluster::{Node, Role};
 use tickwire_core::hub::{CloseReason, Fanout, SymbolCounters};
 use tickwire_driver::FeedStatus;
 
+use super::cluster::link::LinkCounters;
 use super::http::HttpStats;
 
 /// Upper bounds of the broadcast-latency buckets, in seconds.
@@ -100,7 +102,8 @@ pub(crate) fn render(
     fanout: &Fanout,
     latency: &LatencyHistogram,
     http: &HttpStats,
-    upstream: &FeedStatus,
+    upstream: Option<&FeedStatus>,
+    cluster: Option<(&Node, LinkCounters)>,
 ) -> String {
     let mut out = String::with_capacity(4096);
     let hub = fanout.hub();
@@ -305,13 +308,18 @@ pub(crate) fn render(
     );
     latency.render(&mut out, "tickwire_relay_broadcast_latency_seconds");
 
-    let client = &upstream.client;
     header(
         &mut out,
         "tickwire_relay_upstream_state",
         "gauge",
-        "1 for the upstream connection's current state.",
+        "1 for the upstream state clients are told (in a cluster, the leader's; degraded while \
+         Redis is unreachable).",
     );
+    let told = if hub.is_degraded() {
+        "degraded"
+    } else {
+        hub.upstream_state().as_str()
+    };
     for state in [
         "idle",
         "connecting",
@@ -319,49 +327,200 @@ pub(crate) fn render(
         "backing_off",
         "circuit_open",
         "closed",
+        "degraded",
     ] {
-        let value = u8::from(client.state.as_str() == state);
+        let value = u8::from(told == state);
         let _ = writeln!(
             out,
             "tickwire_relay_upstream_state{{state=\"{state}\"}} {value}"
         );
     }
+    if let Some(upstream) = upstream {
+        feed_metrics(&mut out, upstream);
+    }
+    if let Some((node, link)) = cluster {
+        cluster_metrics(&mut out, node, link);
+    }
+    out
+}
+
+/// The upstream feed this relay holds (always when alone; while it leads, in a cluster).
+fn feed_metrics(out: &mut String, upstream: &FeedStatus) {
+    let client = &upstream.client;
     single(
-        &mut out,
+        out,
         "tickwire_relay_upstream_connections_total",
         "counter",
         "Upstream connections opened (the first one plus every reconnect).",
         client.counters.connections,
     );
     single(
-        &mut out,
+        out,
         "tickwire_relay_upstream_reconnects_total",
         "counter",
         "Upstream connections opened after the first.",
         client.counters.connections.saturating_sub(1),
     );
     single(
-        &mut out,
+        out,
         "tickwire_relay_upstream_connection_attempts_total",
         "counter",
         "Upstream connection attempts.",
         client.counters.connection_attempts,
     );
     single(
-        &mut out,
+        out,
         "tickwire_relay_upstream_consecutive_failures",
         "gauge",
         "Upstream attempts failed in a row.",
         client.consecutive_failures,
     );
     single(
-        &mut out,
+        out,
         "tickwire_relay_upstream_packets_total",
         "counter",
         "Packets received from upstream.",
         client.counters.packets,
     );
-    out
+}
+
+/// The relay's part in its cluster.
+fn cluster_metrics(out: &mut String, node: &Node, link: LinkCounters) {
+    let (leader, epoch) = match node.role() {
+        Role::Leader { epoch } => (true, epoch),
+        Role::Follower => (false, node.follower().epoch()),
+    };
+    header(
+        out,
+        "tickwire_relay_cluster_role",
+        "gauge",
+        "1 for this relay's role in the cluster.",
+    );
+    let _ = writeln!(
+        out,
+        "tickwire_relay_cluster_role{{role=\"leader\"}} {}",
+        u8::from(leader)
+    );
+    let _ = writeln!(
+        out,
+        "tickwire_relay_cluster_role{{role=\"follower\"}} {}",
+        u8::from(!leader)
+    );
+    single(
+        out,
+        "tickwire_relay_cluster_epoch",
+        "gauge",
+        "The fencing epoch held (leader) or last followed (follower).",
+        epoch,
+    );
+    header(
+        out,
+        "tickwire_relay_cluster_redis_state",
+        "gauge",
+        "1 for the state of the link to Redis.",
+    );
+    let redis = node.store_state().as_str();
+    for state in ["up", "connecting", "down"] {
+        let _ = writeln!(
+            out,
+            "tickwire_relay_cluster_redis_state{{state=\"{state}\"}} {}",
+            u8::from(redis == state)
+        );
+    }
+    single(
+        out,
+        "tickwire_relay_cluster_carries_upstream",
+        "gauge",
+        "1 while this relay holds the upstream feed.",
+        u8::from(node.carries_upstream()),
+    );
+    let counters = node.counters();
+    let follower = node.follower().counters();
+    let lease = node.lease().counters();
+    let totals = [
+        (
+            "tickwire_relay_cluster_published_total",
+            "Stream messages this relay published as leader.",
+            counters.published,
+        ),
+        (
+            "tickwire_relay_cluster_publishes_fenced_total",
+            "Publishes Redis refused because a newer leader's epoch was stored.",
+            counters.publishes_fenced,
+        ),
+        (
+            "tickwire_relay_cluster_publishes_coalesced_total",
+            "Changes sent later as one snapshot message because Redis was behind.",
+            counters.publishes_coalesced,
+        ),
+        (
+            "tickwire_relay_cluster_received_total",
+            "Stream messages followed.",
+            follower.received,
+        ),
+        (
+            "tickwire_relay_cluster_stale_messages_total",
+            "Stream messages of a deposed leader (an older epoch), ignored.",
+            follower.stale,
+        ),
+        (
+            "tickwire_relay_cluster_sequence_gaps_total",
+            "Gaps in a symbol's stream sequence.",
+            follower.gaps,
+        ),
+        (
+            "tickwire_relay_cluster_resyncs_total",
+            "Snapshots read from Redis to resynchronise a symbol.",
+            follower.resyncs,
+        ),
+        (
+            "tickwire_relay_cluster_malformed_messages_total",
+            "Stream messages that could not be read.",
+            follower.malformed,
+        ),
+        (
+            "tickwire_relay_cluster_lease_takeovers_total",
+            "Times this relay took the lease.",
+            lease.acquired,
+        ),
+        (
+            "tickwire_relay_cluster_lease_step_downs_total",
+            "Times this relay stopped holding the lease.",
+            lease.stepped_down,
+        ),
+        (
+            "tickwire_relay_cluster_redis_connects_total",
+            "Links to Redis opened.",
+            counters.store_connects,
+        ),
+        (
+            "tickwire_relay_cluster_redis_failures_total",
+            "Links to Redis that failed.",
+            counters.store_failures,
+        ),
+        (
+            "tickwire_relay_cluster_dropped_messages_total",
+            "Stream messages dropped because the relay was behind (resynchronised from \
+             snapshots) or oversized.",
+            link.messages_dropped
+                .saturating_add(link.messages_oversized),
+        ),
+        (
+            "tickwire_relay_cluster_bad_demand_entries_total",
+            "Demand entries in Redis that could not be read.",
+            counters.demand_entries_bad,
+        ),
+    ];
+    for (name, help, value) in totals {
+        single(out, name, "counter", help, value);
+    }
+    single(
+        out,
+        "tickwire_relay_cluster_relays",
+        "gauge",
+        "Relays with live demand entries, this one included.",
+        node.demand().relays().count(),
+    );
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 //! `support/redis.rs`). Every wait has a deadline.
 #![cfg(unix)]
 
+// The link is the crate's own (`pub(crate)`); compiled here as a module of the test, its
+// `pub` items (re-exported by the crate) reach nothing and some go unused.
+#[allow(unreachable_pub, dead_code)]
 #[path = "../src/cluster/link.rs"]
 mod link;
 mod support;

@@ -135,7 +135,7 @@ return 1
 /// `redis[s]://[user][:password@]host[:port][/db]`. Its `Debug` and `Display` show the
 /// password as `***`.
 #[derive(Clone)]
-pub(crate) struct RedisUrl {
+pub struct RedisUrl {
     client: Client,
     /// The URL with its password redacted.
     shown: String,
@@ -149,7 +149,7 @@ impl RedisUrl {
     /// # Errors
     /// A message for a URL that is not `redis://` or `rediss://` or does not parse; it never
     /// contains the URL's password.
-    pub(crate) fn parse(text: &str) -> Result<RedisUrl, String> {
+    pub fn parse(text: &str) -> Result<RedisUrl, String> {
         let scheme = text
             .split_once("://")
             .map(|(scheme, _)| scheme.to_ascii_lowercase());
@@ -182,6 +182,13 @@ impl RedisUrl {
             Some(password) if !password.is_empty() => text.replace(password, "***"),
             _ => text.to_owned(),
         }
+    }
+}
+
+impl RedisUrl {
+    /// Whether the URL carries a password (which must then stay off command lines).
+    pub fn has_password(&self) -> bool {
+        self.password.as_deref().is_some_and(|password| !password.is_empty())
     }
 }
 
