@@ -46,9 +46,9 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::{FutureExt, StreamExt};
 pub use cluster::link::RedisUrl;
 use cluster::link::{Link, LinkCounters, LinkEvent};
+use futures::{FutureExt, StreamExt};
 use tickwire_core::cluster::{ClusterNameError, Keys, Node, NodeConfig, NodeOutput};
 use tickwire_core::hub::{
     CloseReason, ConnId, Fanout, FanoutOutput, HubConfig, Refused, UpstreamFeed, UpstreamPlan,
@@ -658,7 +658,9 @@ impl Engine {
             }
             None => {
                 cluster.retire_link();
-                cluster.node.handle_store_failed(now, "the Redis link ended");
+                cluster
+                    .node
+                    .handle_store_failed(now, "the Redis link ended");
             }
         }
     }

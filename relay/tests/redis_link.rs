@@ -113,10 +113,15 @@ impl Node {
     }
 
     async fn acquire(&mut self, relay: &str, ttl: Duration) -> LeaseReply {
+        self.acquire_above(relay, ttl, 0).await
+    }
+
+    async fn acquire_above(&mut self, relay: &str, ttl: Duration, floor: u64) -> LeaseReply {
         let reply = self
             .ask(StoreRequest::AcquireLease {
                 relay: relay.to_owned(),
                 ttl,
+                floor,
             })
             .await;
         let StoreReply::Lease(reply) = reply else {
@@ -318,6 +323,29 @@ async fn the_lease_is_exclusive_renewed_only_by_its_holder_and_epochs_grow() {
     assert_eq!(
         a.ask(renew("a 3", ttl)).await,
         StoreReply::Lease(LeaseReply::Lost)
+    );
+
+    // A relay that has seen a higher epoch (the store restarted empty since) gets one above
+    // it; a lower floor changes nothing.
+    assert_eq!(
+        b.ask(release("b 4")).await,
+        StoreReply::Lease(LeaseReply::Released)
+    );
+    assert_eq!(
+        a.acquire_above("a", ttl, 10).await,
+        LeaseReply::Acquired { epoch: 11 }
+    );
+    assert_eq!(
+        a.ask(release("a 11")).await,
+        StoreReply::Lease(LeaseReply::Released)
+    );
+    assert_eq!(
+        b.acquire_above("b", ttl, 3).await,
+        LeaseReply::Acquired { epoch: 12 }
+    );
+    assert_eq!(
+        b.ask(release("b 12")).await,
+        StoreReply::Lease(LeaseReply::Released)
     );
 
     // A lease without an expiry (someone set it by hand): held, for an unknown time.

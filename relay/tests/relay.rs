@@ -755,12 +755,24 @@ async fn relay_clients_get_polled_quotes_while_the_upstream_refuses_upgrades() {
         .await;
     assert!(wanted.contains(&polled["symbol"].as_str().unwrap().to_owned()));
     assert_eq!(
-        relay.feed().expect("a relay alone has its feed").status().client.mode,
+        relay
+            .feed()
+            .expect("a relay alone has its feed")
+            .status()
+            .client
+            .mode,
         tickwire_core::client::Mode::Polling
     );
     emulator.refuse_upgrades(None);
     let deadline = Instant::now() + WAIT;
-    while relay.feed().expect("a relay alone has its feed").status().client.mode != tickwire_core::client::Mode::Streaming {
+    while relay
+        .feed()
+        .expect("a relay alone has its feed")
+        .status()
+        .client
+        .mode
+        != tickwire_core::client::Mode::Streaming
+    {
         assert!(Instant::now() < deadline, "the stream never took over");
         client.until("quotes", |_| true).await;
     }

@@ -301,6 +301,8 @@ pub struct Node {
     leader_state: State,
     last_heard: Instant,
     leader_silent: bool,
+    /// The highest epoch seen (followed, held or published with): the floor of the next one.
+    highest_epoch: u64,
     outputs: VecDeque<NodeOutput>,
     rng: fastrand::Rng,
     counters: NodeCounters,
@@ -365,6 +367,7 @@ impl Node {
             leader_state: State::Connecting,
             last_heard: now,
             leader_silent: true,
+            highest_epoch: 0,
             outputs: VecDeque::from([NodeOutput::ConnectStore]),
             rng,
             counters: NodeCounters::default(),
@@ -533,6 +536,9 @@ impl Node {
             }
             self.next_demand_read = Some(now);
         } else {
+            // A store restarted empty may hand out lower epochs than before (the floor only
+            // helps when the next leader saw the highest): the stored fence decides from now.
+            self.stream.follower.forget_epochs();
             self.stream.follower.resync_all();
         }
         let waiting: Vec<Arc<str>> = std::mem::take(&mut self.reads_waiting)
@@ -703,6 +709,7 @@ impl Node {
         let received = self.stream.follower.counters().received;
         // A malformed message is counted by the follower and changes nothing.
         let _ = self.stream.follower.handle_message(text);
+        self.highest_epoch = self.highest_epoch.max(self.stream.follower.epoch());
         if self.stream.follower.counters().received != received {
             self.last_heard = now;
             if self.leader_silent {
@@ -797,6 +804,7 @@ impl Node {
                     LeaseRequest::Acquire => StoreRequest::AcquireLease {
                         relay: self.relay_id.clone(),
                         ttl: self.config.lease.ttl,
+                        floor: self.highest_epoch,
                     },
                     LeaseRequest::Renew { epoch } => StoreRequest::RenewLease {
                         value: self.lease.value(epoch),
@@ -824,6 +832,7 @@ impl Node {
         }
         match role {
             Role::Leader { epoch } => {
+                self.highest_epoch = self.highest_epoch.max(epoch);
                 match &mut self.carrier {
                     Some(carrier) => {
                         // Carrying already (for our own clients while the store was away):
@@ -1027,6 +1036,9 @@ impl Node {
     /// Something the upstream feed reported (only while this relay carries it).
     pub fn handle_feed_event(&mut self, now: Instant, event: &Event) {
         let now = self.clock(now);
+        // A relay that was paused must see that its lease ran out before it publishes again.
+        self.lease.handle_timeout(now);
+        self.drive_lease(now);
         let Some(carrier) = &mut self.carrier else {
             return; // a closed feed's last words
         };
@@ -1287,6 +1299,8 @@ impl Node {
             && now >= later(self.last_heard, self.config.leader_silence)
         {
             self.leader_silent = true;
+            // Whatever the silent leader last said no longer holds: the next leader says.
+            self.leader_state = State::Connecting;
             self.fanout.handle_upstream_state(now, State::Connecting);
         }
     }

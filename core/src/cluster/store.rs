@@ -21,14 +21,18 @@ pub enum SnapshotWrite {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreRequest {
     /// Atomically (one script): `SET NAME:leader <relay> NX PX ttl`; if that succeeded,
-    /// `INCR NAME:epoch` and set the lease's value to `"<relay> <epoch>"` with the same TTL,
-    /// answering [`super::LeaseReply::Acquired`]; otherwise answer
-    /// [`super::LeaseReply::Held`] with the key's `PTTL` (`None` when it has none).
+    /// `INCR NAME:epoch` (raised to `floor + 1` if it is not above `floor`) and set the
+    /// lease's value to `"<relay> <epoch>"` with the same TTL, answering
+    /// [`super::LeaseReply::Acquired`]; otherwise answer [`super::LeaseReply::Held`] with
+    /// the key's `PTTL` (`None` when it has none).
     AcquireLease {
         /// This relay's id.
         relay: String,
         /// The lease's TTL.
         ttl: Duration,
+        /// The highest epoch this relay has seen: a store restarted empty must not hand out
+        /// an epoch that an earlier leader already used.
+        floor: u64,
     },
     /// If `GET NAME:leader` is `value`, `PEXPIRE` it to `ttl`: `Renewed`; otherwise `Lost`.
     RenewLease {

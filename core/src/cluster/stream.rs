@@ -508,6 +508,17 @@ impl Follower {
         }
     }
 
+    /// Forgets every epoch seen, so messages of any epoch are followed again (the store came
+    /// back, possibly emptied, and its fence now decides who publishes); call before
+    /// [`Follower::resync_all`].
+    pub fn forget_epochs(&mut self) {
+        self.epoch = 0;
+        for followed in self.symbols.values_mut() {
+            followed.epoch = 0;
+            followed.seq = 0;
+        }
+    }
+
     /// The store lost its state (it restarted empty) or the link to it came back: every
     /// symbol is read again.
     pub fn resync_all(&mut self) {

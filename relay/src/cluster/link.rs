@@ -79,11 +79,16 @@ const MAX_EXPIRY_MS: u64 = 1 << 45;
 
 /// `SET lease NX PX`, then on success the next epoch in the lease's value: one script, so no
 /// other relay can see the lease without its epoch. The epoch is read back with `GET` so it
-/// stays exact as a string (Lua numbers are doubles).
+/// stays exact as a string (Lua numbers are doubles); it is raised above the caller's floor
+/// (the highest epoch it has seen) so a store restarted empty never reuses an epoch.
 const ACQUIRE_LEASE: &str = r"
--- KEYS[1] the lease, KEYS[2] the epoch counter; ARGV[1] the relay id, ARGV[2] the TTL (ms).
+-- KEYS[1] the lease, KEYS[2] the epoch counter; ARGV[1] the relay id, ARGV[2] the TTL (ms),
+-- ARGV[3] the floor plus one.
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('INCR', KEYS[2])
+  local next = redis.call('INCR', KEYS[2])
+  if next < tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[2], ARGV[3])
+  end
   local epoch = redis.call('GET', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
   return {1, epoch}
@@ -188,7 +193,9 @@ impl RedisUrl {
 impl RedisUrl {
     /// Whether the URL carries a password (which must then stay off command lines).
     pub fn has_password(&self) -> bool {
-        self.password.as_deref().is_some_and(|password| !password.is_empty())
+        self.password
+            .as_deref()
+            .is_some_and(|password| !password.is_empty())
     }
 }
 
@@ -562,13 +569,14 @@ impl Worker {
         request: StoreRequest,
     ) -> Result<StoreReply, Ending> {
         match request {
-            StoreRequest::AcquireLease { relay, ttl } => {
+            StoreRequest::AcquireLease { relay, ttl, floor } => {
                 let mut invocation = self.scripts.acquire_lease.prepare_invoke();
                 invocation
                     .key(&self.leader)
                     .key(&self.epoch)
                     .arg(&relay)
-                    .arg(expiry_ms(ttl));
+                    .arg(expiry_ms(ttl))
+                    .arg(floor.saturating_add(1));
                 let (won, value) = self
                     .within(
                         "AcquireLease",
