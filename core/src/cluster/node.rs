@@ -262,6 +262,9 @@ struct Carrier {
     /// Publishing to the store (holding the lease); false while carrying for its own clients
     /// only.
     leading: bool,
+    /// The hub's symbols when this feed opened: their first quote from it is taken whole and
+    /// sent to subscribers as a fresh snapshot.
+    fresh: BTreeSet<Arc<str>>,
     carried: BTreeMap<Arc<str>, Carried>,
     /// Rejected upstream: not asked again while still wanted.
     rejected: BTreeSet<Arc<str>>,
@@ -847,6 +850,7 @@ impl Node {
                         self.carrier = Some(Carrier {
                             publisher: Publisher::new(epoch),
                             leading: true,
+                            fresh: self.stream.local.clone(),
                             carried: BTreeMap::new(),
                             rejected: BTreeSet::new(),
                             to_add: BTreeSet::new(),
@@ -1049,7 +1053,11 @@ impl Node {
                     return;
                 }
                 let published = carrier.publisher.quote(quote);
-                self.fanout.handle_quote(now, quote);
+                if carrier.fresh.remove(&quote.symbol) {
+                    self.fanout.resync(now, quote);
+                } else {
+                    self.fanout.handle_quote(now, quote);
+                }
                 if let Some(published) = published {
                     self.publish_to_store(published);
                 }
@@ -1383,7 +1391,7 @@ impl Node {
                     }
                 }
                 FollowerOutput::ReadSnapshot(symbol) => self.read_snapshot(symbol),
-                FollowerOutput::Refresh(symbol) => self.fanout.refresh(now, &symbol),
+                FollowerOutput::Snapshot(quote) => self.fanout.resync(now, &quote),
             }
         }
         acted

@@ -21,9 +21,10 @@
 //! checks them: a message of an older epoch is a deposed leader's and is ignored; a gap in a
 //! symbol's sequence, or a new epoch whose first message for a symbol is not its `seq` 1,
 //! makes it read the symbol's snapshot ([`FollowerOutput::ReadSnapshot`]) and hold that
-//! symbol's messages (a bounded number) until the snapshot is in; then the relay's hub sends
-//! the symbol's subscribers a fresh snapshot ([`FollowerOutput::Refresh`]), so no client keeps a
-//! stale value silently.
+//! symbol's messages (a bounded number) until the snapshot is in; then the relay's hub takes
+//! the symbol's whole state and sends its subscribers a fresh snapshot
+//! ([`FollowerOutput::Snapshot`]), so no client keeps a stale value silently. A new leader's
+//! first quote of a symbol is taken the same way.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -43,10 +44,15 @@
 //! // A newly wanted symbol's stored snapshot is read first (here the store has none).
 //! assert_eq!(follower.poll_output(), Some(FollowerOutput::ReadSnapshot(Arc::from("X:A"))));
 //! follower.handle_snapshot("X:A", None);
-//! assert_eq!(follower.poll_output(), Some(FollowerOutput::Refresh(Arc::from("X:A"))));
+//! assert_eq!(follower.poll_output(), None);
+//! // The leader's first message of its epoch carries every field: the whole state.
 //! follower.handle_message(published.message.as_bytes()).unwrap();
+//! let Some(FollowerOutput::Snapshot(state)) = follower.poll_output() else { panic!() };
+//! assert_eq!(state.last_price, Some(1.5));
+//! let next = leader.quote(&Quote { last_price: Some(1.75), ..quote }).unwrap();
+//! follower.handle_message(next.message.as_bytes()).unwrap();
 //! let Some(FollowerOutput::Quote(merged)) = follower.poll_output() else { panic!() };
-//! assert_eq!(merged.last_price, Some(1.5));
+//! assert_eq!(merged.last_price, Some(1.75));
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -375,8 +381,10 @@ pub enum FollowerOutput {
     Upstream(State),
     /// Read the symbol's snapshot and hand it to [`Follower::handle_snapshot`].
     ReadSnapshot(Arc<str>),
-    /// The symbol was resynchronised: send its subscribers a fresh snapshot.
-    Refresh(Arc<str>),
+    /// The symbol was resynchronised (a stored snapshot, a `snapshot` message, or a new
+    /// leader's first quote): this is its whole quote state; the hub takes it in place of its
+    /// own and sends every subscriber a fresh snapshot (`Fanout::resync`).
+    Snapshot(Quote),
 }
 
 /// Counters for metrics.
@@ -590,8 +598,6 @@ impl Follower {
         if wire.kind == "snapshot" {
             // Self-contained: it replaces whatever came before, so no gap can hide behind it.
             self.adopt(symbol, wire);
-            self.outputs
-                .push_back(FollowerOutput::Refresh(symbol.clone()));
             return;
         }
         let first_of_epoch = wire.epoch > followed.epoch;
@@ -619,12 +625,16 @@ impl Follower {
             "quote" => {
                 if let Some(data) = wire.data.and_then(quote_values) {
                     if first_of_epoch {
-                        // A new leader's first message carries every field.
+                        // A new leader's first message carries every field: the whole state.
                         followed.quote = Quote::new(symbol.clone());
+                        followed.quote.apply(&data);
+                        self.outputs
+                            .push_back(FollowerOutput::Snapshot(followed.quote.clone()));
+                    } else {
+                        followed.quote.apply(&data);
+                        self.outputs
+                            .push_back(FollowerOutput::Quote(followed.quote.clone()));
                     }
-                    followed.quote.apply(&data);
-                    self.outputs
-                        .push_back(FollowerOutput::Quote(followed.quote.clone()));
                 }
             }
             "bar" => {
@@ -673,8 +683,8 @@ impl Follower {
         if let Some(values) = wire.quote.and_then(quote_values) {
             followed.quote.apply(&values);
         }
-        self.outputs
-            .push_back(FollowerOutput::Quote(followed.quote.clone()));
+        let quote = followed.quote.clone();
+        // The bar first: the snapshot sent for the quote then carries it too.
         let bar = wire
             .bar
             .and_then(|bar| serde_json::from_value::<WireBarState>(bar).ok());
@@ -686,6 +696,7 @@ impl Follower {
                 closed: state.closed,
             });
         }
+        self.outputs.push_back(FollowerOutput::Snapshot(quote));
     }
 
     /// The snapshot read for `symbol`: its stored text, or `None` when the store has none
@@ -718,8 +729,6 @@ impl Follower {
                 }
             }
         }
-        self.outputs
-            .push_back(FollowerOutput::Refresh(symbol.clone()));
         let mut held = held;
         while let Some(text) = held.pop_front() {
             if let Ok(wire) = parse(&text)
@@ -769,7 +778,7 @@ mod tests {
         outputs
             .iter()
             .filter_map(|output| match output {
-                FollowerOutput::Quote(quote) => quote.last_price,
+                FollowerOutput::Quote(quote) | FollowerOutput::Snapshot(quote) => quote.last_price,
                 _ => None,
             })
             .collect()
@@ -784,10 +793,8 @@ mod tests {
             [FollowerOutput::ReadSnapshot(Arc::from("X:A"))]
         );
         follower.handle_snapshot("X:A", None);
-        assert_eq!(
-            drain(&mut follower),
-            [FollowerOutput::Refresh(Arc::from("X:A"))]
-        );
+        // Nothing stored, nothing to take: the first message of an epoch will be.
+        assert_eq!(drain(&mut follower), []);
         follower
     }
 
@@ -829,7 +836,10 @@ mod tests {
         let outputs = drain(&mut follower);
         // The fourth, kept when it showed the gap, and the fifth follow the snapshot.
         assert_eq!(prices(&outputs), [3.0, 4.0, 5.0], "{outputs:?}");
-        assert!(outputs.contains(&FollowerOutput::Refresh(Arc::from("X:A"))));
+        assert!(
+            matches!(&outputs[0], FollowerOutput::Snapshot(state) if state.last_price == Some(3.0)),
+            "the stored state is taken whole first: {outputs:?}"
+        );
         assert_eq!(follower.counters().resyncs, 2);
     }
 
@@ -1002,7 +1012,7 @@ mod tests {
         let _ = drain(&mut late);
         late.handle_snapshot("X:A", Some(snapshot.as_bytes()));
         let outputs = drain(&mut late);
-        let FollowerOutput::Quote(merged) = &outputs[0] else {
+        let FollowerOutput::Snapshot(merged) = &outputs[0] else {
             panic!("{outputs:?}")
         };
         assert_eq!(

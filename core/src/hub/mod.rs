@@ -1433,6 +1433,19 @@ impl Hub {
         }
     }
 
+    /// `quote` is the symbol's whole state from elsewhere (a cluster snapshot, a new leader's
+    /// first quote): it replaces the hub's without a delta, and every subscriber gets a fresh
+    /// `snapshot` of it (see [`Hub::refresh`]).
+    pub fn resync(&mut self, now: Instant, quote: &Quote) {
+        self.counters.updates_received = self.counters.updates_received.saturating_add(1);
+        let Some(state) = self.symbols.get_mut(quote.symbol.as_ref()) else {
+            return;
+        };
+        state.quote = Some(quote.clone());
+        state.snapshot = None;
+        self.refresh(now, &quote.symbol);
+    }
+
     /// The symbol's state was resynchronised from elsewhere (a cluster snapshot): every
     /// subscriber gets a fresh `snapshot` of it, so none keeps a stale value silently. A
     /// subscriber that is behind is owed it like any other update.

@@ -445,6 +445,12 @@ impl Fanout {
         self.hub.set_degraded(now, degraded);
     }
 
+    /// `quote` is the symbol's whole state from another source: it replaces the hub's and
+    /// subscribers get a fresh snapshot (see [`Hub::resync`]).
+    pub fn resync(&mut self, now: Instant, quote: &crate::client::Quote) {
+        self.hub.resync(now, quote);
+    }
+
     /// `symbol` was resynchronised: its subscribers get a fresh snapshot (see
     /// [`Hub::refresh`]).
     pub fn refresh(&mut self, now: Instant, symbol: &str) {
