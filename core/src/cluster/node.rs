@@ -265,6 +265,9 @@ struct Carrier {
     /// The hub's symbols when this feed opened: their first quote from it is taken whole and
     /// sent to subscribers as a fresh snapshot.
     fresh: BTreeSet<Arc<str>>,
+    /// The lease ran out while the store is reachable: until the store says who leads, the
+    /// feed's data reaches neither the store nor the hub (another relay may lead by now).
+    suspended: bool,
     carried: BTreeMap<Arc<str>, Carried>,
     /// Rejected upstream: not asked again while still wanted.
     rejected: BTreeSet<Arc<str>>,
@@ -593,7 +596,24 @@ impl Node {
             }
         }
         self.fanout.set_degraded(now, true);
+        // Nobody can say who leads now: our own clients get our feed meanwhile.
+        self.resume_carrier(now);
         self.drive_lease(now);
+    }
+
+    /// A suspended carrier serves the hub again, starting from the feed's latest state.
+    fn resume_carrier(&mut self, now: Instant) {
+        let Some(carrier) = &mut self.carrier else {
+            return;
+        };
+        if !carrier.suspended {
+            return;
+        }
+        carrier.suspended = false;
+        for quote in carrier.publisher.quotes() {
+            self.fanout.resync(now, quote);
+        }
+        self.fanout.handle_upstream_state(now, carrier.state);
     }
 
     /// The store's answer to the oldest outstanding request.
@@ -842,6 +862,10 @@ impl Node {
                         // the same feed goes on under the new epoch.
                         carrier.publisher.restart(epoch);
                         carrier.leading = true;
+                        self.resume_carrier(now);
+                        let Some(carrier) = &mut self.carrier else {
+                            return;
+                        };
                         carrier.pruned = false;
                         carrier.next_heartbeat = Some(now);
                         self.dirty.extend(carrier.publisher.symbols().cloned());
@@ -851,6 +875,7 @@ impl Node {
                             publisher: Publisher::new(epoch),
                             leading: true,
                             fresh: self.stream.local.clone(),
+                            suspended: false,
                             carried: BTreeMap::new(),
                             rejected: BTreeSet::new(),
                             to_add: BTreeSet::new(),
@@ -871,14 +896,21 @@ impl Node {
                 self.flush_dirty();
             }
             Role::Follower => {
-                let keep = self.carrier.as_ref().is_some_and(|carrier| {
-                    carrier.state == State::Live && self.store != StoreState::Up
-                });
+                // A live feed is kept until the store says someone else leads: the lease may
+                // be gone only because the store is away or restarted empty, and this relay
+                // may well take it again with the same feed. A feed that is not live (the
+                // lease was given up for that) goes now.
+                let keep = self
+                    .carrier
+                    .as_ref()
+                    .is_some_and(|carrier| carrier.state == State::Live);
                 if keep {
-                    // The store is away: go on carrying for our own clients, publish nothing,
-                    // and stop once the store says someone else leads.
+                    // Publish nothing; while the store can say who leads, wait for it before
+                    // serving even our own clients from the feed.
+                    let store_up = self.store == StoreState::Up;
                     if let Some(carrier) = &mut self.carrier {
                         carrier.leading = false;
+                        carrier.suspended = store_up;
                     }
                     self.dirty.clear();
                 } else {
@@ -1053,6 +1085,9 @@ impl Node {
                     return;
                 }
                 let published = carrier.publisher.quote(quote);
+                if carrier.suspended {
+                    return;
+                }
                 if carrier.fresh.remove(&quote.symbol) {
                     self.fanout.resync(now, quote);
                 } else {
@@ -1074,6 +1109,9 @@ impl Node {
                     carrier
                         .publisher
                         .bar(&bar.symbol, &bar.timeframe, &bar.bar, bar.closed);
+                if carrier.suspended {
+                    return;
+                }
                 self.fanout
                     .handle_bar(now, &bar.symbol, &bar.timeframe, &bar.bar, bar.closed);
                 self.publish_to_store(published);
@@ -1109,8 +1147,12 @@ impl Node {
             Event::State(change) => {
                 carrier.state = change.state;
                 let message = carrier.publisher.status(change.state);
+                let suspended = carrier.suspended;
                 self.lease
                     .set_upstream_healthy(now, change.state == State::Live);
+                if suspended {
+                    return;
+                }
                 self.fanout.handle_upstream_state(now, change.state);
                 self.publish_status(message);
             }

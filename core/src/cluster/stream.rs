@@ -218,6 +218,13 @@ impl Publisher {
         self.symbols.keys()
     }
 
+    /// The latest quote of every symbol it has published about.
+    pub fn quotes(&self) -> impl Iterator<Item = &Quote> {
+        self.symbols
+            .values()
+            .filter_map(|state| state.quote.as_ref())
+    }
+
     /// The symbol's whole state as a stream message of its own (`"type":"snapshot"`), which a
     /// follower takes in place of everything before it; `None` for a symbol it has not
     /// published about.
