@@ -38,6 +38,12 @@
 //! - `TICKWIRE_LOAD_RELAY_ARGS`: extra `tickwire relay` flags for the compared old build,
 //!   default none (see [`DEFAULT_RELAY_ARGS`]);
 //! - `TICKWIRE_LOAD_COMPARE`: path of an older `tickwire` binary to run beside this build.
+//! - `TICKWIRE_LOAD_RELAYS`: comma-separated relay counts, default `1`. With more than one, a
+//!   `redis-server` (from `PATH`) is started for the row and that many relays join one
+//!   cluster through it: one leader carries the upstream, clients are spread round-robin
+//!   over the relays, CPU and memory are summed over them, Redis's own CPU and memory are
+//!   printed, and latency is split between clients of the leader and of the followers (the
+//!   Redis hop). The old build (`TICKWIRE_LOAD_COMPARE`) runs in rows of one relay only.
 //!
 //! Everything (emulator, relay, clients) shares the machine's cores.
 
@@ -52,7 +58,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use tickwire_emulator::{Emulator, EmulatorConfig};
-use tickwire_relay::{Relay as RelayServer, RelayConfig};
+use tickwire_relay::{ClusterConfig, RedisUrl, Relay as RelayServer, RelayConfig};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -106,6 +112,7 @@ struct Params {
     warmup: u64,
     relay_args: Vec<String>,
     compare: Option<PathBuf>,
+    relays: Vec<usize>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -144,6 +151,18 @@ impl Params {
             compare: std::env::var_os("TICKWIRE_LOAD_COMPARE")
                 .filter(|path| !path.is_empty())
                 .map(PathBuf::from),
+            relays: std::env::var("TICKWIRE_LOAD_RELAYS")
+                .unwrap_or_else(|_| "1".to_owned())
+                .split(',')
+                .filter(|part| !part.trim().is_empty())
+                .map(|part| {
+                    part.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|count| *count >= 1)
+                        .unwrap_or_else(|| panic!("TICKWIRE_LOAD_RELAYS: bad count {part:?}"))
+                })
+                .collect(),
         }
     }
 }
@@ -223,6 +242,75 @@ impl Build {
 const CHILD_MODE: &str = "TICKWIRE_LOAD_CHILD";
 const CHILD_UPSTREAM: &str = "TICKWIRE_LOAD_CHILD_UPSTREAM";
 const CHILD_MAX_CONNECTIONS: &str = "TICKWIRE_LOAD_CHILD_MAX_CONNECTIONS";
+/// The cluster's Redis and the relay's id in it, for a relay of a cluster row.
+const CHILD_REDIS: &str = "TICKWIRE_LOAD_CHILD_REDIS";
+const CHILD_RELAY_ID: &str = "TICKWIRE_LOAD_CHILD_RELAY_ID";
+
+/// A `redis-server` for a cluster row, on a free loopback port, without persistence; killed
+/// when dropped.
+#[derive(Debug)]
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(std::env::temp_dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt install redis-server) for a cluster row");
+            let mut redis = Redis { child, port };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if redis.pong() {
+                    return redis;
+                }
+                if !matches!(redis.child.try_wait(), Ok(None)) {
+                    break; // the port was taken meanwhile: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::Write;
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        tcp.write_all(b"PING\r\n").is_ok()
+            && std::io::Read::read_exact(&mut tcp, &mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// A running relay; killed when dropped (also on panic).
 #[derive(Debug)]
@@ -244,6 +332,7 @@ impl Relay {
         upstream: &str,
         max_connections: usize,
         extra_args: &[String],
+        cluster: Option<(&str, usize)>,
     ) -> Relay {
         let max_connections = max_connections.to_string();
         let mut command = match build {
@@ -254,6 +343,11 @@ impl Relay {
                     .env(CHILD_MODE, "relay")
                     .env(CHILD_UPSTREAM, upstream)
                     .env(CHILD_MAX_CONNECTIONS, &max_connections);
+                if let Some((redis, index)) = cluster {
+                    command
+                        .env(CHILD_REDIS, redis)
+                        .env(CHILD_RELAY_ID, format!("load-{index}"));
+                }
                 command
             }
             Build::Old(path) => {
@@ -403,24 +497,32 @@ fn machine_ticks() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
-/// CPU time of the relay, of the bench process (emulator and clients) and of the machine.
+/// CPU time of the relays, of Redis (in a cluster row), of the bench process (emulator and
+/// clients) and of the machine.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSample {
     relay: u64,
+    redis: u64,
     bench: u64,
     machine_busy: u64,
     machine_total: u64,
 }
 
 impl CpuSample {
-    fn take(relay_pid: u32) -> CpuSample {
+    fn take(relay_pids: &[u32], redis_pid: Option<u32>) -> CpuSample {
         let (machine_busy, machine_total) = machine_ticks();
         CpuSample {
-            relay: cpu_ticks(relay_pid),
+            relay: relay_pids.iter().map(|pid| cpu_ticks(*pid)).sum(),
+            redis: redis_pid.map_or(0, cpu_ticks),
             bench: cpu_ticks(std::process::id()),
             machine_busy,
             machine_total,
         }
+    }
+
+    /// Redis in percent of one core between `self` and `later`.
+    fn redis_percent_until(&self, later: &CpuSample, seconds: f64) -> f64 {
+        later.redis.saturating_sub(self.redis) as f64 / USER_HZ / seconds * 100.0
     }
 
     /// Relay and bench in percent of one core, machine busy in percent of all cores, between
@@ -856,6 +958,15 @@ async fn client(setup: ClientSetup) -> ClientReport {
 struct Row {
     build: &'static str,
     connections: usize,
+    /// Relays in the row (more than one: a cluster through Redis).
+    relays: usize,
+    redis_cpu_percent: f64,
+    redis_rss_kib: u64,
+    /// Latency of the clients of the leader and of the followers (cluster rows).
+    leader_p50_ms: f64,
+    leader_p99_ms: f64,
+    follower_p50_ms: f64,
+    follower_p99_ms: f64,
     connected: usize,
     connect_failures: usize,
     retries: u64,
@@ -941,30 +1052,96 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
     sorted.get(index).copied().unwrap_or(0) as f64 / 1e6
 }
 
+/// The relays' summed VmRSS (or VmHWM…).
+fn summed_status(relays: &[Relay], field: &str) -> u64 {
+    relays.iter().map(|relay| proc_status(relay.pid(), field)).sum()
+}
+
+/// The `/healthz` body of a relay, or an empty string.
+async fn health(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = b"GET /healthz HTTP/1.0\r\nHost: relay\r\n\r\n";
+    if tcp.write_all(request).await.is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response)).await;
+    response
+}
+
 async fn run_one(
     emulator: &Emulator,
     params: &Params,
     build: &Build,
     connections: usize,
+    relay_count: usize,
     probe_runtime: &tokio::runtime::Handle,
 ) -> Row {
     let mut row = Row {
         build: build.label(),
         connections,
+        relays: relay_count,
         ..Row::default()
     };
-    let mut relay = Relay::start(build, &emulator.url(), connections + 16, &params.relay_args);
-    let pid = relay.pid();
+    let redis = (relay_count > 1).then(Redis::start);
+    let per_relay = connections.div_ceil(relay_count) + 16;
+    let relays: Vec<Relay> = (0..relay_count)
+        .map(|index| {
+            let cluster = redis.as_ref().map(|redis| (redis.url(), index));
+            Relay::start(
+                build,
+                &emulator.url(),
+                per_relay,
+                &params.relay_args,
+                cluster.as_ref().map(|(url, index)| (url.as_str(), *index)),
+            )
+        })
+        .collect();
+    let pids: Vec<u32> = relays.iter().map(Relay::pid).collect();
+    let pid = pids[0];
     println!(
-        "N = {connections}, {} relay: pid {pid} listening on {}",
+        "N = {connections}, {} relay x {relay_count}: pids {pids:?} listening on {:?}{}",
         build.label(),
-        relay.addr
+        relays.iter().map(|relay| relay.addr).collect::<Vec<_>>(),
+        redis
+            .as_ref()
+            .map_or_else(String::new, |redis| format!(", Redis pid {}", redis.pid()))
     );
+    // In a cluster, the leader is whichever relay took the lease.
+    let mut leader = 0;
+    if relay_count > 1 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'found: loop {
+            for (index, relay) in relays.iter().enumerate() {
+                let page = health(relay.addr).await;
+                if page.contains("\"role\":\"leader\"") && page.contains("\"upstream\":\"live\"") {
+                    leader = index;
+                    break 'found;
+                }
+            }
+            assert!(Instant::now() < deadline, "no relay of the cluster leads");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("  relay {leader} leads the cluster");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    row.baseline_kib = proc_status(pid, "VmRSS");
+    row.baseline_kib = summed_status(&relays, "VmRSS");
 
     // Connect.
-    let url: Arc<str> = Arc::from(format!("ws://{}/ws", relay.addr));
+    let urls: Vec<Arc<str>> = relays
+        .iter()
+        .map(|relay| Arc::from(format!("ws://{}/ws", relay.addr)))
+        .collect();
+    // The probe reads from a follower when there is one: it then shows the Redis hop.
+    let probe_relay = if relay_count > 1 {
+        (leader + 1) % relay_count
+    } else {
+        0
+    };
+    let url: Arc<str> = Arc::clone(&urls[probe_relay]);
     let progress = Arc::new(Progress::default());
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (orders, receiver) = watch::channel(Order::Hold);
@@ -974,7 +1151,7 @@ async fn run_one(
         .map(|index| {
             tokio::spawn(client(ClientSetup {
                 index,
-                url: Arc::clone(&url),
+                url: Arc::clone(&urls[index % relay_count]),
                 subscribe: subscribe_message(index, params.subscriptions),
                 expected_snapshots: params.subscriptions as u64,
                 sample_cap,
@@ -998,7 +1175,7 @@ async fn run_one(
         row.connected, row.connect_failures, row.connect_seconds
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    row.idle_kib = proc_status(pid, "VmRSS");
+    row.idle_kib = summed_status(&relays, "VmRSS");
     row.tcp_pages_idle = tcp_memory_pages();
 
     // The probe: one more client, on its own thread, subscribed to every symbol. Its reads are
@@ -1059,9 +1236,10 @@ async fn run_one(
 
     // Measure.
     let window = Duration::from_secs(params.seconds);
-    let metrics_before = scrape(relay.addr).await;
+    let metrics_before = scrape(relays[probe_relay].addr).await;
     let quotes_before = emulator.stats().quotes_sent.load(Ordering::Relaxed);
-    let cpu_before = CpuSample::take(pid);
+    let redis_pid = redis.as_ref().map(Redis::pid);
+    let cpu_before = CpuSample::take(&pids, redis_pid);
     let measure_start = Instant::now();
     progress.phase.store(PHASE_MEASURE, Ordering::Relaxed);
     probe_progress.phase.store(PHASE_MEASURE, Ordering::Relaxed);
@@ -1070,13 +1248,15 @@ async fn run_one(
     probe_progress.phase.store(PHASE_AFTER, Ordering::Relaxed);
     let elapsed = measure_start.elapsed().as_secs_f64();
     let quotes_after = emulator.stats().quotes_sent.load(Ordering::Relaxed);
-    let cpu_after = CpuSample::take(pid);
-    let metrics_after = scrape(relay.addr).await;
+    let cpu_after = CpuSample::take(&pids, redis_pid);
+    let metrics_after = scrape(relays[probe_relay].addr).await;
     row.relay = relay_view(&metrics_before, &metrics_after, elapsed);
-    row.active_kib = proc_status(pid, "VmRSS");
+    row.active_kib = summed_status(&relays, "VmRSS");
     row.tcp_pages_active = tcp_memory_pages();
-    row.peak_kib = proc_status(pid, "VmHWM");
-    row.threads = proc_status(pid, "Threads");
+    row.peak_kib = summed_status(&relays, "VmHWM");
+    row.threads = summed_status(&relays, "Threads");
+    row.redis_cpu_percent = cpu_before.redis_percent_until(&cpu_after, elapsed);
+    row.redis_rss_kib = redis_pid.map_or(0, |pid| proc_status(pid, "VmRSS"));
     row.held = progress.open.load(Ordering::Relaxed);
     row.produced_per_second = quotes_after.saturating_sub(quotes_before) as f64 / elapsed;
     (
@@ -1084,11 +1264,13 @@ async fn run_one(
         row.bench_cpu_percent,
         row.machine_busy_percent,
     ) = cpu_before.percent_until(&cpu_after, elapsed);
-    let alive = relay.alive();
+    let mut relays = relays;
+    let alive = relays.iter_mut().all(Relay::alive);
 
     // Stop and collect.
     let _ = orders.send(Order::Stop);
     let mut latencies = Vec::new();
+    let (mut leader_latencies, mut follower_latencies) = (Vec::new(), Vec::new());
     let mut window_messages = 0u64;
     let mut window_quotes = 0u64;
     let mut connect_errors = Vec::new();
@@ -1102,8 +1284,15 @@ async fn run_one(
     row.probe_p50_ms = quantile(&probe_latencies, 0.50);
     row.probe_p99_ms = quantile(&probe_latencies, 0.99);
     row.probe_max_ms = probe_latencies.last().copied().unwrap_or(0) as f64 / 1e6;
-    for task in tasks {
+    for (index, task) in tasks.into_iter().enumerate() {
         let report = task.await.expect("a client task panicked");
+        if relay_count > 1 {
+            if index % relay_count == leader {
+                leader_latencies.extend_from_slice(&report.latencies);
+            } else {
+                follower_latencies.extend_from_slice(&report.latencies);
+            }
+        }
         row.retries += u64::from(report.retries);
         if !report.connected {
             if connect_errors.len() < 5 {
@@ -1136,7 +1325,8 @@ async fn run_one(
         .connected
         .saturating_sub(progress.subscribed.load(Ordering::Relaxed));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    row.after_kib = proc_status(pid, "VmRSS");
+    row.after_kib = summed_status(&relays, "VmRSS");
+    let _ = pid;
     row.messages_per_second = window_messages as f64 / elapsed;
     row.deliveries = window_messages + probe_window_messages;
     row.relay_cpu_us_per_delivery =
@@ -1151,6 +1341,12 @@ async fn run_one(
     row.p50_ms = quantile(&latencies, 0.50);
     row.p99_ms = quantile(&latencies, 0.99);
     row.max_ms = latencies.last().copied().unwrap_or(0) as f64 / 1e6;
+    leader_latencies.sort_unstable();
+    follower_latencies.sort_unstable();
+    row.leader_p50_ms = quantile(&leader_latencies, 0.50);
+    row.leader_p99_ms = quantile(&leader_latencies, 0.99);
+    row.follower_p50_ms = quantile(&follower_latencies, 0.50);
+    row.follower_p99_ms = quantile(&follower_latencies, 0.99);
 
     println!(
         "  relay: {} RSS baseline {} KiB, idle {} KiB, active {} KiB, after disconnect {} KiB, \
@@ -1241,9 +1437,25 @@ async fn run_one(
     if let Some(error) = first_error {
         println!("    first error message: {error}");
     }
-    relay.stdout.print("stdout");
-    relay.stderr.print("stderr");
-    drop(relay);
+    if relay_count > 1 {
+        println!(
+            "  cluster of {relay_count}: clients of the leader p50 {:.2} ms, p99 {:.2} ms; of the \
+             followers p50 {:.2} ms, p99 {:.2} ms (the Redis hop); Redis {:.0}% of a core, RSS \
+             {} KiB",
+            row.leader_p50_ms,
+            row.leader_p99_ms,
+            row.follower_p50_ms,
+            row.follower_p99_ms,
+            row.redis_cpu_percent,
+            row.redis_rss_kib
+        );
+    }
+    for relay in &relays {
+        relay.stdout.print("stdout");
+        relay.stderr.print("stderr");
+    }
+    drop(relays);
+    drop(redis);
     row
 }
 
@@ -1258,6 +1470,14 @@ fn relay_child() {
     };
     config.upstream.url = upstream;
     config.hub.max_connections = max_connections;
+    if let Ok(redis) = std::env::var(CHILD_REDIS) {
+        let url = RedisUrl::parse(&redis).expect("the cluster's Redis URL");
+        let mut cluster = ClusterConfig::new(url, "load").expect("a valid cluster name");
+        if let Ok(id) = std::env::var(CHILD_RELAY_ID) {
+            cluster.node.lease.relay_id = id;
+        }
+        config.cluster = Some(cluster);
+    }
     let needed = (max_connections + config.max_http_connections + 64) as u64;
     let limit = rlimit::increase_nofile_limit(needed).unwrap_or(0);
     if limit < needed {
@@ -1281,6 +1501,15 @@ fn relay_child() {
         relay.shutdown().await;
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// A cell of the cluster columns: `-` for a row of one relay.
+fn cluster_cell(relays: usize, p50: f64, p99: f64, unit: &str) -> String {
+    if relays > 1 {
+        format!("{p50:.2}{unit} / {p99:.2}{unit}")
+    } else {
+        "-".to_owned()
+    }
 }
 
 fn main() {
@@ -1330,14 +1559,20 @@ fn main() {
     builds.push(Build::Current);
     let mut rows = Vec::new();
     for &connections in &params.connections {
-        for build in &builds {
-            rows.push(clients.block_on(run_one(
-                &emulator,
-                &params,
-                build,
-                connections,
-                probe_runtime.handle(),
-            )));
+        for &relay_count in &params.relays {
+            for build in &builds {
+                if relay_count > 1 && matches!(build, Build::Old(_)) {
+                    continue; // the old build has no cluster mode
+                }
+                rows.push(clients.block_on(run_one(
+                    &emulator,
+                    &params,
+                    build,
+                    connections,
+                    relay_count,
+                    probe_runtime.handle(),
+                )));
+            }
         }
     }
     clients.shutdown_timeout(Duration::from_secs(2));
@@ -1367,16 +1602,17 @@ fn main() {
     );
     println!();
     println!(
-        "| build | connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
+        "| build | relays | connections | held | connect failures | relay RSS/idle conn | relay RSS/active conn | \
          msgs/s delivered | quotes/s (expected) | p50 | p99 | max | probe p99 | SLOW_CONSUMER | \
-         unexpected closes | CPU relay / bench / machine | relay CPU per delivery |"
+         unexpected closes | CPU relay / bench / machine | relay CPU per delivery | p50 / p99 leader's clients | p50 / p99 followers' clients | Redis CPU / RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         println!(
-            "| {} | {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | \
-             {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% | {:.2} µs |",
+            "| {} | {} | {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | \
+             {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.0}% / {:.0}% / {:.0}% | {:.2} µs | {} | {} | {} |",
             row.build,
+            row.relays,
             row.connections,
             row.held,
             row.connect_failures,
@@ -1394,7 +1630,14 @@ fn main() {
             row.relay_cpu_percent,
             row.bench_cpu_percent,
             row.machine_busy_percent,
-            row.relay_cpu_us_per_delivery
+            row.relay_cpu_us_per_delivery,
+            cluster_cell(row.relays, row.leader_p50_ms, row.leader_p99_ms, " ms"),
+            cluster_cell(row.relays, row.follower_p50_ms, row.follower_p99_ms, " ms"),
+            if row.relays > 1 {
+                format!("{:.0}% / {} KiB", row.redis_cpu_percent, row.redis_rss_kib)
+            } else {
+                "-".to_owned()
+            }
         );
     }
     emulator_runtime.block_on(emulator.shutdown());

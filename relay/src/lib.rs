@@ -15,6 +15,11 @@
 //! - `/healthz`: the upstream state (200 when live, 503 otherwise), whether its data is
 //!   real-time or delayed, polling failures and the auth token's expiry.
 //!
+//! With [`RelayConfig::cluster`] it joins a cluster of relays through Redis: only the relay
+//! holding the cluster's lease connects upstream, and every relay serves its own clients from
+//! what that one publishes (the decisions are [`tickwire_core::cluster::Node`]'s; the README's
+//! "Scaling out" documents the keys and messages).
+//!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
 //! use tickwire_relay::{Relay, RelayConfig};
