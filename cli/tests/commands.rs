@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::{Server, tickwire};
+use support::{Server, http_get, tickwire};
 
 /// Runs `command`, collects stdout lines until `enough` says so (or 15 s pass), then kills it.
 fn lines_until(command: &mut Command, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -306,19 +306,6 @@ fn demo_recovers_and_summarises() {
     // A short run squeezes the schedule: the reset, then the refused stretch's drop.
     assert!(text.contains("remote_closed          "), "{text}");
     assert!(text.contains("polling fallback"), "{text}");
-}
-
-/// A plain HTTP/1.0 GET against the relay: status code and body.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").ok()?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
 
 /// Starts a relay and returns it with the address from its first line.

@@ -41,16 +41,19 @@ impl Server {
     }
 
     pub(crate) fn start_at(rate_hz: f64) -> Server {
+        Server::start_with(EmulatorConfig {
+            rate_hz,
+            symbols: 10,
+            ..EmulatorConfig::default()
+        })
+    }
+
+    pub(crate) fn start_with(config: EmulatorConfig) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let config = EmulatorConfig {
-            rate_hz,
-            symbols: 10,
-            ..EmulatorConfig::default()
-        };
         let emulator = runtime.block_on(Emulator::start(config)).unwrap();
         Server {
             runtime,
@@ -86,6 +89,20 @@ impl Drop for Server {
             self.runtime.block_on(emulator.shutdown());
         }
     }
+}
+
+/// A plain HTTP/1.0 GET against a relay: status code and body. `None` when it cannot connect
+/// or does not answer within 10 s.
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").ok()?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
 }
 
 /// Waits up to `within` for `child` to exit.
