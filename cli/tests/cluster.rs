@@ -1353,8 +1353,6 @@ fn demand_from_a_dead_relay_expires_and_its_symbol_leaves_the_upstream() {
 /// The leader's upstream feed carries every relay's demand, and its `/metrics` says how many
 /// symbols that is (`tickwire_relay_upstream_symbols`, "Symbols subscribed upstream").
 #[test]
-#[ignore = "product bug: in a cluster, tickwire_relay_upstream_symbols counts the symbols the \
-            relay's own clients want, not the ones its upstream feed carries (1, not 2, here)"]
 fn the_leaders_upstream_symbols_metric_counts_what_its_feed_carries() {
     let Some(mut cluster) = Cluster::start(&["rA"], 200.0) else {
         return;
@@ -1374,5 +1372,11 @@ fn the_leaders_upstream_symbols_metric_counts_what_its_feed_carries() {
             2.0 => Ok(()),
             other => Err(format!("tickwire_relay_upstream_symbols {other}")),
         },
+    );
+    // The follower has no feed of its own.
+    assert_eq!(
+        cluster.relays[b].metric("tickwire_relay_upstream_symbols"),
+        Ok(0.0),
+        "rB carries nothing upstream"
     );
 }

@@ -1054,7 +1054,10 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
 
 /// The relays' summed VmRSS (or VmHWM…).
 fn summed_status(relays: &[Relay], field: &str) -> u64 {
-    relays.iter().map(|relay| proc_status(relay.pid(), field)).sum()
+    relays
+        .iter()
+        .map(|relay| proc_status(relay.pid(), field))
+        .sum()
 }
 
 /// The `/healthz` body of a relay, or an empty string.
@@ -1606,7 +1609,9 @@ fn main() {
          msgs/s delivered | quotes/s (expected) | p50 | p99 | max | probe p99 | SLOW_CONSUMER | \
          unexpected closes | CPU relay / bench / machine | relay CPU per delivery | p50 / p99 leader's clients | p50 / p99 followers' clients | Redis CPU / RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for row in &rows {
         println!(
             "| {} | {} | {} | {} | {} | {:.1} KiB | {:.1} KiB | {:.0} | {:.0} ({:.0}) | {:.2} ms | \

@@ -134,7 +134,9 @@ impl ClusterConfig {
     /// The name cannot prefix keys (see [`tickwire_core::cluster::Keys::new`]).
     pub fn new(redis: RedisUrl, name: &str) -> Result<ClusterConfig, ClusterNameError> {
         let keys = Keys::new(name)?;
-        let node = NodeConfig::new(keys, &default_relay_id());
+        let mut node = NodeConfig::new(keys, &default_relay_id());
+        // Relays that fail together (a Redis restart) must not retry in step.
+        node.lease.seed = tickwire_driver::os_seed();
         Ok(ClusterConfig {
             redis,
             redis_timeout: node.lease.request_timeout,
@@ -912,15 +914,15 @@ impl HubTask {
         }
         if let Engine::Cluster(cluster) = &self.engine {
             let node = &cluster.node;
-            let (role, epoch) = match node.role() {
-                tickwire_core::cluster::Role::Leader { epoch } => ("leader", Some(epoch)),
-                tickwire_core::cluster::Role::Follower => ("follower", None),
+            let role = match node.role() {
+                tickwire_core::cluster::Role::Leader { .. } => "leader",
+                tickwire_core::cluster::Role::Follower => "follower",
             };
             body["cluster"] = serde_json::json!({
                 "name": cluster.keys.to_string(),
                 "relay": node.lease().config().relay_id,
                 "role": role,
-                "epoch": epoch.unwrap_or(node.follower().epoch()),
+                "epoch": node.epoch(),
                 "redis": node.store_state().as_str(),
                 "carries_upstream": node.carries_upstream(),
             });

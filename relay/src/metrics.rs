@@ -181,12 +181,18 @@ pub(crate) fn render(
             label(symbol)
         );
     }
+    // In a cluster the feed (the leader's) carries every relay's demand; a follower has none.
+    let upstream_symbols = match cluster {
+        Some((node, _)) => node.carried_symbols().len(),
+        None => hub.symbols().filter(|(_, _, upstream)| *upstream).count(),
+    };
     single(
         &mut out,
         "tickwire_relay_upstream_symbols",
         "gauge",
-        "Symbols subscribed upstream (including lingering ones).",
-        hub.symbols().filter(|(_, _, upstream)| *upstream).count(),
+        "Symbols subscribed upstream (including lingering ones; in a cluster, what this relay's \
+         feed carries for every relay while it leads).",
+        upstream_symbols,
     );
     // The per-symbol series follow the symbols the hub carries, so there are never more than
     // `max_upstream_symbols` of them; a symbol dropped (linger over, rejected) loses its series.
@@ -386,10 +392,8 @@ fn feed_metrics(out: &mut String, upstream: &FeedStatus) {
 
 /// The relay's part in its cluster.
 fn cluster_metrics(out: &mut String, node: &Node, link: LinkCounters) {
-    let (leader, epoch) = match node.role() {
-        Role::Leader { epoch } => (true, epoch),
-        Role::Follower => (false, node.follower().epoch()),
-    };
+    let leader = matches!(node.role(), Role::Leader { .. });
+    let epoch = node.epoch();
     header(
         out,
         "tickwire_relay_cluster_role",

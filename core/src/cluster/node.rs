@@ -395,6 +395,14 @@ impl Node {
         self.lease.role()
     }
 
+    /// The epoch held while leading, else the highest one seen (0 before any).
+    pub fn epoch(&self) -> u64 {
+        match self.lease.role() {
+            Role::Leader { epoch } => epoch,
+            Role::Follower => self.highest_epoch.max(self.stream.follower.epoch()),
+        }
+    }
+
     /// The lease (its counters: takeovers, step-downs, failures).
     pub fn lease(&self) -> &Lease {
         &self.lease
