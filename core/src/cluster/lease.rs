@@ -254,6 +254,10 @@ impl Lease {
 
     /// When to call [`Lease::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            // Closed: nothing is timed any more (the release's answer is not waited for).
+            return None;
+        }
         // A new attempt waits for the request out (its timeout below wakes the driver).
         let mut due = self
             .next_attempt

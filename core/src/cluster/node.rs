@@ -291,6 +291,8 @@ pub struct Node {
     linger: Duration,
     lease: Lease,
     demand: Demand,
+    /// The upstream symbol cap: the feed carries at most this many, lingering ones included.
+    cap: usize,
     carrier: Option<Carrier>,
     store: StoreState,
     store_failures: u32,
@@ -348,6 +350,7 @@ impl Node {
         Ok(Node {
             lease: Lease::new(config.lease.clone(), now),
             demand: Demand::new(cap),
+            cap,
             relay_id,
             fanout,
             stream: StreamSide {
@@ -502,6 +505,9 @@ impl Node {
     /// for [`Node::store_idle`].
     pub fn shutdown(&mut self, now: Instant) {
         let now = self.clock(now);
+        if self.closing {
+            return;
+        }
         self.fanout.shutdown(now);
         self.lease.close();
         self.drive_lease(now);
@@ -984,6 +990,22 @@ impl Node {
                 carrier.to_add.insert(symbol.clone());
             }
         }
+        // Lingering symbols count against the cap, as on a single relay: a wanted symbol
+        // takes the place of the one whose linger ends soonest.
+        let room = self.cap;
+        while carrier.carried.len().saturating_add(carrier.to_add.len()) > room {
+            let soonest = carrier
+                .carried
+                .iter()
+                .filter_map(|(symbol, carried)| carried.leaving.map(|at| (at, symbol.clone())))
+                .min();
+            let Some((_, symbol)) = soonest else {
+                break; // everything carried is wanted: the union is within the cap
+            };
+            if let Some(carried) = carrier.carried.remove(&symbol) {
+                carrier.to_remove.push((symbol, carried.series));
+            }
+        }
     }
 
     fn end_lingering(&mut self, now: Instant) {
@@ -1030,8 +1052,9 @@ impl Node {
             upstream.subscribe_quotes(now, &symbols);
             for symbol in symbols {
                 if !upstream.carries_quote(&symbol) {
+                    // No room on the feed (something else shares it): asked again at the next
+                    // change of demand, not in a loop.
                     self.counters.symbols_refused = self.counters.symbols_refused.saturating_add(1);
-                    carrier.rejected.insert(symbol);
                     continue;
                 }
                 let series = match &self.timeframe {
@@ -1275,7 +1298,7 @@ impl Node {
             earliest(&mut due, at);
         }
         match self.store {
-            StoreState::Down { retry_at } => earliest(&mut due, retry_at),
+            StoreState::Down { retry_at } if !self.closing => earliest(&mut due, retry_at),
             StoreState::Up if !self.closing => {
                 if !self.in_flight.contains(&Pending::WriteDemand) {
                     earliest(&mut due, self.next_demand_write);
