@@ -536,6 +536,13 @@ impl Model {
                 feed.series.len(),
                 feed.series
             );
+            let with_series: BTreeSet<&Arc<str>> = feed.series.values().collect();
+            assert_eq!(
+                with_series.len(),
+                feed.series.len(),
+                "two series of one symbol: {:?}",
+                feed.series
+            );
             assert!(node.carried_symbols().len() <= 2 * CAP);
         }
         assert!(node.fanout().hub().connection_count() <= MAX_CONNECTIONS);
