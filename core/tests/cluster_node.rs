@@ -422,6 +422,8 @@ struct Cluster {
     events: BTreeMap<(Instant, u64), (usize, u64, Delivery)>,
     order: u64,
     max_publishes: usize,
+    /// The hubs' upstream symbol cap for members added from now on.
+    max_upstream_symbols: usize,
     feeds_open: usize,
     max_feeds_open: usize,
     feeds_opened: u64,
@@ -457,6 +459,7 @@ impl Cluster {
             events: BTreeMap::new(),
             order: 0,
             max_publishes,
+            max_upstream_symbols: HubConfig::default().max_upstream_symbols,
             feeds_open: 0,
             max_feeds_open: 0,
             feeds_opened: 0,
@@ -483,7 +486,10 @@ impl Cluster {
         config.max_publishes_in_flight = self.max_publishes;
         let node = Node::new(
             config,
-            hub_config(),
+            HubConfig {
+                max_upstream_symbols: self.max_upstream_symbols,
+                ..hub_config()
+            },
             UpstreamPlan::default(),
             &Config::default(),
             self.now,
@@ -1822,6 +1828,70 @@ fn a_late_node_reads_the_snapshot(seed: u64) {
 fn scenario_6_a_late_node_reads_the_snapshot() {
     for seed in seeds() {
         a_late_node_reads_the_snapshot(seed);
+    }
+}
+
+/// 8. The leader's lingering symbols count against the upstream cap: when another relay's
+///    clients move to new symbols, the lingering ones make room (the soonest to end first) and
+///    the feed never carries more than the cap, nor leaves the new symbols out.
+fn lingering_symbols_make_room_under_the_cap(seed: u64) {
+    let mut cluster = Cluster::with_window(seed, 0, defaults().max_publishes_in_flight);
+    cluster.max_upstream_symbols = 3;
+    let first = cluster.add_member();
+    let second = cluster.add_member();
+    cluster.run_for(Duration::from_secs(3));
+    let leader = cluster.the_leader();
+    let follower = if leader == first { second } else { first };
+    let early = cluster.client(follower, &["X:A", "X:B", "X:C"]);
+    cluster.run_until_true(
+        Duration::from_secs(2),
+        "the feed carrying X:A-C",
+        |cluster| {
+            ["X:A", "X:B", "X:C"]
+                .iter()
+                .all(|symbol| cluster.carries(leader, symbol))
+        },
+    );
+    let now = cluster.now;
+    cluster.members[follower].node.handle_text(
+        now,
+        early,
+        r#"{"action":"unsubscribe","symbols":["X:B","X:C"]}"#,
+    );
+    cluster.drain(follower);
+    let _late = cluster.client(follower, &["X:D", "X:E"]);
+    let deadline = cluster.now + Duration::from_secs(3);
+    let mut most = 0;
+    while cluster.now < deadline
+        && !(cluster.carries(leader, "X:D") && cluster.carries(leader, "X:E"))
+    {
+        cluster.run_for(SLICE);
+        let carried = cluster.members[leader]
+            .feed
+            .as_ref()
+            .map_or(0, |feed| feed.quotes.len());
+        most = most.max(carried);
+    }
+    check!(
+        cluster,
+        cluster.carries(leader, "X:D") && cluster.carries(leader, "X:E"),
+        "the new symbols were left out: the feed carries {:?}",
+        cluster.members[leader]
+            .feed
+            .as_ref()
+            .map(|feed| &feed.quotes)
+    );
+    check!(
+        cluster,
+        most <= 3 && cluster.carries(leader, "X:A"),
+        "the feed carried {most} symbols at once (cap 3), or dropped the wanted X:A"
+    );
+}
+
+#[test]
+fn scenario_8_lingering_symbols_make_room_under_the_cap() {
+    for seed in seeds() {
+        lingering_symbols_make_room_under_the_cap(seed);
     }
 }
 
