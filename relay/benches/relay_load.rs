@@ -1240,6 +1240,8 @@ async fn run_one(
     // Measure.
     let window = Duration::from_secs(params.seconds);
     let metrics_before = scrape(relays[probe_relay].addr).await;
+    // The leader's publishes (a cluster row): how much of the stream went through Redis.
+    let leader_before = scrape(relays[leader].addr).await;
     let quotes_before = emulator.stats().quotes_sent.load(Ordering::Relaxed);
     let redis_pid = redis.as_ref().map(Redis::pid);
     let cpu_before = CpuSample::take(&pids, redis_pid);
@@ -1253,6 +1255,12 @@ async fn run_one(
     let quotes_after = emulator.stats().quotes_sent.load(Ordering::Relaxed);
     let cpu_after = CpuSample::take(&pids, redis_pid);
     let metrics_after = scrape(relays[probe_relay].addr).await;
+    let leader_after = scrape(relays[leader].addr).await;
+    let leader_rate = |name: &str| {
+        (metric(&leader_after, name) - metric(&leader_before, name)).max(0.0) / elapsed
+    };
+    let published_per_second = leader_rate("tickwire_relay_cluster_published_total");
+    let coalesced_per_second = leader_rate("tickwire_relay_cluster_publishes_coalesced_total");
     row.relay = relay_view(&metrics_before, &metrics_after, elapsed);
     row.active_kib = summed_status(&relays, "VmRSS");
     row.tcp_pages_active = tcp_memory_pages();
@@ -1444,13 +1452,15 @@ async fn run_one(
         println!(
             "  cluster of {relay_count}: clients of the leader p50 {:.2} ms, p99 {:.2} ms; of the \
              followers p50 {:.2} ms, p99 {:.2} ms (the Redis hop); Redis {:.0}% of a core, RSS \
-             {} KiB",
+             {} KiB; the leader published {:.0} messages/s and coalesced {:.0} changes/s",
             row.leader_p50_ms,
             row.leader_p99_ms,
             row.follower_p50_ms,
             row.follower_p99_ms,
             row.redis_cpu_percent,
-            row.redis_rss_kib
+            row.redis_rss_kib,
+            published_per_second,
+            coalesced_per_second
         );
     }
     for relay in &relays {
