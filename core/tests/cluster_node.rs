@@ -897,6 +897,32 @@ impl Cluster {
         self.drain(index);
     }
 
+    /// The member's feed reports `state` (not live: it lost the upstream, is backing off, or
+    /// its breaker is open).
+    fn feed_down(&mut self, index: usize, state: State) {
+        let now = self.now;
+        let member = &mut self.members[index];
+        check!(
+            self,
+            member.feed.is_some(),
+            "relay-{index} has no feed to lose"
+        );
+        if let Some(feed) = member.feed.as_mut() {
+            feed.live = false;
+        }
+        let change = StateChange {
+            state,
+            mode: Mode::Streaming,
+            cause: None,
+            consecutive_failures: 5,
+            next_attempt: None,
+        };
+        self.members[index]
+            .node
+            .handle_feed_event(now, &Event::State(change));
+        self.drain(index);
+    }
+
     // ----- looking ----------------------------------------------------------------------------
 
     fn running(&self) -> impl Iterator<Item = usize> + '_ {
@@ -1982,5 +2008,86 @@ fn a_slow_store_coalesces_publishes(seed: u64) {
 fn scenario_7_a_slow_store_coalesces_publishes() {
     for seed in seeds() {
         a_slow_store_coalesces_publishes(seed);
+    }
+}
+
+/// 9. A leader whose upstream stays unhealthy (its breaker open) keeps the lease through a
+///    short outage, gives it up after `abdicate_after`, and closes its feed; another node
+///    takes the lease, carries the demand, and every client gets the new feed's data.
+fn an_unhealthy_leader_gives_the_lease_up(seed: u64) {
+    let Settled {
+        mut cluster,
+        leader,
+        clients,
+    } = settled(seed, 3, defaults().max_publishes_in_flight);
+    let abdicate_after = defaults().lease.abdicate_after;
+    let failed_at = cluster.now;
+    cluster.feed_down(leader, State::CircuitOpen);
+    cluster.run_for(abdicate_after - Duration::from_secs(1));
+    check!(
+        cluster,
+        cluster.leaders() == [leader] && cluster.members[leader].feed.is_some(),
+        "a leader gave up before its upstream was unhealthy for {abdicate_after:?}: leaders {:?}",
+        cluster.leaders()
+    );
+    let taken_at = cluster.run_until_true(
+        lease_ttl() * 2 + Duration::from_secs(5),
+        "another node taking the lease",
+        |cluster| cluster.leaders().iter().any(|&index| index != leader),
+    );
+    check!(
+        cluster,
+        taken_at - failed_at >= abdicate_after,
+        "the lease moved {:?} after the upstream failed",
+        taken_at - failed_at
+    );
+    let successor = cluster.the_leader();
+    check!(
+        cluster,
+        cluster.members[leader].feed.is_none(),
+        "the leader that gave up kept its feed open"
+    );
+    cluster.run_until_true(
+        Duration::from_secs(3),
+        "the new feed carrying X:A",
+        |cluster| cluster.carries(successor, "X:A"),
+    );
+    cluster.run_for(Duration::from_secs(1));
+    let new_price = 104.25;
+    cluster.quote(successor, "X:A", new_price);
+    cluster.run_for(Duration::from_secs(1));
+    check!(
+        cluster,
+        cluster.max_feeds_open == 1 && cluster.feeds_opened == 2,
+        "feeds opened {}, at most {} at once",
+        cluster.feeds_opened,
+        cluster.max_feeds_open
+    );
+    for &(index, conn) in &clients {
+        check!(
+            cluster,
+            cluster.members[index].node.fanout().backlog(conn).is_some(),
+            "relay-{index}'s client is gone"
+        );
+        let after = cluster.frames_since(index, conn, failed_at);
+        let seen = statuses(&after);
+        check!(
+            cluster,
+            seen.first().map(String::as_str) == Some("circuit_open")
+                && seen.last().map(String::as_str) == Some("live"),
+            "relay-{index}'s client saw statuses {seen:?} after the upstream failed"
+        );
+        check!(
+            cluster,
+            prices(&after, "X:A").last() == Some(&new_price),
+            "relay-{index}'s client did not get the new feed's price: {after:#?}"
+        );
+    }
+}
+
+#[test]
+fn scenario_9_an_unhealthy_leader_gives_the_lease_up() {
+    for seed in seeds() {
+        an_unhealthy_leader_gives_the_lease_up(seed);
     }
 }
