@@ -190,7 +190,13 @@ impl Writer {
         origin: Option<Instant>,
     ) {
         let size: usize = parts.iter().map(|part| part.len()).sum();
-        if state.buffer.len() - state.start + size > MAX_QUEUED_BYTES {
+        if state
+            .buffer
+            .len()
+            .saturating_sub(state.start)
+            .saturating_add(size)
+            > MAX_QUEUED_BYTES
+        {
             self.fail(state);
             return;
         }
@@ -236,7 +242,7 @@ impl Writer {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 Ok(written) => {
-                    state.start += written;
+                    state.start = state.start.saturating_add(written).min(state.buffer.len());
                     let now = Instant::now();
                     while let Some(front) = state.frames.front() {
                         if front.end > state.start {
