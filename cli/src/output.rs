@@ -207,6 +207,14 @@ pub(crate) fn event_json(event: &Event) -> Option<Object> {
     Some(match event {
         Event::Quote(quote) => quote_json(quote),
         Event::Bar(bar) => bar_json(bar),
+        Event::BarGap(gap) => {
+            let mut object = Object::new("type", "gap");
+            object.insert("symbol", gap.symbol.as_ref());
+            object.insert("timeframe", gap.timeframe.as_ref());
+            object.insert("after", json_number(gap.after));
+            object.insert("before", json_number(gap.before));
+            object
+        }
         Event::State(change) => status_json(change),
         Event::QuoteError { symbol, reason } => error_json("symbol", Some(symbol), reason.clone()),
         Event::SeriesError { symbol, reason, .. } => {
@@ -336,6 +344,13 @@ pub(crate) fn event_text(event: &Event) -> Option<String> {
             bar.bar.close,
             optional_number_text(bar.bar.volume),
             if bar.closed { "closed" } else { "forming" }
+        ),
+        Event::BarGap(gap) => format!(
+            "{time} {:<18} gap {}: bars between @{} and @{} may be missing",
+            gap.symbol,
+            gap.timeframe,
+            number_text(gap.after),
+            number_text(gap.before)
         ),
         Event::State(change) => {
             let cause = change.cause.map_or_else(String::new, |cause| {

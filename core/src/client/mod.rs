@@ -101,10 +101,10 @@ pub use liveness::{Market, MarketStatus};
 pub use quote::{Quote, QuoteFields};
 pub use transport::{TransportError, TransportErrorKind};
 pub use types::{
-    AuthToken, BarEvent, BarsError, Breaker, CauseCounts, ConnectRequest, ConnectionId, Counters,
-    DataDelay, DisconnectCause, Event, HistoryError, HistoryEvent, HistoryId, Input, Mode, Output,
-    PollError, PollErrorKind, PollRequest, PollStatus, PolledQuote, QuoteEvent, SeriesId, Source,
-    State, StateChange, Status, Timer, TokenStatus,
+    AuthToken, BarEvent, BarGap, BarsError, Breaker, CauseCounts, ConnectRequest, ConnectionId,
+    Counters, DataDelay, DisconnectCause, Event, HistoryError, HistoryEvent, HistoryId, Input,
+    Mode, Output, PollError, PollErrorKind, PollRequest, PollStatus, PolledQuote, QuoteEvent,
+    SeriesId, Source, State, StateChange, Status, Timer, TokenStatus,
 };
 
 use crate::codec::{Decoder, Packet};
@@ -1442,6 +1442,7 @@ impl Client {
                 continue;
             };
             ticked = true;
+            let first_on_this_connection = !chart.answered;
             chart.answered = true;
             match &mut chart.kind {
                 ChartKind::History { bars, .. } => {
@@ -1455,8 +1456,23 @@ impl Client {
                 ChartKind::Subscription(state) => {
                     let (symbol, timeframe) =
                         (Arc::clone(&chart.symbol), Arc::clone(&chart.timeframe));
+                    let gap = if first_on_this_connection {
+                        state.backfill_gap(&timeframe, &series.bars)
+                    } else {
+                        None
+                    };
                     let mut emitted = Vec::new();
                     state.apply(&series.bars, &mut emitted);
+                    // The gap comes before the bars that follow it.
+                    if let Some((after, before)) = gap {
+                        self.push_event(Event::BarGap(BarGap {
+                            series: SeriesId(key),
+                            symbol: Arc::clone(&symbol),
+                            timeframe: Arc::clone(&timeframe),
+                            after,
+                            before,
+                        }));
+                    }
                     for (bar, closed) in emitted {
                         self.counters.bars = self.counters.bars.saturating_add(1);
                         let event = BarEvent {
@@ -1782,6 +1798,31 @@ impl ChartRequest {
 }
 
 impl SeriesState {
+    /// The gap a connection's first bars leave after what was emitted on earlier ones: the
+    /// open times of the last bar known and of the earliest new one, when that one opens more
+    /// than a period after it. `None` for a first connection, an overlapping backfill, or a
+    /// timeframe or time that cannot be read.
+    fn backfill_gap(&self, timeframe: &str, bars: &[Bar]) -> Option<(f64, f64)> {
+        let known = match (self.forming, self.last_closed_time) {
+            (Some(forming), _) => forming.time,
+            (None, Some(closed)) => closed,
+            (None, None) => return None,
+        };
+        let earliest = bars
+            .iter()
+            .map(|bar| bar.time)
+            .filter(|time| time.is_finite())
+            .min_by(f64::total_cmp)?;
+        let period = Timeframe::parse(timeframe).ok()?;
+        // Bar times are whole seconds; a saturating cast of anything else only makes the
+        // comparison below conservative.
+        #[allow(clippy::cast_possible_truncation)]
+        let next_open = period.period_end(known.floor() as i64)?;
+        #[allow(clippy::cast_precision_loss)] // seconds since 1970 are far below 2^53
+        let next_open = next_open as f64;
+        (earliest > next_open).then_some((known, earliest))
+    }
+
     /// Turns incoming bars into (bar, closed) events: every bar but the last of a batch is
     /// closed, a newer bar closes the forming one, and bars already emitted as closed (a
     /// reconnect's backfill) are dropped.

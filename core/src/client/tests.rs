@@ -783,6 +783,73 @@ fn bars_mark_forming_and_closed_and_reconnect_backfill_is_deduplicated() {
     );
 }
 
+fn bar_gaps(outputs: &[Output]) -> Vec<(f64, f64)> {
+    events(outputs)
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::BarGap(gap) => Some((gap.after, gap.before)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_backfill_that_does_not_reach_back_reports_the_gap_and_an_overlapping_one_does_not() {
+    let mut h = Harness::new(no_jitter());
+    let series = h.client.subscribe_bars(h.now, "A", "1", 2).unwrap();
+    let name = format!("sds_{}", series.0);
+    let id = h.go_live();
+    let chart = h.chart_session();
+    let first = h.server(
+        id,
+        &bars_payload(
+            "timescale_update",
+            &chart,
+            &name,
+            &[(60.0, 1.0), (120.0, 2.0)],
+        ),
+    );
+    assert!(bar_gaps(&first).is_empty(), "a first connection has no gap");
+    let reconnect = |h: &mut Harness, id, bars: &[(f64, f64)]| {
+        h.input(Input::Disconnected {
+            id,
+            error: TransportError::new(TransportErrorKind::Reset, "reset"),
+        });
+        h.now = h.client.poll_timeout().expect("a reconnect is timed");
+        let id = h.go_live();
+        let chart = h.chart_session();
+        (
+            id,
+            h.server(id, &bars_payload("timescale_update", &chart, &name, bars)),
+        )
+    };
+    // The backfill starts at the forming bar: nothing can be missing.
+    let (id, overlapping) = reconnect(&mut h, id, &[(120.0, 2.5), (180.0, 3.0)]);
+    assert!(bar_gaps(&overlapping).is_empty(), "{overlapping:?}");
+    // It starts right after the forming bar: still nothing missing.
+    let (id, adjacent) = reconnect(&mut h, id, &[(240.0, 4.0), (300.0, 5.0)]);
+    assert!(bar_gaps(&adjacent).is_empty(), "{adjacent:?}");
+    // The link was down for longer than the backfill covers: 360 … 540 were never seen.
+    let (_, late) = reconnect(&mut h, id, &[(600.0, 6.0), (660.0, 7.0)]);
+    assert_eq!(bar_gaps(&late), [(300.0, 600.0)]);
+    let gap_at = events(&late)
+        .iter()
+        .position(|event| matches!(event, Event::BarGap(_)))
+        .unwrap();
+    let first_bar_at = events(&late)
+        .iter()
+        .position(|event| matches!(event, Event::Bar(_)))
+        .unwrap();
+    assert!(
+        gap_at < first_bar_at,
+        "the gap comes before the bars after it"
+    );
+    assert_eq!(
+        bar_events(&late),
+        [(300.0, 5.0, true), (600.0, 6.0, true), (660.0, 7.0, false)]
+    );
+}
+
 #[test]
 fn history_completes_with_bars_or_a_typed_error_and_never_hangs() {
     let mut h = Harness::new(Config {

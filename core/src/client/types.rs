@@ -297,6 +297,25 @@ pub struct BarEvent {
     pub closed: bool,
 }
 
+/// Bars a subscription may be missing: after a reconnect, the feed's backfill began later
+/// than one period after the last bar the subscription had emitted, so bars that opened in
+/// between were never seen (the feed sends a series' most recent `count` bars, and the link
+/// was down for longer than that). Bars opening strictly between `after` and `before` may be
+/// missing; when the backfill reaches back to the last bar emitted, no gap is reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarGap {
+    /// The subscription.
+    pub series: SeriesId,
+    /// Its symbol.
+    pub symbol: Arc<str>,
+    /// Its timeframe.
+    pub timeframe: Arc<str>,
+    /// Open time (Unix seconds) of the last bar emitted before the gap.
+    pub after: f64,
+    /// Open time (Unix seconds) of the first bar after it.
+    pub before: f64,
+}
+
 /// Why a history request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HistoryError {
@@ -367,6 +386,9 @@ pub enum Event {
     },
     /// A bar of a subscribed series.
     Bar(BarEvent),
+    /// A reconnect's backfill did not reach back to the last bar emitted: bars may be
+    /// missing in between (the bars that follow are emitted as usual).
+    BarGap(BarGap),
     /// The server rejected a bar subscription (`symbol_error` or `series_error`); it is removed.
     SeriesError {
         /// The subscription.
