@@ -16,6 +16,8 @@
 //!   when a bar of each closes.
 //! - [`json`]: the compact, ASCII-only JSON writer behind every payload tickwire emits.
 //! - [`client`]: the resilient streaming client as a state machine (time in, decisions out).
+//! - [`record`]: what a recorder writes to its store and when: rows, batches, commit
+//!   interval, conflation while the store lags.
 //! - [`hub`]: the relay's fan-out: downstream subscriptions, change-only broadcast, per-connection
 //!   bounded queues with conflation, limits and deadlines.
 //!
@@ -83,6 +85,8 @@ pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod hub;
+mod instant;
 pub mod json;
 pub mod message;
+pub mod record;
 pub mod timeframe;

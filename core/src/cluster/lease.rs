@@ -39,6 +39,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::policy;
+use crate::instant::later;
 
 /// Lease settings. [`LeaseConfig::new`] gives the defaults for a relay id.
 #[derive(Debug, Clone, PartialEq)]
@@ -470,10 +471,6 @@ impl Lease {
         let unit = self.rng.f64().mul_add(2.0, -1.0);
         policy::apply_jitter(base, self.config.jitter, unit)
     }
-}
-
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by).unwrap_or(at)
 }
 
 #[cfg(test)]

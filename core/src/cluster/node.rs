@@ -74,6 +74,7 @@ use crate::hub::{
     CloseReason, ConnId, Fanout, FanoutError, FanoutOutput, HubConfig, Refused, UpstreamFeed,
     UpstreamPlan,
 };
+use crate::instant::later;
 
 /// Cluster settings of one relay. [`NodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,10 +317,6 @@ pub struct Node {
     counters: NodeCounters,
     latest: Instant,
     closing: bool,
-}
-
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by).unwrap_or(at)
 }
 
 fn earliest(due: &mut Option<Instant>, at: Instant) {
