@@ -525,6 +525,8 @@ mod tests {
         let mut recorder = Recorder::new(RecorderConfig::default());
         recorder.handle_event(start, 0, &bar(60.0, 1.0, false));
         recorder.handle_event(start, 0, &bar(60.0, 1.5, true));
+        // A late forming copy (the client never sends one) does not reopen it.
+        recorder.handle_event(start, 0, &bar(60.0, 1.5, false));
         recorder.handle_event(start, 0, &bar(120.0, 2.0, false));
         let batch = recorder.poll_batch(start + SECOND).unwrap();
         let rows: Vec<(f64, f64, bool)> = batch
