@@ -164,6 +164,10 @@ pub struct Market {
     always_open: Vec<usize>,
     open: bool,
     rng: fastrand::Rng,
+    /// The market clock: real Unix time `epoch` is market time `epoch`, and market time runs
+    /// `speed` times as fast from there.
+    epoch: f64,
+    speed: f64,
 }
 
 impl Market {
@@ -214,7 +218,38 @@ impl Market {
             always_open,
             open: true,
             rng,
+            epoch: 0.0,
+            speed: 1.0,
         }
+    }
+
+    /// Runs the market clock `speed` times as fast as real time from the real Unix time
+    /// `epoch` on (see [`Market::time_at`]). A speed that is not a positive finite number
+    /// is taken as 1.
+    pub fn set_speed(&mut self, epoch: f64, speed: f64) {
+        self.epoch = epoch;
+        self.speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+    }
+
+    /// The market's time (Unix seconds) at real Unix time `real`: `real` itself at speed 1.
+    ///
+    /// ```
+    /// use tickwire_emulator::market::Market;
+    ///
+    /// let mut market = Market::new(1, 1);
+    /// assert_eq!(market.time_at(1_700_000_000.0), 1_700_000_000.0);
+    /// market.set_speed(1_700_000_000.0, 60.0);
+    /// assert_eq!(market.time_at(1_700_000_002.0), 1_700_000_120.0);
+    /// ```
+    pub fn time_at(&self, real: f64) -> f64 {
+        if self.speed == 1.0 {
+            return real;
+        }
+        self.epoch + (real - self.epoch) * self.speed
     }
 
     /// Whether the market is open (in session).

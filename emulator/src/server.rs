@@ -81,6 +81,11 @@ pub struct EmulatorConfig {
     /// How long the JWTs the HTTP side issues live (their `exp` is this after issue); changed
     /// at run time with [`Emulator::set_token_lifetime`].
     pub token_lifetime: Duration,
+    /// How fast the market's clock runs against real time: quote and bar times advance this
+    /// many seconds per real second from the start (60: a 1-minute bar closes every real
+    /// second), so a test sees bars close, and a reconnect's backfill fall short, without
+    /// waiting minutes. Heartbeats, faults and token lifetimes keep real time. Default 1.
+    pub market_speed: f64,
 }
 
 /// A market-hours cycle: open for `open`, then closed for `closed`, and again.
@@ -120,6 +125,7 @@ impl Default for EmulatorConfig {
             revoked_tokens: Vec::new(),
             accounts: Account::defaults(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            market_speed: 1.0,
         }
     }
 }
@@ -330,6 +336,7 @@ impl Emulator {
         let paused = Arc::new(AtomicBool::new(false));
         let mut market = Market::new(config.symbols, config.seed);
         market.set_open(!config.start_closed);
+        market.set_speed(unix_now(), config.market_speed);
         let (market_changes, _) = watch::channel(0);
         let (events, _) = broadcast::channel(1_024);
         let shared = Arc::new(Shared {
@@ -525,9 +532,9 @@ async fn run_market(shared: Arc<Shared>) {
         if due < 1.0 || shared.paused.load(Ordering::Relaxed) {
             continue;
         }
-        let now = unix_now();
         let batch: Vec<Tick> = {
             let mut market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = market.time_at(unix_now());
             (0..due as usize).filter_map(|_| market.tick(now)).collect()
         };
         let _ = shared.ticks.send(Arc::new(batch));

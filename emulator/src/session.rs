@@ -463,7 +463,7 @@ impl Session {
                                 true,
                                 current_session,
                                 self.token_expires.is_some(),
-                                now,
+                                market.time_at(now),
                             );
                             out.push(message(
                                 "qsd",
@@ -608,7 +608,8 @@ impl Session {
         let Some(instrument) = market.instrument(symbol) else {
             return;
         };
-        let bars = instrument.history(timeframe_secs, count, now);
+        let market_now = market.time_at(now);
+        let bars = instrument.history(timeframe_secs, count, market_now);
         out.push(timed_message(
             "series_loading",
             json!([session, series_id, turnaround]),
@@ -620,7 +621,7 @@ impl Session {
             .map(|(index, bar)| json!({"i": index, "v": bar_values(bar, instrument.has_volume())}))
             .collect();
         let last = bars.last().copied();
-        let close_time = last.map_or(now, |bar| bar[0] + timeframe_secs as f64);
+        let close_time = last.map_or(market_now, |bar| bar[0] + timeframe_secs as f64);
         let entry = json!({
             "node": "emu-series-1",
             "s": rows,

@@ -209,6 +209,66 @@ async fn recovers_from(
     feed.close().await;
 }
 
+/// A reconnect after a stall: a series whose backfill (its history count) reaches back past
+/// the outage resumes without a gap; one whose backfill is a single bar reports the bars it
+/// may have missed (`Event::BarGap`) before going on. The market clock runs 120 times real
+/// time, so the 1.5 s stall spans minutes of 1-minute bars.
+async fn a_backfill_short_of_the_outage_reports_a_gap(connect: impl Fn(Config, Options) -> Feed) {
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 300.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        market_speed: 120.0,
+        ..EmulatorConfig::default()
+    });
+    let feed = connect(config(&server), Options::default());
+    // 100 one-minute bars of backfill: 50 s of real time at this speed.
+    let covered = feed
+        .subscribe_bars("BINANCE:BTCUSDT", "1", 100)
+        .expect("series");
+    let short = feed
+        .subscribe_bars("BINANCE:ETHUSDT", "1", 1)
+        .expect("series");
+    let mut events = feed.events();
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            if let Event::Bar(bar) = event {
+                seen.insert(bar.series);
+            }
+            seen.len() == 2
+        })
+        .await,
+        "bars of both series"
+    );
+    server
+        .emulator()
+        .inject(FaultAction::Stall(Duration::from_secs(30)));
+    let mut gaps = Vec::new();
+    let mut bars_after = std::collections::BTreeSet::new();
+    let reconnected = wait_for(&mut events, Duration::from_secs(15), |event| {
+        match event {
+            Event::BarGap(gap) => gaps.push(gap.clone()),
+            Event::Bar(bar) if feed.status().client.counters.connections >= 2 => {
+                bars_after.insert(bar.series);
+            }
+            _ => {}
+        }
+        bars_after.len() == 2
+    })
+    .await;
+    assert!(reconnected, "bars of both series after the reconnect");
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let gap = &gaps[0];
+    assert_eq!(gap.series, short);
+    assert_ne!(gap.series, covered);
+    assert!(
+        gap.before - gap.after >= 120.0,
+        "the gap spans more than one bar: {gap:?}"
+    );
+    feed.close().await;
+}
+
 async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
     let server = server_with_faults(&["#1:refuse", "#2:refuse"]);
     let start = Instant::now();
@@ -711,6 +771,7 @@ on_both_runtimes! {
     rejected_token => a_rejected_token_without_a_provider_backs_off;
     expired_token => an_expired_token_is_refreshed;
     invalid_timeframe => invalid_timeframes_are_refused_at_once;
+    bar_gap => a_backfill_short_of_the_outage_reports_a_gap;
 }
 
 #[test]
