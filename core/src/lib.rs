@@ -82,6 +82,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod command;
+mod hash;
 pub mod hub;
 pub mod json;
 pub mod message;

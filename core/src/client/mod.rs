@@ -87,7 +87,7 @@ mod token;
 mod transport;
 mod types;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,7 @@ pub use types::{
 
 use crate::codec::{Decoder, Packet};
 use crate::command::{Adjustment, Command, SymbolSpec};
+use crate::hash::FastMap;
 use crate::message::{self, Bar, ChartUpdate, QuoteValues, ServerMessage};
 use crate::timeframe::Timeframe;
 use policy::{CommandQueue, TokenBucket, retry_delay};
@@ -214,7 +215,7 @@ pub struct Client {
     decoder: Arc<Decoder>,
     auth_token: Secret,
     /// Desired quote symbols and their merged quotes.
-    quotes: HashMap<Arc<str>, Quote>,
+    quotes: FastMap<Arc<str>, Quote>,
     /// Desired chart series and history requests, by key.
     charts: BTreeMap<u64, ChartRequest>,
     next_key: u64,
@@ -270,7 +271,7 @@ impl Client {
             rng: fastrand::Rng::with_seed(config.seed.unwrap_or(FALLBACK_SEED)),
             decoder: Arc::new(Decoder::with_max_packet_size(config.max_packet_size)),
             auth_token: Secret(config.auth_token.clone()),
-            quotes: HashMap::new(),
+            quotes: FastMap::default(),
             charts: BTreeMap::new(),
             next_key: 1,
             link: Link::Waiting {
