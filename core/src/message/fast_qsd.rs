@@ -16,10 +16,30 @@
 
 use std::borrow::Cow;
 
-use super::{QuoteData, QuoteValues, Scalar, ServerMessage};
+#[cfg(test)]
+use super::{QuoteData, ServerMessage};
+use super::{QuoteValues, Scalar};
 
 /// Parses `payload` if it is a plain `ok` qsd in the server's compact form.
+#[cfg(test)]
 pub(super) fn parse(payload: &str) -> Option<ServerMessage<'_>> {
+    let mut values = QuoteValues::default();
+    let (session, symbol) = parse_into(payload, &mut values)?;
+    Some(ServerMessage::QuoteData(QuoteData {
+        session: Cow::Borrowed(session),
+        symbol: Cow::Borrowed(symbol),
+        values,
+    }))
+}
+
+/// Reads `payload` into `values` (which starts out empty) if it is a plain `ok` qsd in the
+/// server's compact form, and returns its session and symbol; the caller keeps the values
+/// where they are instead of moving a whole message around. On `None`, `values` holds
+/// whatever was read before the shape broke off and is to be discarded.
+pub(crate) fn parse_into<'a>(
+    payload: &'a str,
+    values: &mut QuoteValues<'a>,
+) -> Option<(&'a str, &'a str)> {
     let mut cursor = Cursor {
         text: payload,
         position: 0,
@@ -29,7 +49,6 @@ pub(super) fn parse(payload: &str) -> Option<ServerMessage<'_>> {
     cursor.expect(br#",{"n":"#)?;
     let symbol = cursor.string()?;
     cursor.expect(br#","s":"ok","v":{"#)?;
-    let mut values = QuoteValues::default();
     if !cursor.eat(b'}') {
         loop {
             let key = cursor.string()?;
@@ -46,11 +65,7 @@ pub(super) fn parse(payload: &str) -> Option<ServerMessage<'_>> {
     if cursor.position != payload.len() {
         return None;
     }
-    Some(ServerMessage::QuoteData(QuoteData {
-        session: Cow::Borrowed(session),
-        symbol: Cow::Borrowed(symbol),
-        values,
-    }))
+    Some((session, symbol))
 }
 
 /// Powers of ten that an `f64` holds exactly.
