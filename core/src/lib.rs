@@ -84,6 +84,7 @@ pub mod client;
 pub mod cluster;
 pub mod codec;
 pub mod command;
+mod hash;
 pub mod hub;
 mod instant;
 pub mod json;

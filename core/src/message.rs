@@ -544,22 +544,60 @@ pub struct ChartUpdate<'a> {
 /// # Errors
 /// [`ParseError::Empty`] for an empty payload; [`ParseError::Malformed`] for anything that is not
 /// JSON, not an object, or whose `p` does not have the shape of its method.
+///
+/// The payload is checked to be UTF-8 once, as a whole (the decoder's payloads always are), and
+/// then read as [`parse_str`] reads it.
 pub fn parse(payload: &[u8]) -> Result<ServerMessage<'_>, ParseError> {
-    if payload.is_empty() {
-        return Err(ParseError::Empty);
+    match std::str::from_utf8(payload) {
+        Ok(text) => parse_str(text),
+        // serde_json reports where the text stops being UTF-8.
+        Err(_) => general(serde_json::Deserializer::from_slice(payload), payload),
     }
-    if let Some(message) = fast_qsd::parse(payload) {
-        return Ok(message);
+}
+
+/// Parses one JSON packet payload that is already text.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_str(payload: &str) -> Result<ServerMessage<'_>, ParseError> {
+    let mut values = QuoteValues::default();
+    match fast_qsd::parse_into(payload, &mut values) {
+        Some((session, symbol)) => Ok(ServerMessage::QuoteData(QuoteData {
+            session: Cow::Borrowed(session),
+            symbol: Cow::Borrowed(symbol),
+            values,
+        })),
+        None => parse_general(payload),
     }
-    parse_general(payload)
+}
+
+/// Reads a plain `ok` qsd in the server's compact form into `values` (which starts out
+/// empty), returning its session and symbol, without building a [`ServerMessage`]; `None` for
+/// any other payload, which then goes to [`parse_general`] (and `values` is to be discarded).
+/// The client's hot path, where each move of a whole message is a copy of ~380 bytes.
+pub(crate) fn parse_quote_into<'a>(
+    payload: &'a str,
+    values: &mut QuoteValues<'a>,
+) -> Option<(&'a str, &'a str)> {
+    fast_qsd::parse_into(payload, values)
 }
 
 /// The serde path, for every message the fast path does not take.
-fn parse_general(payload: &[u8]) -> Result<ServerMessage<'_>, ParseError> {
+pub(crate) fn parse_general(payload: &str) -> Result<ServerMessage<'_>, ParseError> {
+    general(
+        serde_json::Deserializer::from_str(payload),
+        payload.as_bytes(),
+    )
+}
+
+/// Reads one message with serde from `deserializer`, which reads `payload`.
+fn general<'a, R: serde_json::de::Read<'a>>(
+    mut deserializer: serde_json::Deserializer<R>,
+    payload: &'a [u8],
+) -> Result<ServerMessage<'a>, ParseError> {
     if payload.is_empty() {
         return Err(ParseError::Empty);
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(payload);
     let envelope = deserializer.deserialize_map(EnvelopeVisitor)?;
     deserializer.end()?;
     match envelope {
@@ -1966,10 +2004,8 @@ mod tests {
 
     #[test]
     fn fast_path_takes_compact_ok_qsd_only() {
-        assert!(fast_qsd::parse(br#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":1.5,"lp_time":17,"x":true}}]}"#).is_some());
-        assert!(
-            fast_qsd::parse(br#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}}]}"#).is_some()
-        );
+        assert!(fast_qsd::parse(r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{"lp":1.5,"lp_time":17,"x":true}}]}"#).is_some());
+        assert!(fast_qsd::parse(r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}}]}"#).is_some());
         for slow in [
             r#"{"m":"qsd", "p":["qs_a",{"n":"X","s":"ok","v":{}}]}"#,
             r#"{"m":"qsd","p":["qs_a",{"n":"X\"","s":"ok","v":{}}]}"#,
@@ -1982,7 +2018,50 @@ mod tests {
             r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}}]}x"#,
             r#"{"m":"qsd","p":["qs_a",{"n":"X","s":"ok","v":{}},1]}"#,
         ] {
-            assert!(fast_qsd::parse(slow.as_bytes()).is_none(), "{slow}");
+            assert!(fast_qsd::parse(slow).is_none(), "{slow}");
+        }
+    }
+
+    #[test]
+    fn fast_path_strings_end_at_the_first_quote_backslash_or_control_character() {
+        for length in 0..24 {
+            for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+                let mut text = vec![b'a'; length];
+                text.push(special);
+                text.extend_from_slice(b"b\"c");
+                assert_eq!(fast_qsd::string_length(&text), Some(length), "{text:?}");
+            }
+            // Bytes at or past 0x20 are text, non-ASCII included.
+            let text: Vec<u8> = "é~ \u{7f}€".bytes().cycle().take(length).collect();
+            assert_eq!(fast_qsd::string_length(&text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn fast_path_numbers_match_std() {
+        for text in [
+            "0.1",
+            "-0.0",
+            "9007199254740992.5",
+            "9007199254740993.0",
+            "1.7976931348623157e308",
+            "5e-324",
+            "1e22",
+            "1e23",
+            "123456789012345678.9",
+            "0.000000000000000000001",
+            "1.0e-22",
+            "4.9406564584124654e-324",
+            "2.2250738585072011e-308",
+        ] {
+            let payload =
+                format!(r#"{{"m":"qsd","p":["qs_a",{{"n":"X","s":"ok","v":{{"lp":{text}}}}}]}}"#);
+            let Some(ServerMessage::QuoteData(quote)) = fast_qsd::parse(&payload) else {
+                panic!("{text}")
+            };
+            let expected: f64 = text.parse().unwrap();
+            let value = *quote.values.last_price.value().unwrap();
+            assert_eq!(value.to_bits(), expected.to_bits(), "{text}");
         }
     }
 
@@ -2011,6 +2090,25 @@ mod tests {
             Just("1e+100".to_owned()),
             Just("-0".to_owned()),
             Just("01".to_owned()),
+            // Short decimals as prices are sent: mostly exact digits and powers of ten, the
+            // fast path's own arithmetic, and sometimes just past what is exact.
+            (
+                0u64..100_000_000_000_000_000,
+                0usize..18,
+                -25i32..25,
+                any::<bool>()
+            )
+                .prop_map(|(digits, point, exponent, with_exponent)| {
+                    let digits = digits.to_string();
+                    let point = point.min(digits.len().saturating_sub(1)).max(1);
+                    let (whole, fraction) = digits.split_at(point.min(digits.len()));
+                    let fraction = if fraction.is_empty() { "0" } else { fraction };
+                    if with_exponent {
+                        format!("{whole}.{fraction}e{exponent}")
+                    } else {
+                        format!("{whole}.{fraction}")
+                    }
+                }),
         ];
         let value = prop_oneof![
             4 => number,
@@ -2042,7 +2140,7 @@ mod tests {
         let fast = (0..500)
             .filter(|_| {
                 let payload = strategy.new_tree(&mut runner).unwrap().current();
-                fast_qsd::parse(payload.as_bytes()).is_some()
+                fast_qsd::parse(&payload).is_some()
             })
             .count();
         assert!(
@@ -2054,8 +2152,8 @@ mod tests {
     proptest! {
         #[test]
         fn fast_path_agrees_with_the_serde_path(payload in qsd_payload()) {
-            let general = parse_general(payload.as_bytes());
-            if let Some(fast) = fast_qsd::parse(payload.as_bytes()) {
+            let general = parse_general(&payload);
+            if let Some(fast) = fast_qsd::parse(&payload) {
                 prop_assert_eq!(Some(fast), general.ok(), "{}", payload);
             }
         }

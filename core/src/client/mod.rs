@@ -87,7 +87,7 @@ mod token;
 mod transport;
 mod types;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,7 @@ pub use types::{
 
 use crate::codec::{Decoder, Packet};
 use crate::command::{Adjustment, Command, SymbolSpec};
+use crate::hash::FastMap;
 use crate::message::{self, Bar, ChartUpdate, QuoteValues, ServerMessage};
 use crate::timeframe::Timeframe;
 use policy::{CommandQueue, TokenBucket, retry_delay};
@@ -214,7 +215,7 @@ pub struct Client {
     decoder: Arc<Decoder>,
     auth_token: Secret,
     /// Desired quote symbols and their merged quotes.
-    quotes: HashMap<Arc<str>, Quote>,
+    quotes: FastMap<Arc<str>, Quote>,
     /// Desired chart series and history requests, by key.
     charts: BTreeMap<u64, ChartRequest>,
     next_key: u64,
@@ -270,7 +271,7 @@ impl Client {
             rng: fastrand::Rng::with_seed(config.seed.unwrap_or(FALLBACK_SEED)),
             decoder: Arc::new(Decoder::with_max_packet_size(config.max_packet_size)),
             auth_token: Secret(config.auth_token.clone()),
-            quotes: HashMap::new(),
+            quotes: FastMap::default(),
             charts: BTreeMap::new(),
             next_key: 1,
             link: Link::Waiting {
@@ -1084,13 +1085,7 @@ impl Client {
                 Ok(Packet::Heartbeat(beat)) => self.on_heartbeat(now, &beat),
                 Ok(Packet::Json(payload) | Packet::LegacyJson(payload)) => {
                     self.on_data_packet(now);
-                    match message::parse(&payload) {
-                        Ok(parsed) => self.on_server_message(now, parsed),
-                        Err(_) => {
-                            self.counters.decode_errors =
-                                self.counters.decode_errors.saturating_add(1)
-                        }
-                    }
+                    self.on_payload(now, &payload);
                 }
                 Err(_) => {
                     self.counters.decode_errors = self.counters.decode_errors.saturating_add(1)
@@ -1103,6 +1098,28 @@ impl Client {
             .saturating_add(u64::from(packets.resyncs()));
         if std::mem::take(&mut self.market_dirty) {
             self.report_market(now);
+        }
+    }
+
+    /// One JSON payload. A plain quote delta is read in place and applied from there (the
+    /// hot path: no message is built or moved); everything else is parsed into a message.
+    fn on_payload(&mut self, now: Instant, payload: &[u8]) {
+        let parsed = match std::str::from_utf8(payload) {
+            Ok(text) => {
+                let mut values = QuoteValues::default();
+                if let Some((session, symbol)) = message::parse_quote_into(text, &mut values) {
+                    self.prove_if_ours(now, session);
+                    self.on_quote_data(now, session, symbol, &values);
+                    return;
+                }
+                message::parse_general(text)
+            }
+            // Not text: the general parser says why.
+            Err(_) => message::parse(payload),
+        };
+        match parsed {
+            Ok(parsed) => self.on_server_message(now, parsed),
+            Err(_) => self.counters.decode_errors = self.counters.decode_errors.saturating_add(1),
         }
     }
 
@@ -1198,26 +1215,41 @@ impl Client {
             .is_some_and(|link| link.quote_session == session || link.chart_session == session)
     }
 
-    fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
+    /// A message from `session` acknowledges it: proves the connection if the session is ours.
+    fn prove_if_ours(&mut self, now: Instant, session: &str) {
         // Only until the first acknowledgement: the hot path pays one check after that.
         if self
             .open_link()
             .is_some_and(|link| link.proven_at.is_none())
+            && self.is_our_session(session)
         {
-            if let Some(session) = acknowledging_session(&parsed) {
-                if self.is_our_session(session) {
-                    self.prove(now);
-                }
-            }
+            self.prove(now);
+        }
+    }
+
+    /// A quote delta (already acknowledged): applied when it is for this quote session.
+    fn on_quote_data(
+        &mut self,
+        now: Instant,
+        session: &str,
+        symbol: &str,
+        values: &QuoteValues<'_>,
+    ) {
+        if self
+            .open_link()
+            .is_some_and(|link| link.quote_session == session)
+        {
+            self.apply_quote(now, symbol, values, Source::Stream);
+        }
+    }
+
+    fn on_server_message(&mut self, now: Instant, parsed: ServerMessage<'_>) {
+        if let Some(session) = acknowledging_session(&parsed) {
+            self.prove_if_ours(now, session);
         }
         match parsed {
             ServerMessage::QuoteData(quote) => {
-                if self
-                    .open_link()
-                    .is_some_and(|link| link.quote_session == quote.session)
-                {
-                    self.apply_quote(now, &quote.symbol, &quote.values, Source::Stream);
-                }
+                self.on_quote_data(now, &quote.session, &quote.symbol, &quote.values);
             }
             ServerMessage::QuoteError(error) => {
                 if let Some((symbol, _)) = self.forget_quote(error.symbol.as_ref()) {

@@ -107,7 +107,7 @@ mod request;
 mod tests;
 mod upstream;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,6 +116,7 @@ use bytes::Bytes;
 
 use crate::client::policy::TokenBucket;
 use crate::client::{Quote, State};
+use crate::hash::FastMap;
 use crate::message::Bar;
 
 pub use close::{CloseCode, CloseReason};
@@ -378,7 +379,7 @@ impl Connection {
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
-    connections: HashMap<ConnId, Connection>,
+    connections: FastMap<ConnId, Connection>,
     symbols: BTreeMap<Arc<str>, SymbolState>,
     next_id: u64,
     upstream_state: State,
@@ -410,7 +411,7 @@ impl Hub {
         let upstream_state = State::Idle;
         Ok(Hub {
             config,
-            connections: HashMap::new(),
+            connections: FastMap::default(),
             symbols: BTreeMap::new(),
             next_id: 0,
             upstream_state,
