@@ -9,7 +9,10 @@
 //! - the client's quotes by symbol hold the symbols the application subscribed to, at most
 //!   [`Config::max_subscriptions`](crate::client::Config::max_subscriptions); the server only
 //!   looks symbols up (and an unknown or colliding one costs at most a probe of that bounded
-//!   table, never an insertion);
+//!   table, never an insertion). Behind a relay, downstream clients do choose these symbols,
+//!   but only through the hub's cap (`HubConfig::max_upstream_symbols`, checked against
+//!   `max_subscriptions`): colliding names can make a lookup walk a table of that size, no
+//!   more;
 //! - the hub's connections are keyed by the [`ConnId`](crate::hub::ConnId)s the hub itself
 //!   hands out in order, at most
 //!   [`HubConfig::max_connections`](crate::hub::HubConfig::max_connections).
