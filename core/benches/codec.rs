@@ -19,8 +19,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tickwire_core::codec::{Decoder, Packet};
-use tickwire_core::message;
+use tickwire_core::codec::Decoder;
 
 fn testdata(name: &str) -> Bytes {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,43 +30,18 @@ fn testdata(name: &str) -> Bytes {
     Bytes::from(data)
 }
 
-fn frame_all(decoder: &Decoder, messages: &[Bytes]) -> usize {
-    let mut packets = 0;
-    for message in messages {
-        for packet in decoder.decode(message) {
-            black_box(&packet);
-            packets += 1;
-        }
-    }
-    packets
-}
-
-fn frame_and_parse_all(decoder: &Decoder, messages: &[Bytes]) -> usize {
-    let mut parsed = 0;
-    for message in messages {
-        for packet in decoder.decode(message) {
-            if let Ok(Packet::Json(payload)) = packet {
-                let message = message::parse(&payload).expect("test data parses");
-                black_box(&message);
-                parsed += 1;
-            }
-        }
-    }
-    parsed
-}
-
 fn bench_corpus(c: &mut Criterion, name: &str, messages: &[Bytes]) {
     let decoder = Decoder::new();
     let bytes: u64 = messages.iter().map(|message| message.len() as u64).sum();
-    let packets = frame_all(&decoder, messages) as u64;
-    let json_packets = frame_and_parse_all(&decoder, messages) as u64;
+    let packets = corpus::frame_all(&decoder, messages);
+    let json_packets = corpus::frame_and_parse_all(&decoder, messages);
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::ElementsAndBytes {
         elements: packets,
         bytes,
     });
     group.bench_function("framing", |b| {
-        b.iter(|| frame_all(&decoder, black_box(messages)))
+        b.iter(|| corpus::frame_all(&decoder, black_box(messages)))
     });
     // Elements here are the JSON packets parsed, not every packet framed.
     group.throughput(Throughput::ElementsAndBytes {
@@ -75,7 +49,7 @@ fn bench_corpus(c: &mut Criterion, name: &str, messages: &[Bytes]) {
         bytes,
     });
     group.bench_function("framing+parse", |b| {
-        b.iter(|| frame_and_parse_all(&decoder, black_box(messages)))
+        b.iter(|| corpus::frame_and_parse_all(&decoder, black_box(messages)))
     });
     group.finish();
 }

@@ -34,8 +34,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use bytes::Bytes;
-use tickwire_core::codec::{Decoder, Packet};
-use tickwire_core::message;
+use tickwire_core::codec::Decoder;
 
 /// What one measured pass went over.
 struct Work {
@@ -76,13 +75,13 @@ fn warm<T>(pass: impl FnOnce() -> T) -> T {
 #[inline(never)]
 fn measured_framing(decoder: &Decoder, messages: &[Bytes]) -> u64 {
     black_box("measured_framing");
-    framing(decoder, messages)
+    corpus::frame_all(decoder, messages)
 }
 
 #[inline(never)]
 fn measured_framing_and_parse(decoder: &Decoder, messages: &[Bytes]) -> u64 {
     black_box("measured_framing_and_parse");
-    framing_and_parse(decoder, messages)
+    corpus::frame_and_parse_all(decoder, messages)
 }
 
 #[inline(never)]
@@ -95,31 +94,6 @@ fn measured_client(corpus: &mut support::LiveCorpus) -> u64 {
 fn measured_hub(fixture: &mut hub_fixture::Fixture) -> u64 {
     black_box("measured_hub");
     fixture.round(true)
-}
-
-fn framing(decoder: &Decoder, messages: &[Bytes]) -> u64 {
-    let mut packets = 0;
-    for message in messages {
-        for packet in decoder.decode(message) {
-            black_box(&packet);
-            packets += 1;
-        }
-    }
-    packets
-}
-
-fn framing_and_parse(decoder: &Decoder, messages: &[Bytes]) -> u64 {
-    let mut parsed = 0;
-    for message in messages {
-        for packet in decoder.decode(message) {
-            if let Ok(Packet::Json(payload)) = packet {
-                let message = message::parse(&payload).expect("test data parses");
-                black_box(&message);
-                parsed += 1;
-            }
-        }
-    }
-    parsed
 }
 
 fn total_bytes(messages: &[Bytes]) -> u64 {
@@ -137,10 +111,10 @@ fn run(name: &str) -> Work {
                 corpus::lines(&support::testdata("qsd-burst-synthetic.txt"))
             };
             let elements = if name == "framing" {
-                warm(|| framing(&decoder, &messages));
+                warm(|| corpus::frame_all(&decoder, &messages));
                 measured_framing(&decoder, black_box(&messages))
             } else {
-                warm(|| framing_and_parse(&decoder, &messages));
+                warm(|| corpus::frame_and_parse_all(&decoder, &messages));
                 measured_framing_and_parse(&decoder, black_box(&messages))
             };
             Work {
