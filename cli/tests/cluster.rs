@@ -320,6 +320,20 @@ fn redis_command(port: u16, args: &[&str]) -> Result<String, String> {
 
 // ----- scenarios -----------------------------------------------------------------------------
 
+/// Three relays with one client each on `symbol`, every client synced (a snapshot, a price,
+/// three quotes) and one relay leading: the cluster, the clients (by relay) and the leader.
+/// `None` when redis-server is missing (and CI does not require it).
+fn three_relays_on(symbol: &str) -> Option<(Cluster, Vec<usize>, usize)> {
+    let mut cluster = Cluster::start(&["r1", "r2", "r3"], 200.0)?;
+    let clients: Vec<usize> = (0..3)
+        .map(|relay| cluster.add_client(relay, &[symbol]))
+        .collect();
+    let all: Vec<(&Client, usize)> = clients.iter().map(|&c| (cluster.client(c), 0)).collect();
+    wait_synced(&all, symbol, 3, SETTLE);
+    let leader = cluster.wait_one_leader(&[0, 1, 2], SETTLE);
+    Some((cluster, clients, leader))
+}
+
 /// Clients of three relays get the same symbol: a snapshot, then quotes; one relay leads and
 /// carries the one upstream connection, the others follow from Redis.
 #[test]
@@ -374,16 +388,10 @@ fn reconnected(client: &Client, mark: usize, symbol: &str, quotes: usize) -> Res
 /// back (`connecting`, `live`, a fresh snapshot, quotes), all from the new leader's feed.
 #[test]
 fn a_killed_leader_is_replaced_within_the_lease_and_no_client_of_the_others_notices_more() {
-    let Some(mut cluster) = Cluster::start(&["r1", "r2", "r3"], 200.0) else {
+    let symbol = "EMU:S11";
+    let Some((mut cluster, clients, leader)) = three_relays_on(symbol) else {
         return;
     };
-    let symbol = "EMU:S11";
-    let clients: Vec<usize> = (0..3)
-        .map(|relay| cluster.add_client(relay, &[symbol]))
-        .collect();
-    let all: Vec<(&Client, usize)> = clients.iter().map(|&c| (cluster.client(c), 0)).collect();
-    wait_synced(&all, symbol, 3, SETTLE);
-    let leader = cluster.wait_one_leader(&[0, 1, 2], SETTLE);
     let survivors: Vec<usize> = (0..3).filter(|&relay| relay != leader).collect();
     let marks: Vec<usize> = survivors
         .iter()
@@ -443,16 +451,10 @@ fn a_killed_leader_is_replaced_within_the_lease_and_no_client_of_the_others_noti
 /// it ends up a follower with its upstream closed.
 #[test]
 fn a_paused_leader_is_fenced_out_and_rejoins_as_a_follower() {
-    let Some(mut cluster) = Cluster::start(&["r1", "r2", "r3"], 200.0) else {
+    let symbol = "EMU:S12";
+    let Some((cluster, clients, paused)) = three_relays_on(symbol) else {
         return;
     };
-    let symbol = "EMU:S12";
-    let clients: Vec<usize> = (0..3)
-        .map(|relay| cluster.add_client(relay, &[symbol]))
-        .collect();
-    let all: Vec<(&Client, usize)> = clients.iter().map(|&c| (cluster.client(c), 0)).collect();
-    wait_synced(&all, symbol, 3, SETTLE);
-    let paused = cluster.wait_one_leader(&[0, 1, 2], SETTLE);
     let others: Vec<usize> = (0..3).filter(|&relay| relay != paused).collect();
     let marks: Vec<usize> = clients.iter().map(|&c| cluster.client(c).mark()).collect();
 
@@ -554,16 +556,10 @@ fn a_paused_leader_is_fenced_out_and_rejoins_as_a_follower() {
 /// is disconnected.
 #[test]
 fn relays_resynchronise_after_redis_restarts_empty() {
-    let Some(mut cluster) = Cluster::start(&["r1", "r2", "r3"], 200.0) else {
+    let symbol = "EMU:S13";
+    let Some((mut cluster, clients, leader)) = three_relays_on(symbol) else {
         return;
     };
-    let symbol = "EMU:S13";
-    let clients: Vec<usize> = (0..3)
-        .map(|relay| cluster.add_client(relay, &[symbol]))
-        .collect();
-    let all: Vec<(&Client, usize)> = clients.iter().map(|&c| (cluster.client(c), 0)).collect();
-    wait_synced(&all, symbol, 3, SETTLE);
-    let leader = cluster.wait_one_leader(&[0, 1, 2], SETTLE);
     let marks: Vec<usize> = clients.iter().map(|&c| cluster.client(c).mark()).collect();
 
     let restarted_at = Instant::now();
@@ -596,6 +592,12 @@ fn relays_resynchronise_after_redis_restarts_empty() {
         cluster.relays[now_leading].id,
         cluster.upstream_connections()
     );
+    wait_one_upstream_connection(&cluster);
+    cluster.assert_connected(&clients);
+}
+
+/// Waits until exactly one upstream connection is open (any one left over has closed).
+fn wait_one_upstream_connection(cluster: &Cluster) {
     eventually(
         "one upstream connection",
         Duration::from_secs(10),
@@ -604,7 +606,6 @@ fn relays_resynchronise_after_redis_restarts_empty() {
             other => Err(format!("{other:?} (open, peak)")),
         },
     );
-    cluster.assert_connected(&clients);
 }
 
 /// Redis paused (SIGSTOP) past the lease: clients stay connected and are told `degraded`
@@ -612,16 +613,10 @@ fn relays_resynchronise_after_redis_restarts_empty() {
 /// there is one leader again and quotes everywhere.
 #[test]
 fn relays_ride_out_a_paused_redis_and_recover() {
-    let Some(mut cluster) = Cluster::start(&["r1", "r2", "r3"], 200.0) else {
+    let symbol = "EMU:S14";
+    let Some((cluster, clients, leader)) = three_relays_on(symbol) else {
         return;
     };
-    let symbol = "EMU:S14";
-    let clients: Vec<usize> = (0..3)
-        .map(|relay| cluster.add_client(relay, &[symbol]))
-        .collect();
-    let all: Vec<(&Client, usize)> = clients.iter().map(|&c| (cluster.client(c), 0)).collect();
-    wait_synced(&all, symbol, 3, SETTLE);
-    let leader = cluster.wait_one_leader(&[0, 1, 2], SETTLE);
     let marks: Vec<usize> = clients.iter().map(|&c| cluster.client(c).mark()).collect();
 
     let paused_at = Instant::now();
@@ -704,14 +699,7 @@ fn relays_ride_out_a_paused_redis_and_recover() {
         cluster.relays[now_leading].id,
         cluster.upstream_connections()
     );
-    eventually(
-        "one upstream connection",
-        Duration::from_secs(10),
-        || match cluster.upstream_connections() {
-            (1, _) => Ok(()),
-            other => Err(format!("{other:?} (open, peak)")),
-        },
-    );
+    wait_one_upstream_connection(&cluster);
     cluster.assert_connected(&clients);
 }
 
