@@ -364,14 +364,20 @@ fn clients_of_every_relay_get_the_symbol_through_one_upstream_connection() {
     cluster.assert_connected(&clients);
 }
 
-/// Each surviving client, after `mark`: `connecting`, then `live`, then a priced snapshot of
-/// `symbol`, then `quotes` quotes of it.
-fn reconnected(client: &Client, mark: usize, symbol: &str, quotes: usize) -> Result<(), String> {
+/// A client, after `mark`: the status `lost` (`connecting`, `degraded`), then `live`, then a
+/// priced snapshot of `symbol`, then `quotes` quotes of it.
+fn came_back(
+    client: &Client,
+    mark: usize,
+    lost: &str,
+    symbol: &str,
+    quotes: usize,
+) -> Result<(), String> {
     let messages = client.since(mark);
     let after = in_order(
         &messages,
         &[
-            ("connecting status", &|value| is_status(value, "connecting")),
+            ("the lost status", &|value| is_status(value, lost)),
             ("live status", &|value| is_status(value, "live")),
             ("priced snapshot", &|value| {
                 snapshot_price(value, symbol).is_some()
@@ -412,7 +418,13 @@ fn a_killed_leader_is_replaced_within_the_lease_and_no_client_of_the_others_noti
         SETTLE,
         || {
             for (&relay, &mark) in survivors.iter().zip(&marks) {
-                reconnected(cluster.client(clients[relay]), mark, symbol, 3)?;
+                came_back(
+                    cluster.client(clients[relay]),
+                    mark,
+                    "connecting",
+                    symbol,
+                    3,
+                )?;
             }
             Ok(())
         },
@@ -566,21 +578,7 @@ fn relays_resynchronise_after_redis_restarts_empty() {
     cluster.redis.restart();
     eventually("every client resynchronised", SETTLE, || {
         for (&c, &mark) in clients.iter().zip(&marks) {
-            let client = cluster.client(c);
-            let messages = client.since(mark);
-            let after = in_order(
-                &messages,
-                &[
-                    ("degraded status", &|value| is_status(value, "degraded")),
-                    ("live status", &|value| is_status(value, "live")),
-                    ("priced snapshot", &|value| {
-                        snapshot_price(value, symbol).is_some()
-                    }),
-                ],
-            )
-            .map_err(|why| format!("{why}; {}", client.tail(8)))?;
-            count_quotes(&messages[after..], symbol, 3)
-                .map_err(|why| format!("{why}; {}", client.tail(8)))?;
+            came_back(cluster.client(c), mark, "degraded", symbol, 3)?;
         }
         Ok(())
     });
