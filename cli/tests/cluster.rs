@@ -653,18 +653,7 @@ fn relays_ride_out_a_paused_redis_and_recover() {
     eventually(
         "the leader's client gets quotes past the lease",
         Duration::from_secs(5),
-        || {
-            let got = own
-                .since(mark)
-                .iter()
-                .filter(|received| is_quote(&received.value, symbol))
-                .count();
-            if got >= 3 {
-                Ok(())
-            } else {
-                Err(format!("{got} quotes; {}", own.tail(4)))
-            }
-        },
+        || count_quotes(&own.since(mark), symbol, 3),
     );
     let health = cluster.relays[leader].health().unwrap();
     assert!(health.carries_upstream(), "{}", health.body);
@@ -868,19 +857,7 @@ fn demand_from_a_dead_relay_expires_and_its_symbol_leaves_the_upstream() {
     eventually(
         "quotes of the kept symbol go on",
         Duration::from_secs(5),
-        || {
-            let got = cluster
-                .client(a)
-                .since(mark)
-                .iter()
-                .filter(|received| is_quote(&received.value, kept))
-                .count();
-            if got >= 3 {
-                Ok(())
-            } else {
-                Err(format!("{got} quotes"))
-            }
-        },
+        || count_quotes(&cluster.client(a).since(mark), kept, 3),
     );
     cluster.assert_connected(&[a]);
 }
