@@ -27,7 +27,9 @@ use tickwire_core::cluster::{
     Keys, LeaseReply, Node, NodeConfig, NodeOutput, Role, SnapshotWrite, StoreReply, StoreRequest,
     StoreState,
 };
-use tickwire_core::hub::{ConnId, FanoutOutput, HubConfig, UpstreamFeed, UpstreamPlan};
+use tickwire_core::hub::{
+    CloseReason, ConnId, FanoutOutput, HubConfig, UpstreamFeed, UpstreamPlan,
+};
 
 const CLUSTER: &str = "sim";
 /// The hub's linger (shorter than the default so scenarios stay short in simulated time).
@@ -894,6 +896,21 @@ impl Cluster {
             source: Source::Stream,
         });
         self.members[index].node.handle_feed_event(now, &event);
+        self.drain(index);
+    }
+
+    /// The member's feed rejects `symbol` (the client drops its quotes).
+    fn reject(&mut self, index: usize, symbol: &str) {
+        let now = self.now;
+        let member = &mut self.members[index];
+        if let Some(feed) = member.feed.as_mut() {
+            feed.quotes.remove(symbol);
+        }
+        let event = Event::QuoteError {
+            symbol: Arc::from(symbol),
+            reason: "invalid symbol".to_owned(),
+        };
+        member.node.handle_feed_event(now, &event);
         self.drain(index);
     }
 
@@ -2089,5 +2106,99 @@ fn an_unhealthy_leader_gives_the_lease_up(seed: u64) {
 fn scenario_9_an_unhealthy_leader_gives_the_lease_up() {
     for seed in seeds() {
         an_unhealthy_leader_gives_the_lease_up(seed);
+    }
+}
+
+/// 10. With the store stalled, a feed that keeps rejecting a symbol its clients ask for again
+///     cannot grow the publishes outstanding past the window: the delete waits like a change,
+///     and once the store answers the rejected symbol's snapshot is gone and the followers are
+///     told why.
+fn rejections_wait_in_the_window(seed: u64) {
+    let window = 1;
+    let Settled {
+        mut cluster,
+        leader,
+        ..
+    } = settled(seed, 2, window);
+    let first = cluster.client(leader, &["X:R"]);
+    cluster.run_until_true(Duration::from_secs(2), "the feed carrying X:R", |cluster| {
+        cluster.carries(leader, "X:R")
+    });
+    cluster.quote(leader, "X:R", 7.0);
+    cluster.run_for(Duration::from_millis(200));
+    let snapshot_key = cluster.store.keys.snapshot("X:R");
+    let now = cluster.now;
+    check!(
+        cluster,
+        cluster.store.get(now, &snapshot_key).is_some(),
+        "X:R's snapshot was never stored"
+    );
+    cluster.members[leader]
+        .node
+        .disconnect(now, first, CloseReason::ClientClosed);
+    cluster.drain(leader);
+    let held_at = cluster.now;
+    cluster.hold_store();
+    let rounds = 12;
+    for _ in 0..rounds {
+        let conn = cluster.client(leader, &["X:R"]);
+        cluster.run_until_true(Duration::from_secs(1), "X:R carried again", |cluster| {
+            cluster.carries(leader, "X:R")
+        });
+        cluster.quote(leader, "X:R", 8.0);
+        cluster.reject(leader, "X:R");
+        let now = cluster.now;
+        cluster.members[leader]
+            .node
+            .disconnect(now, conn, CloseReason::ClientClosed);
+        cluster.drain(leader);
+        let publishes = cluster
+            .store
+            .held
+            .iter()
+            .filter(|(index, _, request)| {
+                *index == leader && matches!(request, StoreRequest::Publish { .. })
+            })
+            .count();
+        check!(
+            cluster,
+            publishes <= window,
+            "{publishes} publishes outstanding (window {window})"
+        );
+        cluster.run_for(Duration::from_millis(20));
+    }
+    check!(
+        cluster,
+        cluster.the_leader() == leader && cluster.now < held_at + lease_ttl() / 2,
+        "the scenario outlived the lease it needs"
+    );
+    cluster.release_store();
+    cluster.run_for(Duration::from_secs(2));
+    let now = cluster.now;
+    check!(
+        cluster,
+        cluster.store.get(now, &snapshot_key).is_none(),
+        "X:R's snapshot outlived its rejection: {:?}",
+        cluster.store.get(now, &snapshot_key)
+    );
+    let last = cluster
+        .store
+        .updates
+        .iter()
+        .filter(|(at, text)| *at >= held_at && json(text)["symbol"] == "X:R")
+        .map(|(_, text)| text.clone())
+        .next_back();
+    check!(
+        cluster,
+        last.as_deref()
+            .is_some_and(|text| json(text)["code"] == "UNKNOWN_SYMBOL"),
+        "the followers were not told X:R was rejected: {last:?}"
+    );
+}
+
+#[test]
+fn scenario_10_rejections_wait_in_the_window() {
+    for seed in seeds() {
+        rejections_wait_in_the_window(seed);
     }
 }

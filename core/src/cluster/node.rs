@@ -248,6 +248,17 @@ impl UpstreamFeed for StreamSide {
     }
 }
 
+/// A symbol's stored snapshot still to be deleted because the publish window was full when it
+/// went (it left demand, or the upstream rejected it).
+#[derive(Debug)]
+struct PendingDelete {
+    /// The epoch `message` was rendered for.
+    epoch: u64,
+    /// The upstream's reason, when it rejected the symbol (the message says it to followers).
+    rejection: Option<String>,
+    message: String,
+}
+
 #[derive(Debug)]
 struct Carried {
     series: Option<SeriesId>,
@@ -301,6 +312,8 @@ pub struct Node {
     publishes_in_flight: usize,
     /// Symbols whose changes were not published while the store was behind.
     dirty: BTreeSet<Arc<str>>,
+    /// The dirty symbols whose snapshot is to be deleted rather than published.
+    deletes: BTreeMap<Arc<str>, PendingDelete>,
     /// Snapshot reads waiting for the store.
     reads_waiting: BTreeSet<Arc<str>>,
     demand_dirty: bool,
@@ -366,6 +379,7 @@ impl Node {
             in_flight: VecDeque::new(),
             publishes_in_flight: 0,
             dirty: BTreeSet::new(),
+            deletes: BTreeMap::new(),
             reads_waiting: BTreeSet::new(),
             demand_dirty: true,
             next_demand_write: now,
@@ -924,6 +938,7 @@ impl Node {
                         carrier.suspended = store_up;
                     }
                     self.dirty.clear();
+                    self.deletes.clear();
                 } else {
                     self.drop_carrier(now);
                 }
@@ -937,6 +952,7 @@ impl Node {
         }
         self.outputs.push_back(NodeOutput::CloseUpstream);
         self.dirty.clear();
+        self.deletes.clear();
         self.next_demand_read = None;
         // From now on the stream is the source: read every symbol from the store.
         self.stream.follower.resync_all();
@@ -1156,7 +1172,7 @@ impl Node {
                 let published = carrier.publisher.symbol_error(symbol, reason);
                 self.forget_local(symbol);
                 self.fanout.handle_symbol_error(now, symbol, reason);
-                self.publish_to_store(published);
+                self.delete_in_store(symbol.clone(), published.message, Some(reason));
             }
             Event::SeriesError {
                 series,
@@ -1210,20 +1226,62 @@ impl Node {
         let Some(symbol) = published.symbol else {
             return;
         };
-        let snapshot = match published.snapshot {
-            Some(text) => SnapshotWrite::Set(text),
-            None => SnapshotWrite::Delete,
+        let Some(snapshot) = published.snapshot else {
+            self.delete_in_store(symbol, published.message, None);
+            return;
         };
-        if snapshot != SnapshotWrite::Delete
-            && (self.publishes_in_flight >= self.config.max_publishes_in_flight
-                || self.dirty.contains(&symbol))
+        // A symbol that comes back is published whole: its pending delete is superseded.
+        self.deletes.remove(&symbol);
+        if self.publishes_in_flight >= self.config.max_publishes_in_flight
+            || self.dirty.contains(&symbol)
         {
             self.counters.publishes_coalesced = self.counters.publishes_coalesced.saturating_add(1);
             self.dirty.insert(symbol);
             return;
         }
+        self.send_publish(
+            epoch,
+            symbol,
+            SnapshotWrite::Set(snapshot),
+            published.message,
+        );
+    }
+
+    /// Deletes the symbol's stored snapshot, telling followers `message`; past the window it
+    /// waits, like a change, so a feed that keeps rejecting or dropping symbols cannot grow the
+    /// requests outstanding.
+    fn delete_in_store(&mut self, symbol: Arc<str>, message: String, rejection: Option<&str>) {
+        let Some(epoch) = self.publishing() else {
+            return;
+        };
+        if self.publishes_in_flight >= self.config.max_publishes_in_flight
+            || self.dirty.contains(&symbol)
+        {
+            self.counters.publishes_coalesced = self.counters.publishes_coalesced.saturating_add(1);
+            self.deletes.insert(
+                symbol.clone(),
+                PendingDelete {
+                    epoch,
+                    rejection: rejection.map(str::to_owned),
+                    message,
+                },
+            );
+            self.dirty.insert(symbol);
+            return;
+        }
+        self.send_publish(epoch, symbol, SnapshotWrite::Delete, message);
+    }
+
+    fn send_publish(
+        &mut self,
+        epoch: u64,
+        symbol: Arc<str>,
+        snapshot: SnapshotWrite,
+        message: String,
+    ) {
         self.dirty.remove(&symbol);
-        let message = (!published.message.is_empty()).then_some(published.message);
+        self.deletes.remove(&symbol);
+        let message = (!message.is_empty()).then_some(message);
         if message.is_some() {
             self.counters.published = self.counters.published.saturating_add(1);
         }
@@ -1264,21 +1322,31 @@ impl Node {
     }
 
     /// Symbols whose changes were skipped go out as one self-contained `snapshot` message
-    /// each, as far as the window allows.
+    /// each (or the delete of their snapshot), as far as the window allows.
     fn flush_dirty(&mut self) {
-        if self.publishing().is_none() {
+        let Some(epoch) = self.publishing() else {
             return;
-        }
+        };
         while self.publishes_in_flight < self.config.max_publishes_in_flight {
             let Some(symbol) = self.dirty.pop_first() else {
                 return;
             };
-            let published = self
-                .carrier
-                .as_mut()
-                .and_then(|carrier| carrier.publisher.snapshot_message(&symbol));
-            if let Some(published) = published {
+            let pending_delete = self.deletes.remove(&symbol);
+            let Some(carrier) = self.carrier.as_mut() else {
+                return;
+            };
+            if let Some(published) = carrier.publisher.snapshot_message(&symbol) {
                 self.publish_to_store(published);
+            } else if let Some(delete) = pending_delete {
+                let message = match delete.rejection {
+                    // Followers fence older epochs: a new leader says it again as its own.
+                    Some(reason) if delete.epoch != epoch => {
+                        carrier.publisher.symbol_error(&symbol, &reason).message
+                    }
+                    None if delete.epoch != epoch => String::new(),
+                    _ => delete.message,
+                };
+                self.send_publish(epoch, symbol, SnapshotWrite::Delete, message);
             }
         }
     }
