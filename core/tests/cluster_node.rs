@@ -2202,3 +2202,43 @@ fn scenario_10_rejections_wait_in_the_window() {
         rejections_wait_in_the_window(seed);
     }
 }
+
+/// 11. A store that answers nothing for longer than the demand read interval: the leader's
+///     next read waits for the one in flight instead of coming due again at once (a
+///     `poll_timeout` stuck in the past spins the driver), and everything goes on once the
+///     store answers.
+fn a_stalled_store_does_not_spin_the_demand_read(seed: u64) {
+    let Settled {
+        mut cluster,
+        leader,
+        clients,
+    } = settled(seed, 2, defaults().max_publishes_in_flight);
+    let read_interval = defaults().demand_ttl / 2;
+    cluster.hold_store();
+    // The harness fails the run if a node's poll_timeout stays in the past.
+    cluster.run_for(read_interval * 2);
+    cluster.release_store();
+    cluster.run_for(lease_ttl() * 2);
+    let leader = if cluster.leaders().len() == 1 {
+        cluster.the_leader()
+    } else {
+        leader
+    };
+    cluster.quote(leader, "X:A", 321.0);
+    cluster.run_for(Duration::from_secs(1));
+    for &(index, conn) in &clients {
+        let frames = cluster.frames(index, conn);
+        check!(
+            cluster,
+            prices(&frames, "X:A").last() == Some(&321.0),
+            "relay-{index}'s client missed the price after the stall: {frames:#?}"
+        );
+    }
+}
+
+#[test]
+fn scenario_11_a_stalled_store_does_not_spin_the_demand_read() {
+    for seed in seeds() {
+        a_stalled_store_does_not_spin_the_demand_read(seed);
+    }
+}

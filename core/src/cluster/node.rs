@@ -1368,7 +1368,10 @@ impl Node {
                 if !self.in_flight.contains(&Pending::WriteDemand) {
                     earliest(&mut due, self.next_demand_write);
                 }
-                if let Some(at) = self.next_demand_read {
+                // A read in flight is answered first (the next one is timed from then).
+                if let Some(at) = self.next_demand_read
+                    && !self.in_flight.contains(&Pending::ReadDemand)
+                {
                     earliest(&mut due, at);
                 }
             }
