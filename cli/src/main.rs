@@ -8,6 +8,8 @@ mod feed_args;
 mod history;
 mod login;
 mod output;
+#[cfg(feature = "store")]
+mod record;
 mod relay;
 mod search;
 mod signals;
@@ -47,6 +49,13 @@ enum Command {
     },
     /// Stream live quotes (and bars) until Ctrl-C.
     Stream(stream::StreamArgs),
+    /// Record live quotes (and bars) into a DuckDB file until Ctrl-C or SIGTERM.
+    ///
+    /// Tables quotes, bars (one row per bar, updated until it closes) and gaps (where a
+    /// reconnect's backfill could not reach back). Commits at least every --commit-every; on
+    /// Ctrl-C or SIGTERM everything received is committed before exit.
+    #[cfg(feature = "store")]
+    Record(Box<record::RecordArgs>),
     /// Fetch bars of one symbol and exit.
     History(history::HistoryArgs),
     /// Run the feed emulator on loopback until Ctrl-C.
@@ -95,6 +104,8 @@ fn main() -> ExitCode {
         match command {
             Command::Stream(args) => stream::run(args).await,
             Command::History(args) => history::run(args).await,
+            #[cfg(feature = "store")]
+            Command::Record(args) => record::run(*args).await,
             Command::Emulate(args) => emulate::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Relay(args) => relay::run(*args).await,
