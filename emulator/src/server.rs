@@ -947,7 +947,7 @@ impl Connection {
 
     fn on_client_text(&mut self, text: Bytes, shared: &Shared) -> Option<Ending> {
         let now = unix_now();
-        let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
         for packet in self.decoder.decode(&text) {
             match packet {
                 Ok(Packet::Heartbeat(_)) => self.unanswered_heartbeats = 0,
@@ -955,7 +955,7 @@ impl Connection {
                     let payload = String::from_utf8_lossy(&payload);
                     let result = self
                         .session
-                        .handle(&payload, &market, now, &mut self.outbox);
+                        .handle(&payload, &mut market, now, &mut self.outbox);
                     for id in self.session.take_created_quote_sessions() {
                         shared.stats.record_quote_session(&id);
                         shared.event(ConnectionEvent::QuoteSession {

@@ -83,12 +83,15 @@ fn wants(fields: Option<&[String]>, field: &str) -> bool {
     fields.is_none_or(|fields| fields.iter().any(|wanted| wanted == field))
 }
 
+/// A chart series as this session streams it; the bars themselves are the market's book.
 #[derive(Debug)]
 struct Series {
     symbol: usize,
     timeframe_secs: u64,
     turnaround: String,
-    bar: Option<[f64; 6]>,
+    /// The time of the newest bar this session sent.
+    last_time: f64,
+    /// Its `i`: the position in this session's series.
     index: i64,
 }
 
@@ -384,10 +387,13 @@ impl Session {
     ///
     /// # Errors
     /// [`Fatal`] when the connection must close after `out` is sent (a rejected token).
+    ///
+    /// The market is mutable because a chart series starts the market's bar book for its
+    /// symbol and timeframe ([`Market::track_bars`]).
     pub fn handle(
         &mut self,
         payload: &str,
-        market: &Market,
+        market: &mut Market,
         now: f64,
         out: &mut Vec<String>,
     ) -> Result<(), Fatal> {
@@ -571,7 +577,7 @@ impl Session {
         method: &str,
         session: &str,
         params: &[Value],
-        market: &Market,
+        market: &mut Market,
         now: f64,
         out: &mut Vec<String>,
     ) {
@@ -605,11 +611,26 @@ impl Session {
         }
         let requested = params.get(5).and_then(Value::as_u64).unwrap_or(300) as usize;
         let count = requested.clamp(1, MAX_BARS);
-        let Some(instrument) = market.instrument(symbol) else {
+        let market_now = market.time_at(now);
+        if !market.track_bars(symbol, timeframe_secs, count, market_now) {
+            out.push(timed_message(
+                "series_error",
+                json!([session, series_id, turnaround, "too_many_series"]),
+                now,
+            ));
+            return;
+        }
+        let (Some(instrument), Some(book)) = (
+            market.instrument(symbol),
+            market.bars(symbol, timeframe_secs),
+        ) else {
             return;
         };
-        let market_now = market.time_at(now);
-        let bars = instrument.history(timeframe_secs, count, market_now);
+        // The newest `count` bars of the book: what any other session streamed or was served.
+        let bars: Vec<[f64; 6]> = book
+            .range(book.len().saturating_sub(count)..)
+            .copied()
+            .collect();
         out.push(timed_message(
             "series_loading",
             json!([session, series_id, turnaround]),
@@ -650,7 +671,7 @@ impl Session {
                 symbol,
                 timeframe_secs,
                 turnaround: turnaround.to_owned(),
-                bar: last,
+                last_time: last.map_or(f64::NEG_INFINITY, |bar| bar[0]),
                 index: bars.len().saturating_sub(1) as i64,
             },
         );
@@ -693,31 +714,37 @@ impl Session {
                 .iter_mut()
                 .filter(|(_, series)| series.symbol == tick.symbol)
             {
-                let step = series.timeframe_secs as f64;
-                let bar_time = (tick.time / step).floor() * step;
-                let bar = match series.bar {
-                    Some(mut bar) if bar[0] == bar_time => {
-                        bar[2] = bar[2].max(tick.price);
-                        bar[3] = bar[3].min(tick.price);
-                        bar[4] = tick.price;
-                        bar[5] += tick.size;
-                        bar
-                    }
-                    previous => {
-                        if previous.is_some() {
-                            series.index += 1;
-                        }
-                        [
-                            bar_time, tick.price, tick.price, tick.price, tick.price, tick.size,
-                        ]
-                    }
+                let Some(book) = market.bars(series.symbol, series.timeframe_secs) else {
+                    continue;
                 };
-                series.bar = Some(bar);
+                // From the bar this session sent last: its state now (it may have closed since,
+                // in ticks this session has not seen yet), then every newer bar, so each bar's
+                // final state is streamed whatever this session's lag.
+                let unsent = book
+                    .iter()
+                    .rev()
+                    .take_while(|bar| bar[0] >= series.last_time)
+                    .count();
+                let mut rows = Vec::with_capacity(unsent);
+                let mut close_time = None;
+                for bar in book.range(book.len().saturating_sub(unsent)..) {
+                    if bar[0] > series.last_time {
+                        series.index += 1;
+                        series.last_time = bar[0];
+                    }
+                    rows.push(
+                        json!({"i": series.index, "v": bar_values(bar, instrument.has_volume())}),
+                    );
+                    close_time = Some(bar[0] + series.timeframe_secs as f64);
+                }
+                let Some(close_time) = close_time else {
+                    continue;
+                };
                 let entry = json!({
-                    "s": [{"i": series.index, "v": bar_values(&bar, instrument.has_volume())}],
+                    "s": rows,
                     "ns": {"d": "", "indexes": "nochange"},
                     "t": series.turnaround,
-                    "lbs": {"bar_close_time": (bar_time + step) as u64},
+                    "lbs": {"bar_close_time": close_time as u64},
                 });
                 out.push(message("du", json!([session, {series_id.as_str(): entry}])));
             }
@@ -748,7 +775,7 @@ mod tests {
     use super::*;
     use tickwire_core::message::{self, ServerMessage};
 
-    fn run(session: &mut Session, market: &Market, payload: &str) -> Vec<String> {
+    fn run(session: &mut Session, market: &mut Market, payload: &str) -> Vec<String> {
         let mut out = Vec::new();
         session
             .handle(payload, market, 1_700_000_030.0, &mut out)
@@ -758,27 +785,27 @@ mod tests {
 
     #[test]
     fn quotes_echo_keys_exactly_with_a_snapshot_then_deltas() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"set_auth_token","p":["unauthorized_user_token"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_abc"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_set_fields","p":["qs_abc","lp","ch","volume"]}"#,
         );
         let spec = r#"={\"session\":\"regular\",\"symbol\":\"NASDAQ:AAPL\"}"#;
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             &format!(r#"{{"m":"quote_add_symbols","p":["qs_abc","{spec}","NOPE:X"]}}"#),
         );
         assert_eq!(out.len(), 3, "{out:?}");
@@ -809,7 +836,7 @@ mod tests {
                 size: 5.0,
                 time: 1.0,
             },
-            &market,
+            &mut market,
             false,
             &mut ticks,
         );
@@ -842,22 +869,22 @@ mod tests {
 
     #[test]
     fn charts_resolve_load_history_complete_and_stream() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","={\"adjustment\":\"splits\",\"symbol\":\"BINANCE:BTCUSDT\"}"]}"#,
         );
         assert!(out[0].contains("symbol_resolved"));
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1",10,""]}"#,
         );
         let methods: Vec<String> = out
@@ -886,7 +913,7 @@ mod tests {
                 size: 1.0,
                 time: 1_700_000_031.0,
             },
-            &market,
+            &mut market,
             false,
             &mut ticks,
         );
@@ -897,27 +924,27 @@ mod tests {
         // Errors: unknown symbol, seconds, bad timeframe.
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_2","=NOPE:X"]}"#,
         );
         assert!(out[0].contains("symbol_error") && out[0].contains("invalid symbol"));
         assert!(
             run(
                 &mut session,
-                &market,
+                &mut market,
                 r#"{"m":"create_series","p":["cs_x","sds_2","s1","sds_sym_2","1",10]}"#
             )
             .is_empty()
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_3","s1","sds_sym_1","1S",10]}"#,
         );
         assert!(out[0].contains("seconds_not_entitled"));
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_4","s1","sds_sym_1","15m",10]}"#,
         );
         assert!(out[0].contains("critical_error"));
@@ -925,18 +952,18 @@ mod tests {
 
     #[test]
     fn bad_token_is_fatal_and_garbage_is_wrong_data() {
-        let market = Market::new(2, 1);
+        let mut market = Market::new(2, 1);
         let mut session = Session::new();
         let mut out = Vec::new();
         let result = session.handle(
             r#"{"m":"set_auth_token","p":["bad-token"]}"#,
-            &market,
+            &mut market,
             1.0,
             &mut out,
         );
         assert_eq!(result, Err(Fatal("bad auth token".into())));
         assert!(out[0].contains("bad auth token"));
-        assert!(run(&mut session, &market, "not json")[0].contains("wrong data"));
+        assert!(run(&mut session, &mut market, "not json")[0].contains("wrong data"));
         assert!(hello(1.5, 3).contains("\"protocol\":\"json\""));
     }
 
@@ -947,32 +974,32 @@ mod tests {
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_a"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_lp"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_set_fields","p":["qs_lp","lp"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_a"]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_add_symbols","p":["qs_a","NASDAQ:AAPL","BINANCE:BTCUSDT"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_add_symbols","p":["qs_lp","NASDAQ:AAPL"]}"#,
         );
         let snapshot = |index: usize| {
@@ -1000,12 +1027,12 @@ mod tests {
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_a","sym","NASDAQ:AAPL"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_a","s1","s1","sym","1",5,""]}"#,
         );
         let tick = |symbol: usize| Tick {
@@ -1049,21 +1076,21 @@ mod tests {
 
     #[test]
     fn bad_series_parameters_get_the_real_critical_error() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","NASDAQ:AAPL"]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1h",300,""]}"#,
         );
         assert_eq!(
@@ -1074,7 +1101,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"modify_series","p":["cs_x","sds_1","s2","sds_sym_1","15m",""]}"#,
         );
         assert_eq!(
@@ -1085,7 +1112,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","4H",["bar_count",1700000000,10]]}"#,
         );
         assert_eq!(
@@ -1096,7 +1123,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1",60,10]}"#,
         );
         assert!(
@@ -1106,7 +1133,7 @@ mod tests {
         for good in ["1", "1440", "D", "2D", "W", "1W", "M", "3M"] {
             let out = run(
                 &mut session,
-                &market,
+                &mut market,
                 &format!(
                     r#"{{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","{good}",3,""]}}"#
                 ),
@@ -1126,7 +1153,7 @@ mod tests {
             let mut out = Vec::new();
             let result = session.handle(
                 &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
-                &market,
+                &mut market.clone(),
                 1.0,
                 &mut out,
             );
@@ -1188,7 +1215,7 @@ mod tests {
             let mut out = Vec::new();
             let result = session.handle(
                 &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
-                &market,
+                &mut market.clone(),
                 at,
                 &mut out,
             );
@@ -1197,12 +1224,12 @@ mod tests {
         let mode = |session: &mut Session, id: &str, symbol: &str| {
             run(
                 session,
-                &market,
+                &mut market.clone(),
                 &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
             );
             let out = run(
                 session,
-                &market,
+                &mut market.clone(),
                 &format!(r#"{{"m":"quote_add_symbols","p":["{id}","{symbol}"]}}"#),
             );
             let ServerMessage::QuoteData(quote) = message::parse(out[0].as_bytes()).unwrap() else {
@@ -1266,12 +1293,12 @@ mod tests {
 
     #[test]
     fn quote_session_ids_are_reported_once_in_order() {
-        let market = Market::new(2, 1);
+        let mut market = Market::new(2, 1);
         let mut session = Session::new();
         for id in ["qs_b", "qs_a", "qs_b"] {
             run(
                 &mut session,
-                &market,
+                &mut market,
                 &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
             );
         }
