@@ -51,6 +51,7 @@ mod web;
 pub use auth::{Account, AccountSpecError, DEFAULT_PLAN, SigninMode, SigninModeError};
 pub use background::BackgroundEmulator;
 pub use fault::{Fault, FaultAction};
+pub use market::EmulatorBar;
 pub use server::{
     ConnectionEvent, DEFAULT_TOKEN_LIFETIME, Emulator, EmulatorConfig, HEADER_DEADLINE,
     MAX_REQUEST_HEAD, MarketHours, QUOTE_SESSIONS_KEPT, Stats,

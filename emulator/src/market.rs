@@ -217,6 +217,38 @@ impl BarSeries {
     }
 }
 
+/// One bar of the market's bar book, as [`crate::Emulator::bar_history`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmulatorBar {
+    /// Open time, Unix seconds of market time.
+    pub time: f64,
+    /// Open.
+    pub open: f64,
+    /// High.
+    pub high: f64,
+    /// Low.
+    pub low: f64,
+    /// Close (the last price, for the forming bar).
+    pub close: f64,
+    /// Volume; `None` for instruments without one (their bars have 5 values on the wire).
+    pub volume: Option<f64>,
+}
+
+impl EmulatorBar {
+    /// The bar of a `[time, open, high, low, close, volume]` row; a NaN volume is none.
+    pub fn from_row(row: &[f64; 6]) -> EmulatorBar {
+        let [time, open, high, low, close, volume] = *row;
+        EmulatorBar {
+            time,
+            open,
+            high,
+            low,
+            close,
+            volume: (!volume.is_nan()).then_some(volume),
+        }
+    }
+}
+
 /// A price change of one symbol.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tick {
