@@ -611,6 +611,152 @@ mod tests {
         assert_eq!(bars, btc.history(60, 5, 1_700_000_030.0));
     }
 
+    const START: f64 = 1_700_000_030.0;
+
+    /// Ticks the market at `times` until `symbol` has ticked at each; returns those ticks.
+    fn ticks_of(market: &mut Market, symbol: usize, times: &[f64]) -> Vec<Tick> {
+        times
+            .iter()
+            .map(|&time| {
+                loop {
+                    if let Some(tick) = market.tick(time).filter(|tick| tick.symbol == symbol) {
+                        break tick;
+                    }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ticks_extend_the_bar_book_from_its_synthetic_history() {
+        let mut market = Market::new(6, 1);
+        assert!(market.bars(0, 60).is_none(), "no book before a request");
+        assert!(market.track_bars(0, 60, 10, START));
+        let synthetic = market.instrument(0).unwrap().history(60, 10, START);
+        assert!(market.bars(0, 60).unwrap().iter().eq(synthetic.iter()));
+        let forming = synthetic[9];
+
+        let same_bar = ticks_of(&mut market, 0, &[START + 1.0, START + 2.0]);
+        let bars = market.bars(0, 60).unwrap();
+        assert_eq!(bars.len(), 10, "the ticks joined the bar that was forming");
+        let last = bars[9];
+        let prices = same_bar.iter().map(|tick| tick.price);
+        assert_eq!(last[..2], forming[..2], "same time and open");
+        assert_eq!(last[2], prices.clone().fold(forming[2], f64::max));
+        assert_eq!(last[3], prices.fold(forming[3], f64::min));
+        assert_eq!(last[4], same_bar[1].price);
+        assert_eq!(last[5], forming[5] + same_bar[0].size + same_bar[1].size);
+        assert!(bars.range(..9).eq(synthetic[..9].iter()), "older bars stay");
+
+        let next = ticks_of(&mut market, 0, &[START + 60.0, START + 61.0]);
+        let bars = market.bars(0, 60).unwrap();
+        assert_eq!(bars.len(), 11);
+        let (high, low) = (
+            next[0].price.max(next[1].price),
+            next[0].price.min(next[1].price),
+        );
+        assert_eq!(
+            bars[10],
+            [
+                forming[0] + 60.0,
+                next[0].price,
+                high,
+                low,
+                next[1].price,
+                next[0].size + next[1].size
+            ]
+        );
+        assert!(
+            market.bars(0, 300).is_none(),
+            "another timeframe is another series"
+        );
+
+        // Forex has no volume: NaN, as in its synthetic history.
+        assert!(market.track_bars(5, 60, 3, START));
+        ticks_of(&mut market, 5, &[START + 120.0]);
+        let forex = market.bars(5, 60).unwrap();
+        assert_eq!(forex.len(), 4);
+        assert!(forex.iter().all(|bar| bar[5].is_nan()));
+    }
+
+    #[test]
+    fn a_deeper_request_extends_the_book_backwards_as_one_history_would() {
+        let mut market = Market::new(1, 1);
+        let whole = market.instrument(0).unwrap().history(60, 300, START);
+        assert!(market.track_bars(0, 60, 10, START));
+        let tick = ticks_of(&mut market, 0, &[START + 5.0])[0];
+        let shallow: Vec<[f64; 6]> = market.bars(0, 60).unwrap().iter().copied().collect();
+        assert!(market.track_bars(0, 60, 300, START + 10.0));
+        let deep = market.bars(0, 60).unwrap();
+        assert_eq!(deep.len(), 300);
+        assert!(
+            deep.range(290..).eq(shallow.iter()),
+            "the newest bars are untouched"
+        );
+        assert!(
+            deep.range(..299).eq(whole[..299].iter()),
+            "older bars: the one-go history"
+        );
+        assert_eq!(deep[299][4], tick.price);
+        assert!(market.track_bars(0, 60, 5, START + 10.0));
+        assert_eq!(
+            market.bars(0, 60).unwrap().len(),
+            300,
+            "a shallower one leaves it"
+        );
+    }
+
+    #[test]
+    fn the_book_keeps_the_newest_max_bars_and_a_bounded_number_of_series() {
+        let mut market = Market::new(1, 1);
+        assert!(market.track_bars(0, 60, MAX_BARS + 10, START));
+        assert_eq!(market.bars(0, 60).unwrap().len(), MAX_BARS);
+        let times: Vec<f64> = (1..=25).map(|bar| START + bar as f64 * 60.0).collect();
+        ticks_of(&mut market, 0, &times);
+        let bars = market.bars(0, 60).unwrap();
+        assert_eq!(bars.len(), MAX_BARS, "the oldest went");
+        let newest = (times[24] / 60.0).floor() * 60.0;
+        assert_eq!(bars.back().map(|bar| bar[0]), Some(newest));
+        assert_eq!(
+            bars.front().map(|bar| bar[0]),
+            Some(newest - (MAX_BARS - 1) as f64 * 60.0)
+        );
+        assert!(
+            bars.iter()
+                .zip(bars.iter().skip(1))
+                .all(|(a, b)| b[0] - a[0] == 60.0)
+        );
+
+        for timeframe_secs in 1..MAX_BAR_SERIES as u64 {
+            assert!(market.track_bars(0, timeframe_secs * 86_400, 1, START));
+        }
+        assert!(!market.track_bars(0, 120, 1, START), "the book is full");
+        assert!(market.bars(0, 120).is_none());
+        assert!(
+            market.track_bars(0, 60, 1, START),
+            "a known series still serves"
+        );
+        assert!(!market.track_bars(1, 60, 1, START), "no such symbol");
+    }
+
+    #[test]
+    fn bar_books_are_deterministic_for_a_seed() {
+        let book = |seed: u64| {
+            let mut market = Market::new(10, seed);
+            for symbol in 0..10 {
+                assert!(market.track_bars(symbol, 60, 50, START));
+            }
+            for step in 0..2_000 {
+                market.tick(START + f64::from(step) * 0.5);
+            }
+            (0..10)
+                .map(|symbol| format!("{:?}", market.bars(symbol, 60)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(book(7), book(7));
+        assert_ne!(book(7), book(8));
+    }
+
     #[test]
     fn timeframes() {
         assert_eq!(timeframe_seconds("1"), Some(60));

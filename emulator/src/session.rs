@@ -783,6 +783,189 @@ mod tests {
         out
     }
 
+    /// The bars of a `timescale_update` or `du` payload.
+    fn bars_in(payload: &str) -> Vec<message::Bar> {
+        match message::parse(payload.as_bytes()) {
+            Ok(ServerMessage::TimescaleUpdate(update) | ServerMessage::DataUpdate(update)) => {
+                update
+                    .series
+                    .iter()
+                    .flat_map(|series| series.bars.iter().copied())
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A chart session `chart` with a series of BTC 1-minute bars, `count` of history; the
+    /// history it was served.
+    fn btc_minutes(
+        session: &mut Session,
+        market: &mut Market,
+        chart: &str,
+        count: usize,
+    ) -> Vec<message::Bar> {
+        run(
+            session,
+            market,
+            &format!(r#"{{"m":"chart_create_session","p":["{chart}",""]}}"#),
+        );
+        run(
+            session,
+            market,
+            &format!(r#"{{"m":"resolve_symbol","p":["{chart}","sym","BINANCE:BTCUSDT"]}}"#),
+        );
+        let out = run(
+            session,
+            market,
+            &format!(r#"{{"m":"create_series","p":["{chart}","s1","s1","sym","1",{count},""]}}"#),
+        );
+        out.iter().flat_map(|payload| bars_in(payload)).collect()
+    }
+
+    /// A bar without its index: time, open, high, low, close, volume.
+    fn values(bar: &message::Bar) -> (f64, f64, f64, f64, f64, Option<f64>) {
+        (bar.time, bar.open, bar.high, bar.low, bar.close, bar.volume)
+    }
+
+    /// Bars by time, the last state seen of each.
+    fn latest_by_time(bars: &[message::Bar]) -> BTreeMap<i64, message::Bar> {
+        bars.iter().map(|bar| (bar.time as i64, *bar)).collect()
+    }
+
+    /// A BTC-only market ticking `count` times, one tick every `every` seconds of market time
+    /// from the session tests' clock on; every tick goes to each session in `live`.
+    fn tick_btc(
+        market: &mut Market,
+        live: &mut [&mut Session],
+        from: usize,
+        count: usize,
+        every: f64,
+    ) -> Vec<message::Bar> {
+        let mut streamed = Vec::new();
+        for step in from..from + count {
+            let tick = market
+                .tick(1_700_000_030.0 + step as f64 * every)
+                .expect("a one-symbol open market always ticks");
+            for session in live.iter_mut() {
+                let mut out = Vec::new();
+                session.on_tick(&tick, market, false, &mut out);
+                streamed.extend(out.iter().flat_map(|payload| bars_in(payload)));
+            }
+        }
+        streamed
+    }
+
+    #[test]
+    fn history_served_after_ticks_is_the_bars_streamed_live() {
+        let mut market = Market::new(1, 1);
+        let mut first = Session::new();
+        let served = btc_minutes(&mut first, &mut market, "cs_a", 10);
+        assert_eq!(served.len(), 10);
+        // 40 ticks 7 s apart span 280 s: bars close while the session streams.
+        let streamed = tick_btc(&mut market, &mut [&mut first], 0, 40, 7.0);
+        let live = latest_by_time(&streamed);
+        assert!(live.len() >= 5, "several bars streamed: {live:?}");
+        let mut indexes: Vec<(i64, i64)> = streamed
+            .iter()
+            .map(|bar| (bar.time as i64, bar.index))
+            .collect();
+        indexes.dedup();
+        assert!(
+            indexes
+                .windows(2)
+                .all(|pair| pair[1].0 > pair[0].0 && pair[1].1 == pair[0].1 + 1),
+            "each new bar time takes the next index after the history's: {indexes:?}"
+        );
+        assert_eq!(indexes[0].1, 9, "the history's last bar goes on forming");
+
+        let mut second = Session::new();
+        let backfill = btc_minutes(&mut second, &mut market, "cs_b", 10);
+        let book = latest_by_time(&backfill);
+        for (time, bar) in &live {
+            let served = book
+                .get(time)
+                .expect("the backfill covers the streamed bars");
+            assert_eq!(values(served), values(bar), "bar {time}");
+        }
+        let history = latest_by_time(&served);
+        for (time, bar) in book.iter().filter(|(time, _)| !live.contains_key(time)) {
+            assert_eq!(
+                history.get(time).map(values),
+                Some(values(bar)),
+                "older bars are the first history's"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_that_asks_later_streams_the_same_bars() {
+        let mut market = Market::new(1, 1);
+        let mut early = Session::new();
+        btc_minutes(&mut early, &mut market, "cs_a", 5);
+        tick_btc(&mut market, &mut [&mut early], 0, 20, 7.0);
+        let mut late = Session::new();
+        btc_minutes(&mut late, &mut market, "cs_b", 300);
+        let mut early_bars = Vec::new();
+        let mut late_bars = Vec::new();
+        for step in 20..60 {
+            let tick = market
+                .tick(1_700_000_030.0 + f64::from(step) * 7.0)
+                .unwrap();
+            for (session, bars) in [(&mut early, &mut early_bars), (&mut late, &mut late_bars)] {
+                let mut out = Vec::new();
+                session.on_tick(&tick, &market, false, &mut out);
+                bars.extend(out.iter().flat_map(|payload| bars_in(payload)));
+            }
+        }
+        let all_values = |bars: &[message::Bar]| bars.iter().map(values).collect::<Vec<_>>();
+        assert!(!early_bars.is_empty());
+        assert_eq!(
+            all_values(&early_bars),
+            all_values(&late_bars),
+            "same times, same values"
+        );
+        let shift = late_bars[0].index - early_bars[0].index;
+        assert!(
+            early_bars
+                .iter()
+                .zip(&late_bars)
+                .all(|(early, late)| late.index - early.index == shift),
+            "each numbers them in its own series"
+        );
+    }
+
+    #[test]
+    fn a_lagging_session_still_streams_each_bars_final_state() {
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 3);
+        // The market moves on for three minutes while this session reads none of its ticks.
+        tick_btc(&mut market, &mut [], 0, 30, 6.0);
+        let streamed = tick_btc(&mut market, &mut [&mut session], 30, 1, 6.0);
+        let book = market.bars(0, 60).unwrap();
+        let caught_up: Vec<[f64; 6]> = book.range(book.len() - streamed.len()..).copied().collect();
+        assert!(
+            streamed.len() >= 4,
+            "its forming bar, closed since, and every newer one: {streamed:?}"
+        );
+        for (bar, row) in streamed.iter().zip(&caught_up) {
+            assert_eq!(
+                [
+                    bar.time,
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    bar.volume.unwrap_or(f64::NAN)
+                ],
+                *row
+            );
+        }
+        let indexes: Vec<i64> = streamed.iter().map(|bar| bar.index).collect();
+        assert_eq!(indexes, (2..2 + streamed.len() as i64).collect::<Vec<_>>());
+    }
+
     #[test]
     fn quotes_echo_keys_exactly_with_a_snapshot_then_deltas() {
         let mut market = Market::new(12, 1);
@@ -836,7 +1019,7 @@ mod tests {
                 size: 5.0,
                 time: 1.0,
             },
-            &mut market,
+            &market,
             false,
             &mut ticks,
         );
@@ -913,7 +1096,7 @@ mod tests {
                 size: 1.0,
                 time: 1_700_000_031.0,
             },
-            &mut market,
+            &market,
             false,
             &mut ticks,
         );
