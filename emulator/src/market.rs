@@ -8,7 +8,7 @@ use crate::session::MAX_BARS;
 /// The most bar series the book keeps over all symbols and timeframes. A series exists for each
 /// (symbol, timeframe) some session asked for, so the book is bounded by symbols × timeframes
 /// requested; the timeframe forms (`2D`, `3D`, ...) are many, so this bounds it for a client
-/// that walks through them.
+/// that walks through them. A chart series beyond it gets `series_error` "too_many_series".
 pub const MAX_BAR_SERIES: usize = 4_096;
 
 /// Well-known names first, so demos and third-party clients find familiar symbols; then

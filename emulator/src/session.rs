@@ -611,7 +611,11 @@ impl Session {
         }
         let requested = params.get(5).and_then(Value::as_u64).unwrap_or(300) as usize;
         let count = requested.clamp(1, MAX_BARS);
+        if market.instrument(symbol).is_none() {
+            return;
+        }
         let market_now = market.time_at(now);
+        // The only refusal left: the book holds as many series as it may.
         if !market.track_bars(symbol, timeframe_secs, count, market_now) {
             out.push(timed_message(
                 "series_error",
@@ -678,7 +682,8 @@ impl Session {
     }
 
     /// A market tick: a `qsd` delta for every quote session that has the symbol, a `du` for
-    /// every series of it.
+    /// every series of it. The `du` carries the market's bar book as it is now (the tick is
+    /// already in it: [`Market::tick`] put it there), from the bar this session sent last on.
     ///
     /// With `stamp`, each quote gets an `emu_ns` field holding [`STAMP_PLACEHOLDER`], which the
     /// server replaces with the Unix nanoseconds of the write, so a benchmark can measure
@@ -964,6 +969,33 @@ mod tests {
         }
         let indexes: Vec<i64> = streamed.iter().map(|bar| bar.index).collect();
         assert_eq!(indexes, (2..2 + streamed.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_bar_book_answers_a_new_series_with_series_error() {
+        use crate::market::MAX_BAR_SERIES;
+
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 1);
+        let create = |days: usize| {
+            format!(r#"{{"m":"create_series","p":["cs_a","s1","s1","sym","{days}D",1,""]}}"#)
+        };
+        for days in 1..MAX_BAR_SERIES {
+            let out = run(&mut session, &mut market, &create(days));
+            assert!(out.last().unwrap().contains("series_completed"), "{out:?}");
+        }
+        let out = run(&mut session, &mut market, &create(MAX_BAR_SERIES));
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].contains(r#""series_error","p":["cs_a","s1","s1","too_many_series"]"#),
+            "{out:?}"
+        );
+        let out = run(&mut session, &mut market, &create(1));
+        assert!(
+            out.last().unwrap().contains("series_completed"),
+            "a series the book has still loads"
+        );
     }
 
     #[test]
