@@ -1072,10 +1072,12 @@ impl Connection {
         let now = Instant::now();
         if self.stalled_until.is_some_and(|until| now < until) {
             self.outbox.clear();
+            self.session.bars_discarded();
             return None;
         }
         if self.heartbeats_only_until.is_some_and(|until| now < until) {
             self.outbox.retain(|payload| payload.starts_with("~h~"));
+            self.session.bars_discarded();
         }
         let quotes = self
             .outbox
@@ -1133,6 +1135,7 @@ impl Connection {
         if self.ws.flush().await.is_err() {
             return Some(Ending::Gone);
         }
+        self.session.bars_delivered();
         None
     }
 

@@ -83,16 +83,24 @@ fn wants(fields: Option<&[String]>, field: &str) -> bool {
     fields.is_none_or(|fields| fields.iter().any(|wanted| wanted == field))
 }
 
+/// A bar of a session's series: its time and its `i` (the position in that series).
+#[derive(Debug, Clone, Copy)]
+struct BarMark {
+    time: f64,
+    index: i64,
+}
+
 /// A chart series as this session streams it; the bars themselves are the market's book.
 #[derive(Debug)]
 struct Series {
     symbol: usize,
     timeframe_secs: u64,
     turnaround: String,
-    /// The time of the newest bar this session sent.
-    last_time: f64,
-    /// Its `i`: the position in this session's series.
-    index: i64,
+    /// The newest bar this session queued a `du` of.
+    sent: BarMark,
+    /// The newest bar that reached the socket: a stall or a heartbeats-only stretch that
+    /// throws queued `du` away rewinds `sent` to it, so the bars go out again afterwards.
+    delivered: BarMark,
 }
 
 #[derive(Debug, Default)]
@@ -669,14 +677,18 @@ impl Session {
             json!([session, series_id, "streaming", turnaround, completion]),
             now,
         ));
+        let newest = BarMark {
+            time: last.map_or(f64::NEG_INFINITY, |bar| bar[0]),
+            index: bars.len().saturating_sub(1) as i64,
+        };
         chart.series.insert(
             series_id.to_owned(),
             Series {
                 symbol,
                 timeframe_secs,
                 turnaround: turnaround.to_owned(),
-                last_time: last.map_or(f64::NEG_INFINITY, |bar| bar[0]),
-                index: bars.len().saturating_sub(1) as i64,
+                sent: newest,
+                delivered: newest,
             },
         );
     }
@@ -728,17 +740,19 @@ impl Session {
                 let unsent = book
                     .iter()
                     .rev()
-                    .take_while(|bar| bar[0] >= series.last_time)
+                    .take_while(|bar| bar[0] >= series.sent.time)
                     .count();
                 let mut rows = Vec::with_capacity(unsent);
                 let mut close_time = None;
                 for bar in book.range(book.len().saturating_sub(unsent)..) {
-                    if bar[0] > series.last_time {
-                        series.index += 1;
-                        series.last_time = bar[0];
+                    if bar[0] > series.sent.time {
+                        series.sent = BarMark {
+                            time: bar[0],
+                            index: series.sent.index + 1,
+                        };
                     }
                     rows.push(
-                        json!({"i": series.index, "v": bar_values(bar, instrument.has_volume())}),
+                        json!({"i": series.sent.index, "v": bar_values(bar, instrument.has_volume())}),
                     );
                     close_time = Some(bar[0] + series.timeframe_secs as f64);
                 }
@@ -754,6 +768,28 @@ impl Session {
                 out.push(message("du", json!([session, {series_id.as_str(): entry}])));
             }
         }
+    }
+
+    /// Every `du` handed out so far reached the socket.
+    pub fn bars_delivered(&mut self) {
+        for series in self.all_series() {
+            series.delivered = series.sent;
+        }
+    }
+
+    /// The `du` handed out since the last [`Session::bars_delivered`] were thrown away (a
+    /// stall, a heartbeats-only stretch): the next `du` of each series starts again from the
+    /// newest bar the client has, so it still gets the final state of every bar.
+    pub fn bars_discarded(&mut self) {
+        for series in self.all_series() {
+            series.sent = series.delivered;
+        }
+    }
+
+    fn all_series(&mut self) -> impl Iterator<Item = &mut Series> {
+        self.chart_sessions
+            .values_mut()
+            .flat_map(|chart| chart.series.values_mut())
     }
 
     /// The market opened or closed: every quote session gets a `qsd` delta of just the new
@@ -969,6 +1005,55 @@ mod tests {
         }
         let indexes: Vec<i64> = streamed.iter().map(|bar| bar.index).collect();
         assert_eq!(indexes, (2..2 + streamed.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bars_thrown_away_go_out_again_from_the_last_delivered_one() {
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 3);
+        let delivered = tick_btc(&mut market, &mut [&mut session], 0, 5, 7.0);
+        session.bars_delivered();
+        let last_delivered = *delivered.last().unwrap();
+        // Two minutes of du that a stall throws away.
+        let thrown_away = tick_btc(&mut market, &mut [&mut session], 5, 20, 7.0);
+        assert!(thrown_away.last().unwrap().index >= last_delivered.index + 2);
+        session.bars_discarded();
+        let again = tick_btc(&mut market, &mut [&mut session], 25, 1, 7.0);
+        assert_eq!(
+            (again[0].time, again[0].index),
+            (last_delivered.time, last_delivered.index),
+            "from the newest bar the client has: {again:?}"
+        );
+        let book = market.bars(0, 60).unwrap();
+        let newest: Vec<[f64; 6]> = book.range(book.len() - again.len()..).copied().collect();
+        let rows: Vec<[f64; 6]> = again
+            .iter()
+            .map(|bar| {
+                [
+                    bar.time,
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    bar.volume.unwrap_or(f64::NAN),
+                ]
+            })
+            .collect();
+        assert_eq!(rows, newest, "every bar since, in its state now");
+        assert!(
+            again
+                .windows(2)
+                .all(|pair| pair[1].index == pair[0].index + 1)
+        );
+        session.bars_delivered();
+        session.bars_discarded();
+        let next = tick_btc(&mut market, &mut [&mut session], 26, 1, 7.0);
+        assert_eq!(
+            next[0].index,
+            again.last().unwrap().index,
+            "delivered ones are not resent"
+        );
     }
 
     #[test]
