@@ -365,8 +365,18 @@ async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options)
         "the backfill brought the bars that closed during the outage"
     );
     feed.close().await;
+    closed_bars_are_the_emulators(emulator, &closed);
+}
+
+/// Every bar in `closed` (bar time as bits → the last state the client reported closed) is
+/// BTC's 1-minute bar in the emulator's history, and every bar of the history between the
+/// oldest and the newest of them is there.
+fn closed_bars_are_the_emulators(
+    emulator: &tickwire_emulator::Emulator,
+    closed: &std::collections::BTreeMap<u64, tickwire_core::message::Bar>,
+) {
     let book: std::collections::BTreeMap<u64, _> = emulator
-        .bar_history(SYMBOL, "1")
+        .bar_history("BINANCE:BTCUSDT", "1")
         .into_iter()
         .map(|bar| (bar.time.to_bits(), bar))
         .collect();
@@ -400,8 +410,73 @@ async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options)
         .collect();
     assert!(
         missing.is_empty(),
-        "every bar of the history was reported closed, those of the outage too: {missing:?} missing"
+        "every bar of the history was reported closed: {missing:?} missing"
     );
+}
+
+/// A stall shorter than the read timeout, while bars close (the market clock at 240 times
+/// real time: a 1-minute bar every 250 ms): the client keeps its connection, and the bars it
+/// missed during the stall still reach it in their final state, as the emulator's history has
+/// them.
+async fn bars_missed_in_a_short_stall_arrive_afterwards(connect: impl Fn(Config, Options) -> Feed) {
+    const MINUTE: f64 = 60.0;
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 300.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        market_speed: 240.0,
+        ..EmulatorConfig::default()
+    });
+    let emulator = server.emulator();
+    let feed = connect(config(&server), Options::default());
+    let series = feed
+        .subscribe_bars("BINANCE:BTCUSDT", "1", 10)
+        .expect("series");
+    let mut events = feed.events();
+    let mut closed = std::collections::BTreeMap::new();
+    let mut record = |event: &Event| match event {
+        Event::Bar(bar) if bar.series == series => {
+            if bar.closed {
+                closed.insert(bar.bar.time.to_bits(), bar.bar);
+            }
+            Some((bar.bar.time, bar.closed))
+        }
+        _ => None,
+    };
+    // The history ends with a forming bar; two minutes later bars have closed live.
+    let mut history_end = None;
+    let mut newest_before_stall = f64::MAX;
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            let Some((time, closed)) = record(event) else {
+                return false;
+            };
+            if !closed {
+                history_end.get_or_insert(time);
+            }
+            newest_before_stall = time;
+            history_end.is_some_and(|end| time >= end + 2.0 * MINUTE)
+        })
+        .await,
+        "bars close live before the stall"
+    );
+    // 700 ms: about three bars, and well inside the client's 1.5 s read timeout.
+    emulator.inject(FaultAction::Stall(Duration::from_millis(700)));
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            record(event).is_some_and(|(time, _)| time >= newest_before_stall + 6.0 * MINUTE)
+        })
+        .await,
+        "bars after the stall; status {:?}",
+        feed.status()
+    );
+    assert_eq!(
+        feed.status().client.counters.connections,
+        1,
+        "a stall shorter than the read timeout keeps the connection"
+    );
+    feed.close().await;
+    closed_bars_are_the_emulators(emulator, &closed);
 }
 
 async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
@@ -908,6 +983,7 @@ on_both_runtimes! {
     invalid_timeframe => invalid_timeframes_are_refused_at_once;
     bar_gap => a_backfill_short_of_the_outage_reports_a_gap;
     backfill_equals_the_stream => backfilled_bars_are_the_bars_streamed;
+    short_stall_bars => bars_missed_in_a_short_stall_arrive_afterwards;
 }
 
 #[test]
