@@ -12,6 +12,10 @@
 //! `expire-token` faults, [`Emulator::revoke_token`]), the real `critical_error` for bad series
 //! parameters, heartbeats batched with data, and a proper close handshake.
 //!
+//! Chart history and live `du` come from one bar book per symbol and timeframe, built from the
+//! market's ticks whether or not a session listens, so a reconnect's backfill is the bars that
+//! were streamed, and a test can read the emulator's own bars ([`Emulator::bar_history`]).
+//!
 //! The protocol logic ([`session::Session`]) is plain code without I/O; [`Emulator`] serves it
 //! over loopback on tokio.
 //!
@@ -51,6 +55,7 @@ mod web;
 pub use auth::{Account, AccountSpecError, DEFAULT_PLAN, SigninMode, SigninModeError};
 pub use background::BackgroundEmulator;
 pub use fault::{Fault, FaultAction};
+pub use market::EmulatorBar;
 pub use server::{
     ConnectionEvent, DEFAULT_TOKEN_LIFETIME, Emulator, EmulatorConfig, HEADER_DEADLINE,
     MAX_REQUEST_HEAD, MarketHours, QUOTE_SESSIONS_KEPT, Stats,

@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Account, AuthStore, SigninMode};
 use crate::fault::{Fault, FaultAction};
-use crate::market::{Market, Tick};
+use crate::market::{EmulatorBar, Market, Tick, timeframe_seconds};
 use crate::session::{self, RevokedTokens, Session};
 use crate::web::{self, HttpFault, WebControls};
 use tickwire_core::codec::{Decoder, Packet, encode_into};
@@ -468,6 +468,44 @@ impl Emulator {
     /// JWTs issued from now on live `lifetime` (tokens already issued keep their `exp`).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.auth.set_lifetime(lifetime);
+    }
+
+    /// The market's bars of `symbol` at `timeframe` (as the protocol spells it: `1`, `5`,
+    /// `60`, `1D`, `W`, ...), oldest first, the last one still forming: every bar a chart
+    /// session was streamed or served for that series, whichever connection it was. The book
+    /// holds a series from the first time a session asks for it, up to the newest
+    /// [`crate::session::MAX_BARS`] bars; the result is empty for a series never asked for, an
+    /// unknown symbol or a timeframe the protocol does not know.
+    ///
+    /// A test checks what a client recorded against it:
+    ///
+    /// ```no_run
+    /// # async fn example() -> std::io::Result<()> {
+    /// use tickwire_emulator::{Emulator, EmulatorConfig};
+    ///
+    /// let emulator = Emulator::start(EmulatorConfig::default()).await?;
+    /// // ... a client streams BINANCE:BTCUSDT 1-minute bars from emulator.url() ...
+    /// let bars = emulator.bar_history("BINANCE:BTCUSDT", "1");
+    /// if let [.., closed, _forming] = bars.as_slice() {
+    ///     println!("{} closed at {}", closed.time, closed.close);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bar_history(&self, symbol: &str, timeframe: &str) -> Vec<EmulatorBar> {
+        let Some(timeframe_secs) = timeframe_seconds(timeframe) else {
+            return Vec::new();
+        };
+        let market = self
+            .shared
+            .market
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        market
+            .lookup(symbol)
+            .and_then(|index| market.bars(index, timeframe_secs))
+            .map(|bars| bars.iter().map(EmulatorBar::from_row).collect())
+            .unwrap_or_default()
     }
 
     /// Live counters.
@@ -947,7 +985,7 @@ impl Connection {
 
     fn on_client_text(&mut self, text: Bytes, shared: &Shared) -> Option<Ending> {
         let now = unix_now();
-        let market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut market = shared.market.lock().unwrap_or_else(PoisonError::into_inner);
         for packet in self.decoder.decode(&text) {
             match packet {
                 Ok(Packet::Heartbeat(_)) => self.unanswered_heartbeats = 0,
@@ -955,7 +993,7 @@ impl Connection {
                     let payload = String::from_utf8_lossy(&payload);
                     let result = self
                         .session
-                        .handle(&payload, &market, now, &mut self.outbox);
+                        .handle(&payload, &mut market, now, &mut self.outbox);
                     for id in self.session.take_created_quote_sessions() {
                         shared.stats.record_quote_session(&id);
                         shared.event(ConnectionEvent::QuoteSession {
@@ -1034,10 +1072,12 @@ impl Connection {
         let now = Instant::now();
         if self.stalled_until.is_some_and(|until| now < until) {
             self.outbox.clear();
+            self.session.bars_discarded();
             return None;
         }
         if self.heartbeats_only_until.is_some_and(|until| now < until) {
             self.outbox.retain(|payload| payload.starts_with("~h~"));
+            self.session.bars_discarded();
         }
         let quotes = self
             .outbox
@@ -1095,6 +1135,7 @@ impl Connection {
         if self.ws.flush().await.is_err() {
             return Some(Ending::Gone);
         }
+        self.session.bars_delivered();
         None
     }
 

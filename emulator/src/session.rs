@@ -83,13 +83,24 @@ fn wants(fields: Option<&[String]>, field: &str) -> bool {
     fields.is_none_or(|fields| fields.iter().any(|wanted| wanted == field))
 }
 
+/// A bar of a session's series: its time and its `i` (the position in that series).
+#[derive(Debug, Clone, Copy)]
+struct BarMark {
+    time: f64,
+    index: i64,
+}
+
+/// A chart series as this session streams it; the bars themselves are the market's book.
 #[derive(Debug)]
 struct Series {
     symbol: usize,
     timeframe_secs: u64,
     turnaround: String,
-    bar: Option<[f64; 6]>,
-    index: i64,
+    /// The newest bar this session queued a `du` of.
+    sent: BarMark,
+    /// The newest bar that reached the socket: a stall or a heartbeats-only stretch that
+    /// throws queued `du` away rewinds `sent` to it, so the bars go out again afterwards.
+    delivered: BarMark,
 }
 
 #[derive(Debug, Default)]
@@ -384,10 +395,13 @@ impl Session {
     ///
     /// # Errors
     /// [`Fatal`] when the connection must close after `out` is sent (a rejected token).
+    ///
+    /// The market is mutable because a chart series starts the market's bar book for its
+    /// symbol and timeframe ([`Market::track_bars`]).
     pub fn handle(
         &mut self,
         payload: &str,
-        market: &Market,
+        market: &mut Market,
         now: f64,
         out: &mut Vec<String>,
     ) -> Result<(), Fatal> {
@@ -571,7 +585,7 @@ impl Session {
         method: &str,
         session: &str,
         params: &[Value],
-        market: &Market,
+        market: &mut Market,
         now: f64,
         out: &mut Vec<String>,
     ) {
@@ -605,11 +619,30 @@ impl Session {
         }
         let requested = params.get(5).and_then(Value::as_u64).unwrap_or(300) as usize;
         let count = requested.clamp(1, MAX_BARS);
-        let Some(instrument) = market.instrument(symbol) else {
+        if market.instrument(symbol).is_none() {
+            return;
+        }
+        let market_now = market.time_at(now);
+        // The only refusal left: the book holds as many series as it may.
+        if !market.track_bars(symbol, timeframe_secs, count, market_now) {
+            out.push(timed_message(
+                "series_error",
+                json!([session, series_id, turnaround, "too_many_series"]),
+                now,
+            ));
+            return;
+        }
+        let (Some(instrument), Some(book)) = (
+            market.instrument(symbol),
+            market.bars(symbol, timeframe_secs),
+        ) else {
             return;
         };
-        let market_now = market.time_at(now);
-        let bars = instrument.history(timeframe_secs, count, market_now);
+        // The newest `count` bars of the book: what any other session streamed or was served.
+        let bars: Vec<[f64; 6]> = book
+            .range(book.len().saturating_sub(count)..)
+            .copied()
+            .collect();
         out.push(timed_message(
             "series_loading",
             json!([session, series_id, turnaround]),
@@ -644,20 +677,25 @@ impl Session {
             json!([session, series_id, "streaming", turnaround, completion]),
             now,
         ));
+        let newest = BarMark {
+            time: last.map_or(f64::NEG_INFINITY, |bar| bar[0]),
+            index: bars.len().saturating_sub(1) as i64,
+        };
         chart.series.insert(
             series_id.to_owned(),
             Series {
                 symbol,
                 timeframe_secs,
                 turnaround: turnaround.to_owned(),
-                bar: last,
-                index: bars.len().saturating_sub(1) as i64,
+                sent: newest,
+                delivered: newest,
             },
         );
     }
 
     /// A market tick: a `qsd` delta for every quote session that has the symbol, a `du` for
-    /// every series of it.
+    /// every series of it. The `du` carries the market's bar book as it is now (the tick is
+    /// already in it: [`Market::tick`] put it there), from the bar this session sent last on.
     ///
     /// With `stamp`, each quote gets an `emu_ns` field holding [`STAMP_PLACEHOLDER`], which the
     /// server replaces with the Unix nanoseconds of the write, so a benchmark can measure
@@ -693,35 +731,65 @@ impl Session {
                 .iter_mut()
                 .filter(|(_, series)| series.symbol == tick.symbol)
             {
-                let step = series.timeframe_secs as f64;
-                let bar_time = (tick.time / step).floor() * step;
-                let bar = match series.bar {
-                    Some(mut bar) if bar[0] == bar_time => {
-                        bar[2] = bar[2].max(tick.price);
-                        bar[3] = bar[3].min(tick.price);
-                        bar[4] = tick.price;
-                        bar[5] += tick.size;
-                        bar
-                    }
-                    previous => {
-                        if previous.is_some() {
-                            series.index += 1;
-                        }
-                        [
-                            bar_time, tick.price, tick.price, tick.price, tick.price, tick.size,
-                        ]
-                    }
+                let Some(book) = market.bars(series.symbol, series.timeframe_secs) else {
+                    continue;
                 };
-                series.bar = Some(bar);
+                // From the bar this session sent last: its state now (it may have closed since,
+                // in ticks this session has not seen yet), then every newer bar, so each bar's
+                // final state is streamed whatever this session's lag.
+                let unsent = book
+                    .iter()
+                    .rev()
+                    .take_while(|bar| bar[0] >= series.sent.time)
+                    .count();
+                let mut rows = Vec::with_capacity(unsent);
+                let mut close_time = None;
+                for bar in book.range(book.len().saturating_sub(unsent)..) {
+                    if bar[0] > series.sent.time {
+                        series.sent = BarMark {
+                            time: bar[0],
+                            index: series.sent.index + 1,
+                        };
+                    }
+                    rows.push(
+                        json!({"i": series.sent.index, "v": bar_values(bar, instrument.has_volume())}),
+                    );
+                    close_time = Some(bar[0] + series.timeframe_secs as f64);
+                }
+                let Some(close_time) = close_time else {
+                    continue;
+                };
                 let entry = json!({
-                    "s": [{"i": series.index, "v": bar_values(&bar, instrument.has_volume())}],
+                    "s": rows,
                     "ns": {"d": "", "indexes": "nochange"},
                     "t": series.turnaround,
-                    "lbs": {"bar_close_time": (bar_time + step) as u64},
+                    "lbs": {"bar_close_time": close_time as u64},
                 });
                 out.push(message("du", json!([session, {series_id.as_str(): entry}])));
             }
         }
+    }
+
+    /// Every `du` handed out so far reached the socket.
+    pub fn bars_delivered(&mut self) {
+        for series in self.all_series() {
+            series.delivered = series.sent;
+        }
+    }
+
+    /// The `du` handed out since the last [`Session::bars_delivered`] were thrown away (a
+    /// stall, a heartbeats-only stretch): the next `du` of each series starts again from the
+    /// newest bar the client has, so it still gets the final state of every bar.
+    pub fn bars_discarded(&mut self) {
+        for series in self.all_series() {
+            series.sent = series.delivered;
+        }
+    }
+
+    fn all_series(&mut self) -> impl Iterator<Item = &mut Series> {
+        self.chart_sessions
+            .values_mut()
+            .flat_map(|chart| chart.series.values_mut())
     }
 
     /// The market opened or closed: every quote session gets a `qsd` delta of just the new
@@ -748,7 +816,7 @@ mod tests {
     use super::*;
     use tickwire_core::message::{self, ServerMessage};
 
-    fn run(session: &mut Session, market: &Market, payload: &str) -> Vec<String> {
+    fn run(session: &mut Session, market: &mut Market, payload: &str) -> Vec<String> {
         let mut out = Vec::new();
         session
             .handle(payload, market, 1_700_000_030.0, &mut out)
@@ -756,29 +824,288 @@ mod tests {
         out
     }
 
+    /// The bars of a `timescale_update` or `du` payload.
+    fn bars_in(payload: &str) -> Vec<message::Bar> {
+        match message::parse(payload.as_bytes()) {
+            Ok(ServerMessage::TimescaleUpdate(update) | ServerMessage::DataUpdate(update)) => {
+                update
+                    .series
+                    .iter()
+                    .flat_map(|series| series.bars.iter().copied())
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A chart session `chart` with a series of BTC 1-minute bars, `count` of history; the
+    /// history it was served.
+    fn btc_minutes(
+        session: &mut Session,
+        market: &mut Market,
+        chart: &str,
+        count: usize,
+    ) -> Vec<message::Bar> {
+        run(
+            session,
+            market,
+            &format!(r#"{{"m":"chart_create_session","p":["{chart}",""]}}"#),
+        );
+        run(
+            session,
+            market,
+            &format!(r#"{{"m":"resolve_symbol","p":["{chart}","sym","BINANCE:BTCUSDT"]}}"#),
+        );
+        let out = run(
+            session,
+            market,
+            &format!(r#"{{"m":"create_series","p":["{chart}","s1","s1","sym","1",{count},""]}}"#),
+        );
+        out.iter().flat_map(|payload| bars_in(payload)).collect()
+    }
+
+    /// A bar without its index: time, open, high, low, close, volume.
+    fn values(bar: &message::Bar) -> (f64, f64, f64, f64, f64, Option<f64>) {
+        (bar.time, bar.open, bar.high, bar.low, bar.close, bar.volume)
+    }
+
+    /// Bars by time, the last state seen of each.
+    fn latest_by_time(bars: &[message::Bar]) -> BTreeMap<i64, message::Bar> {
+        bars.iter().map(|bar| (bar.time as i64, *bar)).collect()
+    }
+
+    /// A BTC-only market ticking `count` times, one tick every `every` seconds of market time
+    /// from the session tests' clock on; every tick goes to each session in `live`.
+    fn tick_btc(
+        market: &mut Market,
+        live: &mut [&mut Session],
+        from: usize,
+        count: usize,
+        every: f64,
+    ) -> Vec<message::Bar> {
+        let mut streamed = Vec::new();
+        for step in from..from + count {
+            let tick = market
+                .tick(1_700_000_030.0 + step as f64 * every)
+                .expect("a one-symbol open market always ticks");
+            for session in live.iter_mut() {
+                let mut out = Vec::new();
+                session.on_tick(&tick, market, false, &mut out);
+                streamed.extend(out.iter().flat_map(|payload| bars_in(payload)));
+            }
+        }
+        streamed
+    }
+
+    #[test]
+    fn history_served_after_ticks_is_the_bars_streamed_live() {
+        let mut market = Market::new(1, 1);
+        let mut first = Session::new();
+        let served = btc_minutes(&mut first, &mut market, "cs_a", 10);
+        assert_eq!(served.len(), 10);
+        // 40 ticks 7 s apart span 280 s: bars close while the session streams.
+        let streamed = tick_btc(&mut market, &mut [&mut first], 0, 40, 7.0);
+        let live = latest_by_time(&streamed);
+        assert!(live.len() >= 5, "several bars streamed: {live:?}");
+        let mut indexes: Vec<(i64, i64)> = streamed
+            .iter()
+            .map(|bar| (bar.time as i64, bar.index))
+            .collect();
+        indexes.dedup();
+        assert!(
+            indexes
+                .windows(2)
+                .all(|pair| pair[1].0 > pair[0].0 && pair[1].1 == pair[0].1 + 1),
+            "each new bar time takes the next index after the history's: {indexes:?}"
+        );
+        assert_eq!(indexes[0].1, 9, "the history's last bar goes on forming");
+
+        let mut second = Session::new();
+        let backfill = btc_minutes(&mut second, &mut market, "cs_b", 10);
+        let book = latest_by_time(&backfill);
+        for (time, bar) in &live {
+            let served = book
+                .get(time)
+                .expect("the backfill covers the streamed bars");
+            assert_eq!(values(served), values(bar), "bar {time}");
+        }
+        let history = latest_by_time(&served);
+        for (time, bar) in book.iter().filter(|(time, _)| !live.contains_key(time)) {
+            assert_eq!(
+                history.get(time).map(values),
+                Some(values(bar)),
+                "older bars are the first history's"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_that_asks_later_streams_the_same_bars() {
+        let mut market = Market::new(1, 1);
+        let mut early = Session::new();
+        btc_minutes(&mut early, &mut market, "cs_a", 5);
+        tick_btc(&mut market, &mut [&mut early], 0, 20, 7.0);
+        let mut late = Session::new();
+        btc_minutes(&mut late, &mut market, "cs_b", 300);
+        let mut early_bars = Vec::new();
+        let mut late_bars = Vec::new();
+        for step in 20..60 {
+            let tick = market
+                .tick(1_700_000_030.0 + f64::from(step) * 7.0)
+                .unwrap();
+            for (session, bars) in [(&mut early, &mut early_bars), (&mut late, &mut late_bars)] {
+                let mut out = Vec::new();
+                session.on_tick(&tick, &market, false, &mut out);
+                bars.extend(out.iter().flat_map(|payload| bars_in(payload)));
+            }
+        }
+        let all_values = |bars: &[message::Bar]| bars.iter().map(values).collect::<Vec<_>>();
+        assert!(!early_bars.is_empty());
+        assert_eq!(
+            all_values(&early_bars),
+            all_values(&late_bars),
+            "same times, same values"
+        );
+        let shift = late_bars[0].index - early_bars[0].index;
+        assert!(
+            early_bars
+                .iter()
+                .zip(&late_bars)
+                .all(|(early, late)| late.index - early.index == shift),
+            "each numbers them in its own series"
+        );
+    }
+
+    #[test]
+    fn a_lagging_session_still_streams_each_bars_final_state() {
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 3);
+        // The market moves on for three minutes while this session reads none of its ticks.
+        tick_btc(&mut market, &mut [], 0, 30, 6.0);
+        let streamed = tick_btc(&mut market, &mut [&mut session], 30, 1, 6.0);
+        let book = market.bars(0, 60).unwrap();
+        let caught_up: Vec<[f64; 6]> = book.range(book.len() - streamed.len()..).copied().collect();
+        assert!(
+            streamed.len() >= 4,
+            "its forming bar, closed since, and every newer one: {streamed:?}"
+        );
+        for (bar, row) in streamed.iter().zip(&caught_up) {
+            assert_eq!(
+                [
+                    bar.time,
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    bar.volume.unwrap_or(f64::NAN)
+                ],
+                *row
+            );
+        }
+        let indexes: Vec<i64> = streamed.iter().map(|bar| bar.index).collect();
+        assert_eq!(indexes, (2..2 + streamed.len() as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bars_thrown_away_go_out_again_from_the_last_delivered_one() {
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 3);
+        let delivered = tick_btc(&mut market, &mut [&mut session], 0, 5, 7.0);
+        session.bars_delivered();
+        let last_delivered = *delivered.last().unwrap();
+        // Two minutes of du that a stall throws away.
+        let thrown_away = tick_btc(&mut market, &mut [&mut session], 5, 20, 7.0);
+        assert!(thrown_away.last().unwrap().index >= last_delivered.index + 2);
+        session.bars_discarded();
+        let again = tick_btc(&mut market, &mut [&mut session], 25, 1, 7.0);
+        assert_eq!(
+            (again[0].time, again[0].index),
+            (last_delivered.time, last_delivered.index),
+            "from the newest bar the client has: {again:?}"
+        );
+        let book = market.bars(0, 60).unwrap();
+        let newest: Vec<[f64; 6]> = book.range(book.len() - again.len()..).copied().collect();
+        let rows: Vec<[f64; 6]> = again
+            .iter()
+            .map(|bar| {
+                [
+                    bar.time,
+                    bar.open,
+                    bar.high,
+                    bar.low,
+                    bar.close,
+                    bar.volume.unwrap_or(f64::NAN),
+                ]
+            })
+            .collect();
+        assert_eq!(rows, newest, "every bar since, in its state now");
+        assert!(
+            again
+                .windows(2)
+                .all(|pair| pair[1].index == pair[0].index + 1)
+        );
+        session.bars_delivered();
+        session.bars_discarded();
+        let next = tick_btc(&mut market, &mut [&mut session], 26, 1, 7.0);
+        assert_eq!(
+            next[0].index,
+            again.last().unwrap().index,
+            "delivered ones are not resent"
+        );
+    }
+
+    #[test]
+    fn a_full_bar_book_answers_a_new_series_with_series_error() {
+        use crate::market::MAX_BAR_SERIES;
+
+        let mut market = Market::new(1, 1);
+        let mut session = Session::new();
+        btc_minutes(&mut session, &mut market, "cs_a", 1);
+        let create = |days: usize| {
+            format!(r#"{{"m":"create_series","p":["cs_a","s1","s1","sym","{days}D",1,""]}}"#)
+        };
+        for days in 1..MAX_BAR_SERIES {
+            let out = run(&mut session, &mut market, &create(days));
+            assert!(out.last().unwrap().contains("series_completed"), "{out:?}");
+        }
+        let out = run(&mut session, &mut market, &create(MAX_BAR_SERIES));
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].contains(r#""series_error","p":["cs_a","s1","s1","too_many_series"]"#),
+            "{out:?}"
+        );
+        let out = run(&mut session, &mut market, &create(1));
+        assert!(
+            out.last().unwrap().contains("series_completed"),
+            "a series the book has still loads"
+        );
+    }
+
     #[test]
     fn quotes_echo_keys_exactly_with_a_snapshot_then_deltas() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"set_auth_token","p":["unauthorized_user_token"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_abc"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_set_fields","p":["qs_abc","lp","ch","volume"]}"#,
         );
         let spec = r#"={\"session\":\"regular\",\"symbol\":\"NASDAQ:AAPL\"}"#;
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             &format!(r#"{{"m":"quote_add_symbols","p":["qs_abc","{spec}","NOPE:X"]}}"#),
         );
         assert_eq!(out.len(), 3, "{out:?}");
@@ -842,22 +1169,22 @@ mod tests {
 
     #[test]
     fn charts_resolve_load_history_complete_and_stream() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","={\"adjustment\":\"splits\",\"symbol\":\"BINANCE:BTCUSDT\"}"]}"#,
         );
         assert!(out[0].contains("symbol_resolved"));
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1",10,""]}"#,
         );
         let methods: Vec<String> = out
@@ -897,27 +1224,27 @@ mod tests {
         // Errors: unknown symbol, seconds, bad timeframe.
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_2","=NOPE:X"]}"#,
         );
         assert!(out[0].contains("symbol_error") && out[0].contains("invalid symbol"));
         assert!(
             run(
                 &mut session,
-                &market,
+                &mut market,
                 r#"{"m":"create_series","p":["cs_x","sds_2","s1","sds_sym_2","1",10]}"#
             )
             .is_empty()
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_3","s1","sds_sym_1","1S",10]}"#,
         );
         assert!(out[0].contains("seconds_not_entitled"));
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_4","s1","sds_sym_1","15m",10]}"#,
         );
         assert!(out[0].contains("critical_error"));
@@ -925,18 +1252,18 @@ mod tests {
 
     #[test]
     fn bad_token_is_fatal_and_garbage_is_wrong_data() {
-        let market = Market::new(2, 1);
+        let mut market = Market::new(2, 1);
         let mut session = Session::new();
         let mut out = Vec::new();
         let result = session.handle(
             r#"{"m":"set_auth_token","p":["bad-token"]}"#,
-            &market,
+            &mut market,
             1.0,
             &mut out,
         );
         assert_eq!(result, Err(Fatal("bad auth token".into())));
         assert!(out[0].contains("bad auth token"));
-        assert!(run(&mut session, &market, "not json")[0].contains("wrong data"));
+        assert!(run(&mut session, &mut market, "not json")[0].contains("wrong data"));
         assert!(hello(1.5, 3).contains("\"protocol\":\"json\""));
     }
 
@@ -947,32 +1274,32 @@ mod tests {
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_a"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_create_session","p":["qs_lp"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_set_fields","p":["qs_lp","lp"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_a"]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_add_symbols","p":["qs_a","NASDAQ:AAPL","BINANCE:BTCUSDT"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"quote_add_symbols","p":["qs_lp","NASDAQ:AAPL"]}"#,
         );
         let snapshot = |index: usize| {
@@ -1000,12 +1327,12 @@ mod tests {
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_a","sym","NASDAQ:AAPL"]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_a","s1","s1","sym","1",5,""]}"#,
         );
         let tick = |symbol: usize| Tick {
@@ -1049,21 +1376,21 @@ mod tests {
 
     #[test]
     fn bad_series_parameters_get_the_real_critical_error() {
-        let market = Market::new(12, 1);
+        let mut market = Market::new(12, 1);
         let mut session = Session::new();
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"chart_create_session","p":["cs_x",""]}"#,
         );
         run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","NASDAQ:AAPL"]}"#,
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1h",300,""]}"#,
         );
         assert_eq!(
@@ -1074,7 +1401,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"modify_series","p":["cs_x","sds_1","s2","sds_sym_1","15m",""]}"#,
         );
         assert_eq!(
@@ -1085,7 +1412,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","4H",["bar_count",1700000000,10]]}"#,
         );
         assert_eq!(
@@ -1096,7 +1423,7 @@ mod tests {
         );
         let out = run(
             &mut session,
-            &market,
+            &mut market,
             r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1",60,10]}"#,
         );
         assert!(
@@ -1106,7 +1433,7 @@ mod tests {
         for good in ["1", "1440", "D", "2D", "W", "1W", "M", "3M"] {
             let out = run(
                 &mut session,
-                &market,
+                &mut market,
                 &format!(
                     r#"{{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","{good}",3,""]}}"#
                 ),
@@ -1126,7 +1453,7 @@ mod tests {
             let mut out = Vec::new();
             let result = session.handle(
                 &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
-                &market,
+                &mut market.clone(),
                 1.0,
                 &mut out,
             );
@@ -1188,7 +1515,7 @@ mod tests {
             let mut out = Vec::new();
             let result = session.handle(
                 &format!(r#"{{"m":"set_auth_token","p":["{token}"]}}"#),
-                &market,
+                &mut market.clone(),
                 at,
                 &mut out,
             );
@@ -1197,12 +1524,12 @@ mod tests {
         let mode = |session: &mut Session, id: &str, symbol: &str| {
             run(
                 session,
-                &market,
+                &mut market.clone(),
                 &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
             );
             let out = run(
                 session,
-                &market,
+                &mut market.clone(),
                 &format!(r#"{{"m":"quote_add_symbols","p":["{id}","{symbol}"]}}"#),
             );
             let ServerMessage::QuoteData(quote) = message::parse(out[0].as_bytes()).unwrap() else {
@@ -1266,12 +1593,12 @@ mod tests {
 
     #[test]
     fn quote_session_ids_are_reported_once_in_order() {
-        let market = Market::new(2, 1);
+        let mut market = Market::new(2, 1);
         let mut session = Session::new();
         for id in ["qs_b", "qs_a", "qs_b"] {
             run(
                 &mut session,
-                &market,
+                &mut market,
                 &format!(r#"{{"m":"quote_create_session","p":["{id}"]}}"#),
             );
         }

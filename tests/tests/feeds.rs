@@ -269,6 +269,216 @@ async fn a_backfill_short_of_the_outage_reports_a_gap(connect: impl Fn(Config, O
     feed.close().await;
 }
 
+/// A reconnect's backfill is the bars the emulator streamed: with the market clock at 120
+/// times real time a 1-minute bar closes every half second. The emulator drops the connection
+/// and refuses upgrades until bars have closed with nobody holding the series, then the client
+/// reconnects and backfills; every closed bar it reported (its last state per bar time) is
+/// the emulator's own bar history for that time, and none of the history is missing.
+async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options) -> Feed) {
+    const SYMBOL: &str = "BINANCE:BTCUSDT";
+    const MINUTE: f64 = 60.0;
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 300.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        market_speed: 120.0,
+        ..EmulatorConfig::default()
+    });
+    let emulator = server.emulator();
+    let feed = connect(config(&server), Options::default());
+    // 50 bars of backfill: 25 s of real time at this speed, far more than the outage.
+    let series = feed.subscribe_bars(SYMBOL, "1", 50).expect("series");
+    let mut events = feed.events();
+    // Bar time (as bits, for an exact key) → the last state reported closed.
+    let mut closed = std::collections::BTreeMap::new();
+    // Records a bar of the series; its time and whether it closed.
+    let mut record = |event: &Event| match event {
+        Event::Bar(bar) if bar.series == series => {
+            if bar.closed {
+                closed.insert(bar.bar.time.to_bits(), bar.bar);
+            }
+            Some((bar.bar.time, bar.closed))
+        }
+        _ => None,
+    };
+    // The history ends with a forming bar; three minutes later bars have closed live.
+    let mut history_end = None;
+    let mut newest_before_drop = f64::MAX;
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            let Some((time, closed)) = record(event) else {
+                return false;
+            };
+            if !closed {
+                history_end.get_or_insert(time);
+            }
+            newest_before_drop = time;
+            history_end.is_some_and(|end| time >= end + 3.0 * MINUTE)
+        })
+        .await,
+        "bars close live before the drop"
+    );
+    emulator.refuse_upgrades(Some(503));
+    emulator.inject(FaultAction::Drop);
+    eventually(
+        Duration::from_secs(10),
+        "bars to close while the series has no session",
+        || {
+            let book = emulator.bar_history(SYMBOL, "1");
+            emulator
+                .stats()
+                .open
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+                && book
+                    .last()
+                    .is_some_and(|bar| bar.time >= newest_before_drop + 3.0 * MINUTE)
+        },
+    )
+    .await;
+    let newest_in_outage = emulator
+        .bar_history(SYMBOL, "1")
+        .last()
+        .map_or(f64::MAX, |bar| bar.time);
+    emulator.refuse_upgrades(None);
+    // Closed bars first reported now, older than the bar forming at the reconnect: only the
+    // backfill can bring them (the first connection is long gone, the client drops bars it
+    // already closed).
+    let mut backfilled = 0;
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            let Some((time, closed)) = record(event) else {
+                return false;
+            };
+            if closed && time < newest_in_outage {
+                backfilled += 1;
+            }
+            time >= newest_in_outage + 2.0 * MINUTE
+                && feed.status().client.counters.connections >= 2
+        })
+        .await,
+        "bars close after the reconnect; status {:?}",
+        feed.status()
+    );
+    assert!(
+        backfilled >= 2,
+        "the backfill brought the bars that closed during the outage"
+    );
+    feed.close().await;
+    closed_bars_are_the_emulators(emulator, &closed);
+}
+
+/// Every bar in `closed` (bar time as bits → the last state the client reported closed) is
+/// BTC's 1-minute bar in the emulator's history, and every bar of the history between the
+/// oldest and the newest of them is there.
+fn closed_bars_are_the_emulators(
+    emulator: &tickwire_emulator::Emulator,
+    closed: &std::collections::BTreeMap<u64, tickwire_core::message::Bar>,
+) {
+    let book: std::collections::BTreeMap<u64, _> = emulator
+        .bar_history("BINANCE:BTCUSDT", "1")
+        .into_iter()
+        .map(|bar| (bar.time.to_bits(), bar))
+        .collect();
+    for bar in closed.values() {
+        let emulated = book
+            .get(&bar.time.to_bits())
+            .unwrap_or_else(|| panic!("bar {} is in the emulator's history", bar.time));
+        assert_eq!(
+            (bar.open, bar.high, bar.low, bar.close, bar.volume),
+            (
+                emulated.open,
+                emulated.high,
+                emulated.low,
+                emulated.close,
+                emulated.volume
+            ),
+            "bar {}",
+            bar.time
+        );
+    }
+    let (Some(oldest), Some(newest)) = (
+        closed.values().next().map(|bar| bar.time),
+        closed.values().last().map(|bar| bar.time),
+    ) else {
+        panic!("no closed bars");
+    };
+    let missing: Vec<f64> = book
+        .values()
+        .map(|bar| bar.time)
+        .filter(|time| (oldest..=newest).contains(time) && !closed.contains_key(&time.to_bits()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "every bar of the history was reported closed: {missing:?} missing"
+    );
+}
+
+/// A stall shorter than the read timeout, while bars close (the market clock at 240 times
+/// real time: a 1-minute bar every 250 ms): the client keeps its connection, and the bars it
+/// missed during the stall still reach it in their final state, as the emulator's history has
+/// them.
+async fn bars_missed_in_a_short_stall_arrive_afterwards(connect: impl Fn(Config, Options) -> Feed) {
+    const MINUTE: f64 = 60.0;
+    let server = Server::start(EmulatorConfig {
+        rate_hz: 300.0,
+        symbols: 10,
+        heartbeat_interval: Duration::from_millis(300),
+        market_speed: 240.0,
+        ..EmulatorConfig::default()
+    });
+    let emulator = server.emulator();
+    let feed = connect(config(&server), Options::default());
+    let series = feed
+        .subscribe_bars("BINANCE:BTCUSDT", "1", 10)
+        .expect("series");
+    let mut events = feed.events();
+    let mut closed = std::collections::BTreeMap::new();
+    let mut record = |event: &Event| match event {
+        Event::Bar(bar) if bar.series == series => {
+            if bar.closed {
+                closed.insert(bar.bar.time.to_bits(), bar.bar);
+            }
+            Some((bar.bar.time, bar.closed))
+        }
+        _ => None,
+    };
+    // The history ends with a forming bar; two minutes later bars have closed live.
+    let mut history_end = None;
+    let mut newest_before_stall = f64::MAX;
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            let Some((time, closed)) = record(event) else {
+                return false;
+            };
+            if !closed {
+                history_end.get_or_insert(time);
+            }
+            newest_before_stall = time;
+            history_end.is_some_and(|end| time >= end + 2.0 * MINUTE)
+        })
+        .await,
+        "bars close live before the stall"
+    );
+    // 700 ms: about three bars, and well inside the client's 1.5 s read timeout.
+    emulator.inject(FaultAction::Stall(Duration::from_millis(700)));
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |event| {
+            record(event).is_some_and(|(time, _)| time >= newest_before_stall + 6.0 * MINUTE)
+        })
+        .await,
+        "bars after the stall; status {:?}",
+        feed.status()
+    );
+    assert_eq!(
+        feed.status().client.counters.connections,
+        1,
+        "a stall shorter than the read timeout keeps the connection"
+    );
+    feed.close().await;
+    closed_bars_are_the_emulators(emulator, &closed);
+}
+
 async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
     let server = server_with_faults(&["#1:refuse", "#2:refuse"]);
     let start = Instant::now();
@@ -772,6 +982,8 @@ on_both_runtimes! {
     expired_token => an_expired_token_is_refreshed;
     invalid_timeframe => invalid_timeframes_are_refused_at_once;
     bar_gap => a_backfill_short_of_the_outage_reports_a_gap;
+    backfill_equals_the_stream => backfilled_bars_are_the_bars_streamed;
+    short_stall_bars => bars_missed_in_a_short_stall_arrive_afterwards;
 }
 
 #[test]
