@@ -1831,15 +1831,14 @@ impl ChartRequest {
 
 impl SeriesState {
     /// The gap a connection's first bars leave after what was emitted on earlier ones: the
-    /// open times of the last bar known and of the earliest new one, when that one opens more
-    /// than a period after it. `None` for a first connection, an overlapping backfill, or a
-    /// timeframe or time that cannot be read.
-    fn backfill_gap(&self, timeframe: &str, bars: &[Bar]) -> Option<(f64, f64)> {
-        let known = match (self.forming, self.last_closed_time) {
-            (Some(forming), _) => forming.time,
-            (None, Some(closed)) => closed,
-            (None, None) => return None,
-        };
+    /// open time of the last bar whose final state is known and of the earliest new one, when
+    /// bars opening strictly between them may be missing. `None` for a first connection, an
+    /// overlapping backfill, or a timeframe or time that cannot be read.
+    ///
+    /// A bar still forming when the last connection ended, and older than the whole backfill,
+    /// never gets its final state: it is dropped here rather than closed with stale values,
+    /// and falls inside the gap.
+    fn backfill_gap(&mut self, timeframe: &str, bars: &[Bar]) -> Option<(f64, f64)> {
         let earliest = bars
             .iter()
             .map(|bar| bar.time)
@@ -1847,11 +1846,20 @@ impl SeriesState {
             .min_by(f64::total_cmp)?;
         let period = Timeframe::parse(timeframe).ok()?;
         // Bar times are whole seconds; a saturating cast of anything else only makes the
-        // comparison below conservative.
-        #[allow(clippy::cast_possible_truncation)]
-        let next_open = period.period_end(known.floor() as i64)?;
-        #[allow(clippy::cast_precision_loss)] // seconds since 1970 are far below 2^53
-        let next_open = next_open as f64;
+        // comparisons below conservative.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let period_end = |time: f64| period.period_end(time.floor() as i64).map(|end| end as f64);
+        let known = match (self.forming, self.last_closed_time) {
+            (Some(forming), closed) if earliest > forming.time => {
+                self.forming = None;
+                // Bar times are whole seconds: no bar opens in (forming - 1 s, forming).
+                closed.unwrap_or(forming.time - 1.0)
+            }
+            (Some(forming), _) => forming.time,
+            (None, Some(closed)) => closed,
+            (None, None) => return None,
+        };
+        let next_open = period_end(known)?;
         (earliest > next_open).then_some((known, earliest))
     }
 

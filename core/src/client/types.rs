@@ -297,11 +297,13 @@ pub struct BarEvent {
     pub closed: bool,
 }
 
-/// Bars a subscription may be missing: after a reconnect, the feed's backfill began later
-/// than one period after the last bar the subscription had emitted, so bars that opened in
+/// Bars a subscription may be missing: after a reconnect, the feed's backfill did not reach
+/// back to the last bar whose final state the subscription knew, so bars that opened in
 /// between were never seen (the feed sends a series' most recent `count` bars, and the link
 /// was down for longer than that). Bars opening strictly between `after` and `before` may be
-/// missing; when the backfill reaches back to the last bar emitted, no gap is reported.
+/// missing. A bar that was still forming when the link went, and that the backfill does not
+/// include, lies inside the gap: it is never emitted as closed, since its final values were
+/// never seen. When the backfill reaches back far enough, no gap is reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BarGap {
     /// The subscription.
@@ -310,7 +312,8 @@ pub struct BarGap {
     pub symbol: Arc<str>,
     /// Its timeframe.
     pub timeframe: Arc<str>,
-    /// Open time (Unix seconds) of the last bar emitted before the gap.
+    /// Open time (Unix seconds) of the last bar emitted closed before the gap (or just before
+    /// the forming bar, when none closed).
     pub after: f64,
     /// Open time (Unix seconds) of the first bar after it.
     pub before: f64,
