@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tickwire_emulator::{EmulatorConfig, FaultAction};
-use tickwire_store::Store;
+use tickwire_emulator::{EmulatorBar, EmulatorConfig, FaultAction};
+use tickwire_store::{Store, StoredBar};
 
 mod support;
 
@@ -130,6 +130,70 @@ fn gaps(store: &Store, symbol: &str, timeframe: &str) -> Vec<(f64, f64)> {
         .unwrap()
 }
 
+/// The recorded bars of a series against the emulator's own history: every closed bar stored
+/// equals the emulator's bar of that time, and every emulator bar that closed between the
+/// first and the last closed bar stored is there, unless it lies strictly inside a gap row.
+/// Returns how many emulator bars were missing (all inside gaps).
+fn matches_the_emulator(server: &Server, store: &Store, symbol: &str, timeframe: &str) -> usize {
+    let stored: Vec<StoredBar> = store
+        .bars(symbol, timeframe, None, None)
+        .unwrap()
+        .into_iter()
+        .filter(|bar| bar.closed)
+        .collect();
+    let Some(first) = stored.first() else {
+        panic!("{symbol} {timeframe}: no closed bar stored");
+    };
+    // Up to the newest bar stored (the forming one, not itself checked).
+    let newest = store
+        .bars(symbol, timeframe, None, None)
+        .unwrap()
+        .last()
+        .map_or(first.time, |bar| bar.time);
+    let history = server.emulator().bar_history(symbol, timeframe);
+    let by_time: std::collections::BTreeMap<i64, &EmulatorBar> =
+        history.iter().map(|bar| (bar.time as i64, bar)).collect();
+    for bar in &stored {
+        let Some(expected) = by_time.get(&(bar.time as i64)) else {
+            panic!(
+                "{symbol} {timeframe}: a stored bar at {} the emulator never had",
+                bar.time
+            );
+        };
+        let got = (bar.open, bar.high, bar.low, bar.close, bar.volume);
+        let want = (
+            expected.open,
+            expected.high,
+            expected.low,
+            expected.close,
+            expected.volume,
+        );
+        assert_eq!(got, want, "{symbol} {timeframe} bar at {}", bar.time);
+    }
+    let gaps = gaps(store, symbol, timeframe);
+    let stored_times: std::collections::BTreeSet<i64> =
+        stored.iter().map(|bar| bar.time as i64).collect();
+    let mut missing = 0;
+    for time in by_time
+        .range(first.time as i64..newest as i64)
+        .map(|(time, _)| *time)
+    {
+        if stored_times.contains(&time) {
+            continue;
+        }
+        let explained = gaps
+            .iter()
+            .any(|(from, to)| *from < time as f64 && (time as f64) < *to);
+        assert!(
+            explained,
+            "{symbol} {timeframe}: the emulator's bar at {time} is missing, with no gap row \
+             around it: {gaps:?}"
+        );
+        missing += 1;
+    }
+    missing
+}
+
 /// Every quote row of `symbol` in the order it was appended: (feed time, received at µs).
 fn quote_times(store: &Store, symbol: &str) -> Vec<(Option<i64>, i64)> {
     store
@@ -184,6 +248,11 @@ fn records_through_faults(runtime: &str) {
         let reconnected = flowing(&server, number as u64 + 2);
         assert!(reconnected, "no recovery from {fault:?}");
     }
+    // A few more bars close after the last recovery, so every gap has bars after it.
+    let bars_now = server.emulator().bar_history(SYMBOLS[0], "1").len();
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.emulator().bar_history(SYMBOLS[0], "1").len() >= bars_now + 3
+    }));
     let status = terminate(&mut recorder);
     let log = stderr_of(&mut recorder);
     assert!(status.success(), "record exited with {status}: {log:#?}");
@@ -207,49 +276,31 @@ fn records_through_faults(runtime: &str) {
             times.windows(2).all(|pair| pair[0].1 <= pair[1].1),
             "{symbol}'s quotes are not in the order they came"
         );
-        // Three-minute bars with 60 of backfill: a continuous run, every bar present.
-        let threes = closed_bars(&store, symbol, "3");
+        // Three-minute bars with 60 of backfill: the emulator's bars, every one of them.
         assert!(
-            threes.len() >= 60,
-            "{symbol}: {} closed 3-minute bars",
-            threes.len()
+            closed_bars(&store, symbol, "3").len() >= 60,
+            "{symbol}: too few closed 3-minute bars"
         );
-        let holes: Vec<(f64, f64)> = threes
-            .windows(2)
-            .filter(|pair| pair[1] - pair[0] != 180.0)
-            .map(|pair| (pair[0], pair[1]))
-            .collect();
-        assert!(
-            holes.is_empty(),
-            "{symbol}: 3-minute bars missing between {holes:?}: {:?}",
-            holes.first().map(|hole| store
-                .bars(symbol, "3", Some(hole.0 - 360.0), Some(hole.1 + 360.0))
-                .unwrap())
+        assert_eq!(
+            matches_the_emulator(&server, &store, symbol, "3"),
+            0,
+            "{symbol}: 3-minute bars missing"
         );
         assert!(
             gaps(&store, symbol, "3").is_empty(),
             "{symbol}: a gap row for a series whose backfill covered every outage"
         );
-        // One-minute bars with one bar of backfill: every hole lies inside a gap row.
-        let minutes = closed_bars(&store, symbol, "1");
-        let minute_gaps = gaps(&store, symbol, "1");
+        // One-minute bars with one bar of backfill: the emulator's bars, and the ones the
+        // backfill could not supply inside gap rows.
         assert!(
-            !minute_gaps.is_empty(),
+            !gaps(&store, symbol, "1").is_empty(),
             "{symbol}: no gap row for the 1-minute series with one bar of backfill"
         );
-        for pair in minutes.windows(2) {
-            if pair[1] - pair[0] != 60.0 {
-                assert!(
-                    minute_gaps
-                        .iter()
-                        .any(|(from, to)| *from <= pair[0] && *to >= pair[1]),
-                    "{symbol}: 1-minute bars missing between {} and {} with no gap row: \
-                     {minute_gaps:?}",
-                    pair[0],
-                    pair[1]
-                );
-            }
-        }
+        let missing = matches_the_emulator(&server, &store, symbol, "1");
+        assert!(
+            missing > 0,
+            "{symbol}: gap rows, but no 1-minute bar missing"
+        );
     }
     let duplicates: i64 = store
         .connection()
