@@ -439,3 +439,86 @@ fn an_unwritable_database_is_one_line_and_a_failure() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// `history --db`: the first call fills the store from the feed; the next one takes the bars
+/// it holds from the store and asks the feed only for the newest, and both agree with the
+/// emulator's own bars.
+#[test]
+fn history_with_a_store_asks_the_feed_only_for_what_is_missing() {
+    let server = Server::start_with(EmulatorConfig {
+        rate_hz: 200.0,
+        symbols: 10,
+        ..EmulatorConfig::default()
+    });
+    let db = db_path("history-db");
+    let history = || {
+        let output = tickwire()
+            .args([
+                "history",
+                "--url",
+                &server.url(),
+                "--db",
+                db.to_str().unwrap(),
+                "--timeframe",
+                "1",
+                "--count",
+                "50",
+                "--csv",
+                SYMBOLS[0],
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        let rows: Vec<Vec<f64>> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .skip(1)
+            .map(|line| {
+                line.split(',')
+                    .take(5)
+                    .map(|field| field.parse().unwrap())
+                    .collect()
+            })
+            .collect();
+        (rows, stderr)
+    };
+    let (first, told) = history();
+    assert_eq!(first.len(), 50);
+    assert!(
+        told.contains("0 bars from") && told.contains("50 from the feed"),
+        "{told}"
+    );
+    let (second, told) = history();
+    assert_eq!(second.len(), 50);
+    let from_feed: usize = told
+        .split(", ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("{told}"));
+    assert!(
+        (1..=3).contains(&from_feed),
+        "the second call asked the feed for {from_feed} bars: {told}"
+    );
+    // Both agree with the emulator's bars (the forming one aside).
+    let emulator: std::collections::BTreeMap<i64, EmulatorBar> = server
+        .emulator()
+        .bar_history(SYMBOLS[0], "1")
+        .into_iter()
+        .map(|bar| (bar.time as i64, bar))
+        .collect();
+    for row in first.iter().chain(&second).filter(|row| {
+        // The newest bar of either call may have been forming.
+        row[0] < second.last().unwrap()[0] - 60.0
+    }) {
+        let bar = &emulator[&(row[0] as i64)];
+        assert_eq!(
+            row[1..],
+            [bar.open, bar.high, bar.low, bar.close],
+            "the bar at {}",
+            row[0]
+        );
+    }
+    let store = Store::open_read_only(&db).unwrap();
+    assert!(store.count("bars").unwrap() >= 50);
+}

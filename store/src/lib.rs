@@ -305,21 +305,65 @@ impl Store {
         let rows = statement
             .query_map(
                 params![symbol, timeframe, from_us, from_us, to_us, to_us],
-                |row| {
-                    let micros: i64 = row.get(0)?;
-                    Ok(StoredBar {
-                        time: micros_to_seconds(micros),
-                        open: row.get(1)?,
-                        high: row.get(2)?,
-                        low: row.get(3)?,
-                        close: row.get(4)?,
-                        volume: row.get(5)?,
-                        closed: row.get(6)?,
-                    })
-                },
+                stored_bar,
             )
             .map_err(StoreError::Read)?;
         rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Read)
+    }
+
+    /// The newest `limit` closed bars of one series, oldest first.
+    pub fn latest_closed_bars(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredBar>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT epoch_us(time), open, high, low, close, volume, closed FROM bars \
+                 WHERE symbol = ? AND timeframe = ? AND closed ORDER BY time DESC LIMIT ?",
+            )
+            .map_err(StoreError::Read)?;
+        let mut bars = statement
+            .query_map(params![symbol, timeframe, limit], stored_bar)
+            .map_err(StoreError::Read)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Read)?;
+        bars.reverse();
+        Ok(bars)
+    }
+
+    /// The gap rows of one series that overlap `from..=to` (Unix seconds), as `(from, to)`.
+    pub fn gaps_overlapping(
+        &self,
+        symbol: &str,
+        timeframe: &str,
+        from: f64,
+        to: f64,
+    ) -> Result<Vec<(f64, f64)>, StoreError> {
+        let (Some(from), Some(to)) = (seconds_to_micros(from), seconds_to_micros(to)) else {
+            return Ok(Vec::new());
+        };
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT epoch_us(\"from\"), epoch_us(\"to\") FROM gaps \
+                 WHERE symbol = ? AND timeframe = ? AND epoch_us(\"to\") > ? \
+                 AND epoch_us(\"from\") < ? ORDER BY \"from\"",
+            )
+            .map_err(StoreError::Read)?;
+        statement
+            .query_map(params![symbol, timeframe, from, to], |row| {
+                Ok((
+                    micros_to_seconds(row.get(0)?),
+                    micros_to_seconds(row.get(1)?),
+                ))
+            })
+            .map_err(StoreError::Read)?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Read)
     }
 
@@ -417,6 +461,19 @@ fn quote_schema() -> SchemaRef {
         Field::new("source", DataType::Utf8, false),
         Field::new("received_at", time(), false),
     ]))
+}
+
+/// A `bars` row selected as `epoch_us(time), open, high, low, close, volume, closed`.
+fn stored_bar(row: &duckdb::Row<'_>) -> duckdb::Result<StoredBar> {
+    Ok(StoredBar {
+        time: micros_to_seconds(row.get(0)?),
+        open: row.get(1)?,
+        high: row.get(2)?,
+        low: row.get(3)?,
+        close: row.get(4)?,
+        volume: row.get(5)?,
+        closed: row.get(6)?,
+    })
 }
 
 fn append_gap(
