@@ -522,3 +522,58 @@ fn history_with_a_store_asks_the_feed_only_for_what_is_missing() {
     let store = Store::open_read_only(&db).unwrap();
     assert!(store.count("bars").unwrap() >= 50);
 }
+
+/// A full disk (here the file-size limit, with SIGXFSZ ignored so writes fail with EFBIG as on
+/// a full file system): one clear line, a non-zero exit, and every committed row readable.
+#[test]
+fn a_full_disk_is_a_clear_error_and_what_was_committed_stays_readable() {
+    let server = Server::start_with(EmulatorConfig {
+        rate_hz: 5000.0,
+        symbols: 10,
+        ..EmulatorConfig::default()
+    });
+    let symbols: Vec<String> = tickwire_emulator::market::Market::new(10, 1)
+        .instruments()
+        .iter()
+        .map(|instrument| instrument.name.clone())
+        .collect();
+    let db = db_path("record-full");
+    let mut recorder = std::process::Command::new("sh")
+        .arg("-c")
+        // 2 MiB at most per file; ignored signals stay ignored across exec.
+        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_tickwire"))
+        .args(["record", "--url", &server.url(), "--db"])
+        .arg(&db)
+        .args(["--commit-every", "200ms"])
+        .args(&symbols)
+        .env("XDG_CONFIG_HOME", scratch_dir("record-full-config"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut recorder, Duration::from_secs(60))
+        .expect("record still running with its file at the size limit");
+    let log = stderr_of(&mut recorder);
+    assert!(!status.success(), "{log:#?}");
+    let last = log.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.starts_with("tickwire: writing to the store:") && last.contains("File too large"),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|line| line.contains("panicked")),
+        "{log:#?}"
+    );
+    let store = Store::open_read_only(&db).unwrap();
+    let quotes = store.count("quotes").unwrap();
+    assert!(quotes > 0, "nothing was committed before the disk filled");
+    let summary = log
+        .iter()
+        .find(|line| line.starts_with("tickwire record:"))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(
+        summary.contains(&format!("{quotes} quotes")),
+        "{summary} vs {quotes}"
+    );
+}
