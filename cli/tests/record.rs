@@ -71,6 +71,9 @@ fn start_recorder(
             commit_every,
             "--seed",
             "7",
+            // Frequent, so a progress line printed where it should not be shows up.
+            "--progress-every",
+            "200ms",
             // Four connections' worth of commands (sessions, symbols, four series) within
             // seconds: more than the default budget, which would delay the last series' restore.
             "--rate-limit",
@@ -141,15 +144,16 @@ fn matches_the_emulator(server: &Server, store: &Store, symbol: &str, timeframe:
         .into_iter()
         .filter(|bar| bar.closed)
         .collect();
-    let Some(first) = stored.first() else {
-        panic!("{symbol} {timeframe}: no closed bar stored");
+    assert!(
+        !stored.is_empty(),
+        "{symbol} {timeframe}: no closed bar stored"
+    );
+    // From the oldest bar stored (a first bar dropped while forming is one) up to the newest
+    // (the one forming at the end, not itself checked).
+    let every = store.bars(symbol, timeframe, None, None).unwrap();
+    let (Some(first), Some(newest)) = (every.first(), every.last().map(|bar| bar.time)) else {
+        unreachable!("closed bars were stored");
     };
-    // Up to the newest bar stored (the forming one, not itself checked).
-    let newest = store
-        .bars(symbol, timeframe, None, None)
-        .unwrap()
-        .last()
-        .map_or(first.time, |bar| bar.time);
     let history = server.emulator().bar_history(symbol, timeframe);
     let by_time: std::collections::BTreeMap<i64, &EmulatorBar> =
         history.iter().map(|bar| (bar.time as i64, bar)).collect();
@@ -357,6 +361,10 @@ fn sigterm_commits_everything_received() {
     let status = terminate(&mut recorder);
     let log = stderr_of(&mut recorder);
     assert!(status.success(), "record exited with {status}: {log:#?}");
+    assert!(
+        !log.iter().any(|line| line.contains("rows written")),
+        "progress lines on a stderr that is not a terminal: {log:#?}"
+    );
     let store = Store::open_read_only(&db).unwrap();
     assert_eq!(
         store.count("quotes").unwrap(),
@@ -576,4 +584,49 @@ fn a_full_disk_is_a_clear_error_and_what_was_committed_stays_readable() {
         summary.contains(&format!("{quotes} quotes")),
         "{summary} vs {quotes}"
     );
+}
+
+/// On a terminal (a pseudo-terminal from `script`), progress lines come every
+/// `--progress-every`: rows written, their rate, the lag and the quotes conflated.
+#[test]
+fn progress_is_printed_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` (util-linux) to give the recorder a terminal");
+        return;
+    }
+    let server = Server::start_with(EmulatorConfig {
+        rate_hz: 400.0,
+        symbols: 10,
+        ..EmulatorConfig::default()
+    });
+    let db = db_path("record-progress");
+    let command = format!(
+        "timeout -s TERM 3 {} record --url {} --db {} --progress-every 500ms {}",
+        env!("CARGO_BIN_EXE_tickwire"),
+        server.url(),
+        db.display(),
+        SYMBOLS.join(" ")
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("XDG_CONFIG_HOME", scratch_dir("record-progress-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let progress: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("rows written ("))
+        .collect();
+    assert!(progress.len() >= 2, "{text}");
+    assert!(
+        progress
+            .iter()
+            .all(|line| line.contains("rows/s), lag ") && line.contains("quotes conflated")),
+        "{progress:#?}"
+    );
+    assert!(text.contains("tickwire record: "), "{text}");
 }
