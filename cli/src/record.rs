@@ -22,7 +22,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use crate::Failure;
 use crate::access::{Access, FallbackArgs};
 use crate::feed_args::FeedArgs;
-use crate::stream::{parse_bar_spec, unreachable};
+use crate::stream::{parse_bar_spec, subscribe, unreachable};
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
@@ -91,18 +91,7 @@ pub(crate) async fn run(args: RecordArgs) -> Result<(), Failure> {
     let stop = crate::signals::stop();
     let options = access.options(&config);
     let feed = args.feed.connect(config, options);
-    feed.subscribe(&args.symbols);
-    let mut wanted = args.symbols.len();
-    for (timeframe, count) in &args.bars {
-        for symbol in &args.symbols {
-            if feed
-                .subscribe_bars(symbol, timeframe.as_str(), *count)
-                .is_ok()
-            {
-                wanted += 1;
-            }
-        }
-    }
+    let wanted = subscribe(&feed, &args.symbols, &args.bars);
     let mut session = Session {
         recorder,
         totals: Written::default(),

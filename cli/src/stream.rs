@@ -47,6 +47,24 @@ pub(crate) fn parse_bar_spec(text: &str) -> Result<(Timeframe, u32), String> {
     Ok((timeframe, count.max(1)))
 }
 
+/// Subscribes the quotes of `symbols` and each of their `bars` series; returns how many
+/// subscriptions were made (when every one is rejected, nothing is left to wait for).
+pub(crate) fn subscribe(feed: &Feed, symbols: &[String], bars: &[(Timeframe, u32)]) -> usize {
+    feed.subscribe(symbols);
+    let mut wanted = symbols.len();
+    for (timeframe, count) in bars {
+        for symbol in symbols {
+            if feed
+                .subscribe_bars(symbol, timeframe.as_str(), *count)
+                .is_ok()
+            {
+                wanted += 1;
+            }
+        }
+    }
+    wanted
+}
+
 /// Whether the feed has given up before ever working: the breaker opened without one live
 /// connection. Then the host is unreachable (or refuses us) and waiting longer will not help.
 pub(crate) fn unreachable(feed: &Feed, ever_live: bool) -> Option<Failure> {
@@ -79,18 +97,7 @@ pub(crate) async fn run(args: StreamArgs) -> Result<(), Failure> {
     let stop = crate::signals::stop();
     let options = access.options(&config);
     let feed = args.feed.connect(config, options);
-    feed.subscribe(&args.symbols);
-    let mut wanted = args.symbols.len();
-    if let Some((timeframe, count)) = &args.bars {
-        for symbol in &args.symbols {
-            if feed
-                .subscribe_bars(symbol, timeframe.as_str(), *count)
-                .is_ok()
-            {
-                wanted += 1;
-            }
-        }
-    }
+    let wanted = subscribe(&feed, &args.symbols, args.bars.as_slice());
     let result = print_events(&feed, &args, wanted, &access, give_up_unreachable, stop).await;
     feed.close().await;
     result

@@ -18,7 +18,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tickwire_core::client::{Input, Output};
 use tickwire_core::record::{Batch, Recorder, RecorderConfig};
 use tickwire_store::Store;
 
@@ -29,24 +28,22 @@ fn record_corpus(
     mut write: impl FnMut(&Batch),
 ) {
     let now = Instant::now();
-    for message in &corpus.messages {
-        corpus.client.handle_input(
-            corpus.now,
-            Input::Message {
-                id: corpus.id,
-                text: message.clone(),
-            },
-        );
-        while let Some(output) = corpus.client.poll_output() {
-            if let Output::Event(event) = output {
-                recorder.handle_event(now, 1_700_000_000_000_000, &event);
+    let recorder = std::cell::RefCell::new(recorder);
+    support::feed_with(
+        corpus,
+        |event| {
+            recorder
+                .borrow_mut()
+                .handle_event(now, 1_700_000_000_000_000, &event)
+        },
+        || {
+            let mut recorder = recorder.borrow_mut();
+            while let Some(batch) = recorder.poll_batch(now) {
+                write(&batch);
+                recorder.handle_written(now, batch.id).unwrap();
             }
-        }
-        while let Some(batch) = recorder.poll_batch(now) {
-            write(&batch);
-            recorder.handle_written(now, batch.id).unwrap();
-        }
-    }
+        },
+    );
 }
 
 /// A store file of its own under the temporary directory, removed first.

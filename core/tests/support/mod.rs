@@ -93,6 +93,26 @@ pub(crate) fn live_corpus() -> LiveCorpus {
 /// Feeds every message and drains every output; returns how many quote events came out.
 pub(crate) fn feed(corpus: &mut LiveCorpus) -> usize {
     let mut quotes = 0;
+    feed_with(
+        corpus,
+        |event| {
+            if let tickwire_core::client::Event::Quote(event) = event {
+                std::hint::black_box(&event);
+                quotes += 1;
+            }
+        },
+        || {},
+    );
+    quotes
+}
+
+/// Feeds every message, hands every event to `on_event`, and calls `after_message` once each
+/// message's outputs are drained.
+pub(crate) fn feed_with(
+    corpus: &mut LiveCorpus,
+    mut on_event: impl FnMut(tickwire_core::client::Event),
+    mut after_message: impl FnMut(),
+) {
     for message in &corpus.messages {
         corpus.client.handle_input(
             corpus.now,
@@ -102,11 +122,10 @@ pub(crate) fn feed(corpus: &mut LiveCorpus) -> usize {
             },
         );
         while let Some(output) = corpus.client.poll_output() {
-            if let Output::Event(tickwire_core::client::Event::Quote(event)) = output {
-                std::hint::black_box(&event);
-                quotes += 1;
+            if let Output::Event(event) = output {
+                on_event(event);
             }
         }
+        after_message();
     }
-    quotes
 }
