@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tickwire_core::client::{Breaker, DisconnectCause};
-use tickwire_driver::{Config, Event, Feed, HistoryError, Options, State};
+use tickwire_driver::{Config, Event, Events, Feed, HistoryError, Options, SeriesId, State};
 use tickwire_emulator::{EmulatorConfig, Fault, FaultAction};
 
 const SYMBOLS: [&str; 3] = ["BINANCE:BTCUSDT", "NASDAQ:AAPL", "FX:EURUSD"];
@@ -289,35 +289,8 @@ async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options)
     // 50 bars of backfill: 25 s of real time at this speed, far more than the outage.
     let series = feed.subscribe_bars(SYMBOL, "1", 50).expect("series");
     let mut events = feed.events();
-    // Bar time (as bits, for an exact key) → the last state reported closed.
-    let mut closed = std::collections::BTreeMap::new();
-    // Records a bar of the series; its time and whether it closed.
-    let mut record = |event: &Event| match event {
-        Event::Bar(bar) if bar.series == series => {
-            if bar.closed {
-                closed.insert(bar.bar.time.to_bits(), bar.bar);
-            }
-            Some((bar.bar.time, bar.closed))
-        }
-        _ => None,
-    };
-    // The history ends with a forming bar; three minutes later bars have closed live.
-    let mut history_end = None;
-    let mut newest_before_drop = f64::MAX;
-    assert!(
-        wait_for(&mut events, Duration::from_secs(10), |event| {
-            let Some((time, closed)) = record(event) else {
-                return false;
-            };
-            if !closed {
-                history_end.get_or_insert(time);
-            }
-            newest_before_drop = time;
-            history_end.is_some_and(|end| time >= end + 3.0 * MINUTE)
-        })
-        .await,
-        "bars close live before the drop"
-    );
+    let mut bars = ClosedBars::new(series);
+    let newest_before_drop = bars.until_closed_live(&mut events, 3.0 * MINUTE).await;
     emulator.refuse_upgrades(Some(503));
     emulator.inject(FaultAction::Drop);
     eventually(
@@ -347,7 +320,7 @@ async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options)
     let mut backfilled = 0;
     assert!(
         wait_for(&mut events, Duration::from_secs(10), |event| {
-            let Some((time, closed)) = record(event) else {
+            let Some((time, closed)) = bars.record(event) else {
                 return false;
             };
             if closed && time < newest_in_outage {
@@ -365,7 +338,58 @@ async fn backfilled_bars_are_the_bars_streamed(connect: impl Fn(Config, Options)
         "the backfill brought the bars that closed during the outage"
     );
     feed.close().await;
-    closed_bars_are_the_emulators(emulator, &closed);
+    closed_bars_are_the_emulators(emulator, &bars.closed);
+}
+
+/// The bars one series reported, keyed by bar time (as bits, for an exact key) with the
+/// last state reported closed.
+struct ClosedBars {
+    series: SeriesId,
+    closed: std::collections::BTreeMap<u64, tickwire_core::message::Bar>,
+}
+
+impl ClosedBars {
+    fn new(series: SeriesId) -> ClosedBars {
+        ClosedBars {
+            series,
+            closed: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Records a bar of the series: its time and whether it closed.
+    fn record(&mut self, event: &Event) -> Option<(f64, bool)> {
+        match event {
+            Event::Bar(bar) if bar.series == self.series => {
+                if bar.closed {
+                    self.closed.insert(bar.bar.time.to_bits(), bar.bar);
+                }
+                Some((bar.bar.time, bar.closed))
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits until bars have closed live for `span` of market time after the history's
+    /// forming bar; returns the newest bar time seen.
+    async fn until_closed_live(&mut self, events: &mut Events, span: f64) -> f64 {
+        let mut history_end = None;
+        let mut newest = f64::MAX;
+        assert!(
+            wait_for(events, Duration::from_secs(10), |event| {
+                let Some((time, closed)) = self.record(event) else {
+                    return false;
+                };
+                if !closed {
+                    history_end.get_or_insert(time);
+                }
+                newest = time;
+                history_end.is_some_and(|end| time >= end + span)
+            })
+            .await,
+            "bars close live"
+        );
+        newest
+    }
 }
 
 /// Every bar in `closed` (bar time as bits → the last state the client reported closed) is
@@ -433,38 +457,14 @@ async fn bars_missed_in_a_short_stall_arrive_afterwards(connect: impl Fn(Config,
         .subscribe_bars("BINANCE:BTCUSDT", "1", 10)
         .expect("series");
     let mut events = feed.events();
-    let mut closed = std::collections::BTreeMap::new();
-    let mut record = |event: &Event| match event {
-        Event::Bar(bar) if bar.series == series => {
-            if bar.closed {
-                closed.insert(bar.bar.time.to_bits(), bar.bar);
-            }
-            Some((bar.bar.time, bar.closed))
-        }
-        _ => None,
-    };
-    // The history ends with a forming bar; two minutes later bars have closed live.
-    let mut history_end = None;
-    let mut newest_before_stall = f64::MAX;
-    assert!(
-        wait_for(&mut events, Duration::from_secs(10), |event| {
-            let Some((time, closed)) = record(event) else {
-                return false;
-            };
-            if !closed {
-                history_end.get_or_insert(time);
-            }
-            newest_before_stall = time;
-            history_end.is_some_and(|end| time >= end + 2.0 * MINUTE)
-        })
-        .await,
-        "bars close live before the stall"
-    );
+    let mut bars = ClosedBars::new(series);
+    let newest_before_stall = bars.until_closed_live(&mut events, 2.0 * MINUTE).await;
     // 700 ms: about three bars, and well inside the client's 1.5 s read timeout.
     emulator.inject(FaultAction::Stall(Duration::from_millis(700)));
     assert!(
         wait_for(&mut events, Duration::from_secs(10), |event| {
-            record(event).is_some_and(|(time, _)| time >= newest_before_stall + 6.0 * MINUTE)
+            bars.record(event)
+                .is_some_and(|(time, _)| time >= newest_before_stall + 6.0 * MINUTE)
         })
         .await,
         "bars after the stall; status {:?}",
@@ -476,7 +476,7 @@ async fn bars_missed_in_a_short_stall_arrive_afterwards(connect: impl Fn(Config,
         "a stall shorter than the read timeout keeps the connection"
     );
     feed.close().await;
-    closed_bars_are_the_emulators(emulator, &closed);
+    closed_bars_are_the_emulators(emulator, &bars.closed);
 }
 
 async fn backs_off_against_refused_connects(connect: impl Fn(Config, Options) -> Feed) {
