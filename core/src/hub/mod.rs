@@ -34,6 +34,15 @@
 //! - A connection with `queue_capacity` frames waiting is conflated: it owes only the latest
 //!   state per symbol (sent as a `snapshot`), gets one `SLOW_CONSUMER` warning, and is closed if
 //!   still behind after `slow_consumer_deadline`. Other connections are never held up.
+//! - Stored state: a relay restarted with a store hands the hub each symbol's last quote and
+//!   bar with [`Hub::preload`] (at most [`HubConfig::max_upstream_symbols`] symbols kept) before
+//!   upstream has said anything. The first subscriber of such a symbol gets that state at once,
+//!   its `snapshot` marked `"stale":true` (after `"bar"`, before any `"update_interval"`); a
+//!   symbol without stored state answers with an empty snapshot as before. The symbol's first
+//!   upstream quote confirms it: every subscriber gets a fresh full `snapshot` without the
+//!   `stale` key (not a `quote` delta), and later quotes are deltas as usual. An upstream bar
+//!   replaces the stored bar (a `bar` message) but does not confirm: the quote is what says
+//!   the symbol is live. A snapshot without `stale` is exactly what it was before.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -277,6 +286,10 @@ pub struct HubCounters {
     pub upstream_subscribes: u64,
     /// Upstream unsubscribe decisions.
     pub upstream_unsubscribes: u64,
+    /// Snapshots carrying `"stale":true` (stored state, see [`Hub::preload`]) queued for a
+    /// connection: one per recipient, not per render. A delivery conflated away is counted when
+    /// the snapshot it is owed goes out, if that is still stale.
+    pub stale_snapshots_sent: u64,
     /// Connections ended, by [`CloseReason`] (see [`HubCounters::disconnects`]).
     disconnects: [u64; CloseReason::ALL.len()],
 }
@@ -349,8 +362,22 @@ struct SymbolState {
     linger_until: Option<Instant>,
     quote: Option<Quote>,
     bar: Option<BarState>,
+    /// `quote` and `bar` came from the store ([`Hub::preload`]) and upstream has not sent a
+    /// quote since: snapshots say `"stale":true`. The first upstream quote (or a resync) clears
+    /// it; a bar does not, a consumer needs the quote to trust the symbol.
+    stale: bool,
+    /// `bar` is the stored one: the first upstream bar replaces it whatever its time, since a
+    /// stored bar may be from a later session than the history upstream replays.
+    stored_bar: bool,
     /// The snapshot of the current state, rendered once for however many need it.
     snapshot: Option<Frame>,
+}
+
+/// A symbol's last known state from the store, waiting for the symbol's first subscriber.
+#[derive(Debug)]
+struct Preloaded {
+    quote: Quote,
+    bar: Option<BarState>,
 }
 
 #[derive(Debug)]
@@ -401,6 +428,9 @@ pub struct Hub {
     /// Per-symbol counters, indexed by [`SymbolTag::slot`]; as many as symbols carried at once.
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// Stored state of symbols not carried yet ([`Hub::preload`]), taken by the first
+    /// subscriber; at most [`HubConfig::max_upstream_symbols`].
+    preloaded: BTreeMap<Arc<str>, Preloaded>,
     shut_down: bool,
 }
 
@@ -427,6 +457,7 @@ impl Hub {
             pace_timers: BTreeSet::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
+            preloaded: BTreeMap::new(),
             shut_down: false,
         })
     }
@@ -793,7 +824,10 @@ impl Hub {
             };
             let symbol: Arc<str> = match self.symbols.get_key_value(symbol.as_str()) {
                 Some((shared, _)) => shared.clone(),
-                None => Arc::from(symbol),
+                None => match self.preloaded.get_key_value(symbol.as_str()) {
+                    Some((shared, _)) => shared.clone(),
+                    None => Arc::from(symbol),
+                },
             };
             let already = connection.symbols.contains(&symbol);
             if !already && connection.symbols.len() >= self.config.max_subscriptions_per_connection
@@ -815,6 +849,11 @@ impl Hub {
             }
             if !self.symbols.contains_key(&symbol) {
                 let tag = self.allocate_slot();
+                // Stored state is used once: from here on the symbol's own state holds it.
+                let (quote, bar) = match self.preloaded.remove(&symbol) {
+                    Some(stored) => (Some(stored.quote), stored.bar),
+                    None => (None, None),
+                };
                 self.symbols.insert(
                     symbol.clone(),
                     SymbolState {
@@ -823,8 +862,10 @@ impl Hub {
                         tag,
                         upstream: false,
                         linger_until: None,
-                        quote: None,
-                        bar: None,
+                        stale: quote.is_some(),
+                        stored_bar: bar.is_some(),
+                        quote,
+                        bar,
                         snapshot: None,
                     },
                 );
@@ -1002,12 +1043,28 @@ impl Hub {
             return Some(frame.clone());
         }
         let frame = Frame::data(
-            render::snapshot(symbol, state.quote.as_ref(), state.bar.as_ref()),
+            render::snapshot_marked(
+                symbol,
+                state.quote.as_ref(),
+                state.bar.as_ref(),
+                state.stale,
+            ),
             state.tag,
             now,
         );
         state.snapshot = Some(frame.clone());
         Some(frame)
+    }
+
+    /// Queues a snapshot of `symbol` for `conn` (see [`Hub::deliver`]), counting it if stale.
+    /// Snapshots of the current state only: staleness is read from the symbol, not the frame,
+    /// which keeps frames as small as they are.
+    fn deliver_snapshot(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>, frame: Frame) {
+        let stale = self.symbols.get(symbol).is_some_and(|state| state.stale);
+        if self.deliver(now, conn, symbol, frame) && stale {
+            self.counters.stale_snapshots_sent =
+                self.counters.stale_snapshots_sent.saturating_add(1);
+        }
     }
 
     /// The answer to a subscribe: the shared snapshot, naming the interval when there is one.
@@ -1024,7 +1081,7 @@ impl Hub {
         if let Some(interval) = interval {
             frame.text = Bytes::from(render::with_update_interval(&frame.text, interval));
         }
-        self.deliver(now, conn, symbol, frame);
+        self.deliver_snapshot(now, conn, symbol, frame);
     }
 
     /// A data frame of a paced subscription goes out other than through [`Hub::broadcast`] (a
@@ -1068,29 +1125,30 @@ impl Hub {
             pace.held = false;
             pace.next_allowed = Self::later(now, pace.interval);
             if let Some(frame) = self.snapshot_frame(now, &symbol) {
-                self.deliver(now, conn, &symbol, frame);
+                self.deliver_snapshot(now, conn, &symbol, frame);
             }
         }
     }
 
-    /// Queues a data frame for `conn`, or, if it is behind, records that it owes the latest
-    /// state of `symbol`.
-    fn deliver(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>, frame: Frame) {
+    /// Queues a data frame for `conn` (true), or, if it is behind, records that it owes the
+    /// latest state of `symbol` (false).
+    fn deliver(&mut self, now: Instant, conn: ConnId, symbol: &Arc<str>, frame: Frame) -> bool {
         let Some(connection) = self.connections.get_mut(&conn) else {
-            return;
+            return false;
         };
         if connection.behind_since.is_some() {
             connection.owed.insert(symbol.clone());
             self.counters.deliveries_conflated =
                 self.counters.deliveries_conflated.saturating_add(1);
-            return;
+            return false;
         }
         if connection.waiting() < self.config.queue_capacity {
             connection.backlog.push_back(frame);
             self.pump_connection(conn);
-            return;
+            return true;
         }
         self.fall_behind(now, conn, symbol);
+        false
     }
 
     /// `conn`'s queue is full: from now on it is owed the latest state per symbol, not every
@@ -1198,18 +1256,33 @@ impl Hub {
                 && let Some(connection) = self.connections.get_mut(&conn)
             {
                 connection.backlog.push_back(frame);
+                if self.symbols.get(&symbol).is_some_and(|state| state.stale) {
+                    self.counters.stale_snapshots_sent =
+                        self.counters.stale_snapshots_sent.saturating_add(1);
+                }
                 self.pump_connection(conn);
             }
         }
     }
 
     /// The latest merged quote of a symbol from upstream. Subscribers get the fields that
-    /// differ from what was last broadcast; nothing is sent if none does.
+    /// differ from what was last broadcast; nothing is sent if none does. The first quote of
+    /// a symbol showing stored state ([`Hub::preload`]) confirms it instead: it replaces the
+    /// stored quote and every subscriber gets a fresh `snapshot` without `"stale"`, even if no
+    /// field changed, as [`Hub::resync`] does.
     pub fn handle_quote(&mut self, now: Instant, quote: &Quote) {
         self.counters.updates_received = self.counters.updates_received.saturating_add(1);
         let Some(state) = self.symbols.get_mut(quote.symbol.as_ref()) else {
             return;
         };
+        if state.stale {
+            // A delta would be against stored values the consumer cannot tell from live ones.
+            state.stale = false;
+            state.quote = Some(quote.clone());
+            state.snapshot = None;
+            self.refresh(now, &quote.symbol);
+            return;
+        }
         let symbol = &quote.symbol;
         let fields = render::changed_fields(state.quote.as_ref(), quote);
         if fields.is_empty() {
@@ -1226,7 +1299,9 @@ impl Hub {
         self.broadcast(now, &quote.symbol, frame);
     }
 
-    /// A bar of `symbol`'s series (the configured timeframe), forming or closed.
+    /// A bar of `symbol`'s series (the configured timeframe), forming or closed. The first
+    /// upstream bar replaces a stored one ([`Hub::preload`]) whatever the two bars' times, but
+    /// leaves the symbol stale: only its first upstream quote confirms it.
     pub fn handle_bar(
         &mut self,
         now: Instant,
@@ -1248,6 +1323,7 @@ impl Hub {
             bar: *bar,
             closed,
         };
+        let stored = std::mem::take(&mut state.stored_bar);
         // The bar's position in the series moves on every reload; it says nothing new.
         let unchanged = state.bar.as_ref().is_some_and(|old| {
             old.timeframe == new.timeframe
@@ -1265,10 +1341,12 @@ impl Hub {
             return;
         }
         // A closed bar never replaces a newer one as "the latest bar".
-        let older = state
-            .bar
-            .as_ref()
-            .is_some_and(|old| old.bar.time > new.bar.time);
+        // A stored bar is no measure: upstream's series is the truth from its first bar on.
+        let older = !stored
+            && state
+                .bar
+                .as_ref()
+                .is_some_and(|old| old.bar.time > new.bar.time);
         let frame = Frame::data(render::bar_update(&symbol, &new), state.tag, now);
         if !older {
             state.bar = Some(new);
@@ -1324,7 +1402,7 @@ impl Hub {
             && let Some(snapshot) = self.snapshot_frame(now, symbol)
         {
             for conn in overdue {
-                self.deliver(now, conn, symbol, snapshot.clone());
+                self.deliver_snapshot(now, conn, symbol, snapshot.clone());
             }
         }
     }
@@ -1368,6 +1446,7 @@ impl Hub {
             return;
         };
         state.bar = None;
+        state.stored_bar = false;
         state.snapshot = None;
         let subscribers: Vec<ConnId> = state.subscribers.iter().copied().collect();
         let message = format!("no bars for this symbol (its quotes continue): {reason}");
@@ -1436,15 +1515,118 @@ impl Hub {
 
     /// `quote` is the symbol's whole state from elsewhere (a cluster snapshot, a new leader's
     /// first quote): it replaces the hub's without a delta, and every subscriber gets a fresh
-    /// `snapshot` of it (see [`Hub::refresh`]).
+    /// `snapshot` of it (see [`Hub::refresh`]). It is live state, so it confirms a symbol
+    /// showing stored state ([`Hub::preload`]).
     pub fn resync(&mut self, now: Instant, quote: &Quote) {
         self.counters.updates_received = self.counters.updates_received.saturating_add(1);
         let Some(state) = self.symbols.get_mut(quote.symbol.as_ref()) else {
             return;
         };
+        state.stale = false;
         state.quote = Some(quote.clone());
         state.snapshot = None;
         self.refresh(now, &quote.symbol);
+    }
+
+    /// Remembers `quote`, and optionally the symbol's last bar (its timeframe, the bar, whether
+    /// it had closed), as the last known state of `quote.symbol`: state a restarted relay loads
+    /// from its store before upstream has said anything. The symbol's first subscriber then
+    /// gets it at once, in a `snapshot` marked `"stale":true`, instead of an empty one; the
+    /// stored state is used once, and later the symbol's state is whatever upstream sends.
+    ///
+    /// The symbol's first upstream quote confirms it (see [`Hub::handle_quote`]): every
+    /// subscriber gets a fresh snapshot without `"stale"`. An upstream bar replaces the stored
+    /// bar but does not confirm.
+    ///
+    /// Returns false, keeping nothing, when the hub could never use the state: the symbol is
+    /// one a subscribe would be refused (its shape, the whitelist), the hub already holds
+    /// stored state of [`HubConfig::max_upstream_symbols`] other symbols, or the symbol is
+    /// carried and already has a quote or bar (upstream's data is newer than any store's, and
+    /// stored state already shown stays as it is). A carried symbol without data takes the
+    /// state at once and its subscribers get the stale snapshot. Preloading a symbol still
+    /// waiting replaces its stored state.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Instant;
+    /// use tickwire_core::client::Quote;
+    /// use tickwire_core::hub::{Hub, HubConfig, HubOutput};
+    ///
+    /// let now = Instant::now();
+    /// let mut hub = Hub::new(HubConfig::default()).unwrap();
+    /// let stored = Quote { last_price: Some(1.08), ..Quote::new(Arc::from("FX:EURUSD")) };
+    /// assert!(hub.preload(now, stored, None));
+    /// assert_eq!(hub.preloaded_count(), 1);
+    ///
+    /// let conn = hub.connect(now).unwrap();
+    /// hub.handle_text(now, conn, r#"{"action":"subscribe","symbols":["FX:EURUSD"]}"#);
+    /// let frames = |hub: &mut Hub| -> Vec<String> {
+    ///     std::iter::from_fn(|| hub.poll_output())
+    ///         .filter_map(|output| match output {
+    ///             HubOutput::Transmit { frame, .. } => Some(frame.as_str().to_owned()),
+    ///             _ => None,
+    ///         })
+    ///         .collect()
+    /// };
+    /// // The status, then the stored state, marked stale.
+    /// assert_eq!(
+    ///     frames(&mut hub)[1],
+    ///     r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.08},"bar":null,"stale":true}"#
+    /// );
+    /// assert_eq!(hub.preloaded_count(), 0);
+    ///
+    /// // Upstream's first quote confirms the symbol: the whole state again, live.
+    /// let live = Quote { last_price: Some(1.09), ..Quote::new(Arc::from("FX:EURUSD")) };
+    /// hub.handle_quote(now, &live);
+    /// assert_eq!(
+    ///     frames(&mut hub),
+    ///     [r#"{"type":"snapshot","symbol":"FX:EURUSD","quote":{"lp":1.09},"bar":null}"#]
+    /// );
+    /// ```
+    pub fn preload(
+        &mut self,
+        now: Instant,
+        quote: Quote,
+        bar: Option<(Arc<str>, Bar, bool)>,
+    ) -> bool {
+        // No subscribe could take it: it must not hold a place another symbol could use.
+        if self.check_symbol(&quote.symbol).is_err() {
+            return false;
+        }
+        let bar = bar.map(|(timeframe, bar, closed)| BarState {
+            timeframe,
+            bar,
+            closed,
+        });
+        if let Some((symbol, state)) = self.symbols.get_key_value(quote.symbol.as_ref()) {
+            if state.quote.is_some() || state.bar.is_some() {
+                return false;
+            }
+            let symbol = symbol.clone();
+            let Some(state) = self.symbols.get_mut(&symbol) else {
+                return false;
+            };
+            state.stale = true;
+            state.stored_bar = bar.is_some();
+            state.quote = Some(quote);
+            state.bar = bar;
+            state.snapshot = None;
+            self.refresh(now, &symbol);
+            return true;
+        }
+        if self.preloaded.len() >= self.config.max_upstream_symbols
+            && !self.preloaded.contains_key(quote.symbol.as_ref())
+        {
+            return false;
+        }
+        self.preloaded
+            .insert(quote.symbol.clone(), Preloaded { quote, bar });
+        true
+    }
+
+    /// Symbols whose stored state ([`Hub::preload`]) waits for a first subscriber.
+    pub fn preloaded_count(&self) -> usize {
+        self.preloaded.len()
     }
 
     /// The symbol's state was resynchronised from elsewhere (a cluster snapshot): every
@@ -1460,7 +1642,7 @@ impl Hub {
             return;
         };
         for conn in subscribers {
-            self.deliver(now, conn, &symbol, frame.clone());
+            self.deliver_snapshot(now, conn, &symbol, frame.clone());
             self.paced_sent(now, conn, &symbol);
         }
     }

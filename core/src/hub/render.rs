@@ -222,6 +222,18 @@ pub(crate) fn quote_update(
 /// `{"type":"snapshot","symbol":…,"quote":{…}|null,"bar":{…}|null}`: everything known, to
 /// replace whatever the consumer had.
 pub(crate) fn snapshot(symbol: &str, quote: Option<&Quote>, bar: Option<&BarState>) -> Vec<u8> {
+    snapshot_marked(symbol, quote, bar, false)
+}
+
+/// [`snapshot`], with `,"stale":true` after the bar when `stale`: the state was loaded from a
+/// store and upstream has not confirmed it yet. A live snapshot has no `stale` key at all, so
+/// its bytes are exactly what they were before stored state existed.
+pub(crate) fn snapshot_marked(
+    symbol: &str,
+    quote: Option<&Quote>,
+    bar: Option<&BarState>,
+    stale: bool,
+) -> Vec<u8> {
     let mut out = start("snapshot", symbol);
     out.extend_from_slice(b",\"quote\":");
     match quote {
@@ -232,6 +244,9 @@ pub(crate) fn snapshot(symbol: &str, quote: Option<&Quote>, bar: Option<&BarStat
     match bar {
         Some(state) => push_bar_state(&mut out, state),
         None => out.extend_from_slice(b"null"),
+    }
+    if stale {
+        out.extend_from_slice(b",\"stale\":true");
     }
     out.push(b'}');
     out
@@ -397,6 +412,17 @@ mod tests {
             parse(&snapshot("X:Y", None, None)),
             serde_json::json!({"type":"snapshot","symbol":"X:Y","quote":null,"bar":null})
         );
+    }
+
+    #[test]
+    fn a_stale_snapshot_marks_itself_after_the_bar_and_a_live_one_does_not() {
+        let live = snapshot("X:Y", Some(&quote()), None);
+        assert_eq!(snapshot_marked("X:Y", Some(&quote()), None, false), live);
+        let stale = snapshot_marked("X:Y", Some(&quote()), None, true);
+        let body = live.strip_suffix(b"}").unwrap();
+        assert_eq!(stale, [body, b",\"stale\":true}"].concat());
+        let paced = with_update_interval(&stale, std::time::Duration::from_secs(2));
+        assert!(paced.ends_with(b",\"bar\":null,\"stale\":true,\"update_interval\":2}"));
     }
 
     #[test]

@@ -12,6 +12,8 @@ struct Harness {
     hub: Hub,
     now: Instant,
     received: BTreeMap<ConnId, Vec<Value>>,
+    /// The same frames as sent, for checking bytes (key order); see [`Harness::texts`].
+    texts: BTreeMap<ConnId, Vec<String>>,
     /// Frames handed to each connection's socket and not yet reported written.
     unwritten: BTreeMap<ConnId, usize>,
     /// Connections whose socket writes everything at once.
@@ -27,6 +29,7 @@ impl Harness {
             hub: Hub::new(config).unwrap(),
             now: Instant::now(),
             received: BTreeMap::new(),
+            texts: BTreeMap::new(),
             unwritten: BTreeMap::new(),
             reading: BTreeSet::new(),
             upstream: BTreeSet::new(),
@@ -52,6 +55,8 @@ impl Harness {
                         let value: Value = serde_json::from_str(frame.as_str())
                             .unwrap_or_else(|error| panic!("{error}: {}", frame.as_str()));
                         self.received.entry(conn).or_default().push(value);
+                        let text = frame.as_str().to_owned();
+                        self.texts.entry(conn).or_default().push(text);
                         *self.unwritten.entry(conn).or_default() += 1;
                     }
                     HubOutput::Close { conn, reason } => {
@@ -172,6 +177,12 @@ impl Harness {
 
     fn take(&mut self, conn: ConnId) -> Vec<Value> {
         std::mem::take(self.received.entry(conn).or_default())
+    }
+
+    /// The exact text of every frame `conn` was sent since the last call (independent of
+    /// [`Harness::take`]).
+    fn texts(&mut self, conn: ConnId) -> Vec<String> {
+        std::mem::take(self.texts.entry(conn).or_default())
     }
 
     fn types(&mut self, conn: ConnId) -> Vec<String> {
@@ -1145,6 +1156,251 @@ fn per_symbol_counters_count_data_frames_handed_out_and_go_with_the_symbol() {
         .unwrap()
         .1;
     assert_eq!(b.messages_sent, 1);
+}
+
+fn stored_quote(symbol: &str, price: f64) -> Quote {
+    Quote {
+        last_price: Some(price),
+        ..Quote::new(Arc::from(symbol))
+    }
+}
+
+/// A one-minute bar at `time` whose prices are all `price`.
+fn flat_bar(time: f64, price: f64) -> Bar {
+    Bar {
+        index: 0,
+        time,
+        open: price,
+        high: price,
+        low: price,
+        close: price,
+        volume: None,
+    }
+}
+
+fn bar_json(time: f64, price: f64, closed: bool) -> Value {
+    json!({"timeframe": "1", "bar": {"time": time, "open": price, "high": price, "low": price,
+        "close": price, "volume": null}, "closed": closed})
+}
+
+#[test]
+fn a_subscriber_of_a_preloaded_symbol_gets_the_stored_state_marked_stale() {
+    let mut h = Harness::new(config());
+    let stored_bar = (Arc::from("1"), flat_bar(120.0, 1.5), false);
+    assert!(
+        h.hub
+            .preload(h.now, stored_quote("A", 1.5), Some(stored_bar))
+    );
+    assert_eq!(h.hub.preloaded_count(), 1);
+    let first = h.connect();
+    h.take(first);
+    h.texts(first);
+    h.subscribe(first, &["A", "B"]);
+    assert_eq!(
+        h.take(first),
+        [
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.5},
+                "bar": bar_json(120.0, 1.5, false), "stale": true}),
+            // Nothing stored: the empty snapshot, without a stale key.
+            json!({"type": "snapshot", "symbol": "B", "quote": null, "bar": null}),
+        ]
+    );
+    // The key goes right after the bar.
+    assert_eq!(
+        h.texts(first),
+        [
+            r#"{"type":"snapshot","symbol":"A","quote":{"lp":1.5},"bar":{"timeframe":"1","bar":{"time":120.0,"open":1.5,"high":1.5,"low":1.5,"close":1.5,"volume":null},"closed":false},"stale":true}"#,
+            r#"{"type":"snapshot","symbol":"B","quote":null,"bar":null}"#,
+        ]
+    );
+    // Taken out by the first subscriber; the next one sees the symbol's own (still stale) state.
+    assert_eq!(h.hub.preloaded_count(), 0);
+    let second = h.connect();
+    h.take(second);
+    h.subscribe(second, &["A"]);
+    assert_eq!(h.take(second)[0]["stale"], true);
+    assert_eq!(h.hub.counters().stale_snapshots_sent, 2);
+    // Upstream is asked for it like any other symbol.
+    assert!(h.upstream.contains("A"));
+}
+
+#[test]
+fn the_first_upstream_quote_confirms_a_stale_symbol_with_a_fresh_snapshot_to_every_subscriber() {
+    let mut h = Harness::new(config());
+    assert!(h.hub.preload(h.now, stored_quote("A", 1.0), None));
+    let first = h.connect();
+    let second = h.connect();
+    h.subscribe(first, &["A"]);
+    h.subscribe(second, &["A"]);
+    h.take(first);
+    h.take(second);
+    h.texts(first);
+    // The same price as stored: no field changed, yet the confirmation goes out.
+    h.quote("A", 1.0);
+    for conn in [first, second] {
+        assert_eq!(
+            h.take(conn),
+            [json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.0}, "bar": null})]
+        );
+    }
+    assert_eq!(
+        h.texts(first),
+        [r#"{"type":"snapshot","symbol":"A","quote":{"lp":1.0},"bar":null}"#]
+    );
+    // Live from now on: deltas, and a newcomer's snapshot has no stale key.
+    h.quote("A", 2.0);
+    for conn in [first, second] {
+        assert_eq!(h.prices(conn, "A"), [("quote".to_owned(), Some(2.0))]);
+    }
+    let third = h.connect();
+    h.take(third);
+    h.subscribe(third, &["A"]);
+    assert_eq!(
+        h.take(third),
+        [json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 2.0}, "bar": null})]
+    );
+    assert_eq!(h.hub.counters().stale_snapshots_sent, 2);
+    // A resync is live state too.
+    assert!(h.hub.preload(h.now, stored_quote("B", 5.0), None));
+    h.subscribe(first, &["B"]);
+    assert_eq!(h.take(first)[0]["stale"], true);
+    h.hub.resync(h.now, &stored_quote("B", 6.0));
+    h.drain();
+    assert_eq!(
+        h.take(first),
+        [json!({"type": "snapshot", "symbol": "B", "quote": {"lp": 6.0}, "bar": null})]
+    );
+}
+
+#[test]
+fn an_upstream_bar_replaces_the_stored_bar_but_only_a_quote_confirms() {
+    let mut h = Harness::new(config());
+    let timeframe: Arc<str> = Arc::from("1");
+    // Stored from a later time than the history upstream replays first.
+    let stored_bar = (timeframe.clone(), flat_bar(600.0, 9.0), false);
+    assert!(
+        h.hub
+            .preload(h.now, stored_quote("A", 1.0), Some(stored_bar))
+    );
+    let conn = h.connect();
+    h.subscribe(conn, &["A"]);
+    h.take(conn);
+    h.hub
+        .handle_bar(h.now, "A", &timeframe, &flat_bar(60.0, 2.0), true);
+    h.drain();
+    assert_eq!(
+        h.take(conn),
+        [json!({"type": "bar", "symbol": "A", "timeframe": "1",
+            "bar": {"time": 60.0, "open": 2.0, "high": 2.0, "low": 2.0, "close": 2.0, "volume": null},
+            "closed": true})]
+    );
+    // From upstream's first bar on, an older bar does not replace a newer one again.
+    h.hub
+        .handle_bar(h.now, "A", &timeframe, &flat_bar(0.0, 3.0), true);
+    h.drain();
+    assert_eq!(h.types(conn), ["bar"]);
+    let late = h.connect();
+    h.take(late);
+    h.subscribe(late, &["A"]);
+    assert_eq!(
+        h.take(late),
+        [
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.0},
+            "bar": bar_json(60.0, 2.0, true), "stale": true})
+        ]
+    );
+    h.quote("A", 1.5);
+    assert_eq!(
+        h.take(conn),
+        [
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.5},
+            "bar": bar_json(60.0, 2.0, true)})
+        ]
+    );
+}
+
+#[test]
+fn preloading_is_bounded_and_never_overwrites_what_a_carried_symbol_has() {
+    let mut h = Harness::new(HubConfig {
+        max_upstream_symbols: 2,
+        ..config()
+    });
+    assert!(h.hub.preload(h.now, stored_quote("A", 1.0), None));
+    assert!(h.hub.preload(h.now, stored_quote("B", 1.0), None));
+    assert!(!h.hub.preload(h.now, stored_quote("C", 1.0), None));
+    assert!(
+        !h.hub.preload(h.now, stored_quote("bad symbol", 1.0), None),
+        "a symbol no subscribe could take"
+    );
+    // Again for a waiting symbol: replaced, not added.
+    assert!(h.hub.preload(h.now, stored_quote("A", 2.0), None));
+    assert_eq!(h.hub.preloaded_count(), 2);
+    let conn = h.connect();
+    h.take(conn);
+    h.subscribe(conn, &["C", "A"]);
+    assert_eq!(
+        h.take(conn),
+        [
+            json!({"type": "snapshot", "symbol": "C", "quote": null, "bar": null}),
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 2.0}, "bar": null, "stale": true}),
+        ]
+    );
+    // C is carried without data: stored state for it applies at once, outside the map.
+    assert!(h.hub.preload(h.now, stored_quote("C", 3.0), None));
+    h.drain();
+    assert_eq!(h.hub.preloaded_count(), 1);
+    assert_eq!(
+        h.take(conn),
+        [
+            json!({"type": "snapshot", "symbol": "C", "quote": {"lp": 3.0}, "bar": null, "stale": true})
+        ]
+    );
+    // Carried with data, stored or live: left alone, nothing sent.
+    assert!(!h.hub.preload(h.now, stored_quote("C", 4.0), None));
+    h.quote("A", 5.0);
+    h.take(conn);
+    assert!(!h.hub.preload(h.now, stored_quote("A", 4.0), None));
+    h.drain();
+    assert!(h.take(conn).is_empty());
+    h.subscribe(conn, &["A", "C"]);
+    assert_eq!(
+        h.take(conn),
+        [
+            json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 5.0}, "bar": null}),
+            json!({"type": "snapshot", "symbol": "C", "quote": {"lp": 3.0}, "bar": null, "stale": true}),
+        ]
+    );
+}
+
+#[test]
+fn a_paced_subscriber_gets_the_stale_snapshot_at_once_with_its_interval_last() {
+    let mut h = Harness::new(config());
+    assert!(h.hub.preload(h.now, stored_quote("A", 1.0), None));
+    let conn = h.connect();
+    h.texts(conn);
+    h.subscribe_every(conn, &["A"], 2.0);
+    assert_eq!(
+        h.texts(conn),
+        [
+            r#"{"type":"snapshot","symbol":"A","quote":{"lp":1.0},"bar":null,"stale":true,"update_interval":2}"#
+        ]
+    );
+    h.take(conn);
+    // The confirmation is not held behind the interval the stale snapshot started...
+    h.now += Duration::from_millis(100);
+    h.quote("A", 1.5);
+    assert_eq!(
+        h.take(conn),
+        [json!({"type": "snapshot", "symbol": "A", "quote": {"lp": 1.5}, "bar": null})]
+    );
+    // ...which starts again from it: the next change waits for the interval's end.
+    h.now += Duration::from_millis(100);
+    h.quote("A", 1.6);
+    assert!(h.take(conn).is_empty());
+    h.check_pacing();
+    h.advance(2 * SECOND);
+    assert_eq!(h.prices(conn, "A"), [("snapshot".to_owned(), Some(1.6))]);
+    h.check_pacing();
 }
 
 /// What a consumer knows: snapshots replace, quotes merge.

@@ -451,6 +451,20 @@ impl Fanout {
         self.hub.resync(now, quote);
     }
 
+    /// The last known state of `quote.symbol` (its quote and optionally its last bar: the
+    /// timeframe, the bar, whether it had closed), loaded from a store before upstream has said
+    /// anything: the first subscriber gets it in a snapshot marked `"stale":true` until
+    /// upstream's first quote confirms the symbol. False if nothing was kept (see
+    /// [`Hub::preload`]).
+    pub fn preload(
+        &mut self,
+        now: Instant,
+        quote: crate::client::Quote,
+        bar: Option<(Arc<str>, crate::message::Bar, bool)>,
+    ) -> bool {
+        self.hub.preload(now, quote, bar)
+    }
+
     /// `symbol` was resynchronised: its subscribers get a fresh snapshot (see
     /// [`Hub::refresh`]).
     pub fn refresh(&mut self, now: Instant, symbol: &str) {
