@@ -89,5 +89,6 @@ pub mod hub;
 mod instant;
 pub mod json;
 pub mod message;
+pub mod query;
 pub mod record;
 pub mod timeframe;
