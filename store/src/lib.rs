@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tickwire_core::client::Source;
+//! use tickwire_core::client::{Quote, Source};
 //! use tickwire_core::record::{Batch, QuoteRow};
 //! use tickwire_store::Store;
 //!
@@ -41,6 +41,8 @@
 //! assert_eq!(store.count("quotes").unwrap(), 1);
 //! ```
 
+pub mod query;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,7 +51,7 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit as A
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::types::{TimeUnit, Value};
 use duckdb::{AccessMode, Config, Connection, params};
-use tickwire_core::client::Source;
+use tickwire_core::client::{Quote, Source};
 use tickwire_core::message::Bar;
 use tickwire_core::record::{BarRow, Batch, GapRow, QuoteRow};
 
@@ -142,6 +144,17 @@ impl Written {
             .saturating_add(self.gaps)
             .saturating_add(self.skipped)
     }
+
+    /// The sum of both, table by table: totals over many batches.
+    #[must_use]
+    pub fn plus(self, other: Written) -> Written {
+        Written {
+            quotes: self.quotes.saturating_add(other.quotes),
+            bars: self.bars.saturating_add(other.bars),
+            gaps: self.gaps.saturating_add(other.gaps),
+            skipped: self.skipped.saturating_add(other.skipped),
+        }
+    }
 }
 
 /// A bar as stored.
@@ -161,6 +174,52 @@ pub struct StoredBar {
     pub volume: Option<f64>,
     /// `false` while it was still forming when last written.
     pub closed: bool,
+}
+
+/// A symbol's last recorded quote: the fields the `quotes` table keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastQuote {
+    /// The symbol.
+    pub symbol: Arc<str>,
+    /// Time of the last price, Unix seconds.
+    pub time: Option<i64>,
+    /// Last price.
+    pub price: Option<f64>,
+    /// Best bid.
+    pub bid: Option<f64>,
+    /// Best ask.
+    pub ask: Option<f64>,
+    /// Volume.
+    pub volume: Option<f64>,
+    /// Change since the previous close.
+    pub change: Option<f64>,
+    /// Change in percent.
+    pub change_pct: Option<f64>,
+}
+
+impl LastQuote {
+    /// As the core's quote (the fields the table does not keep are empty).
+    pub fn to_quote(&self) -> Quote {
+        Quote {
+            last_price: self.price,
+            last_price_time: self.time,
+            bid: self.bid,
+            ask: self.ask,
+            volume: self.volume,
+            change: self.change,
+            change_percent: self.change_pct,
+            ..Quote::new(self.symbol.clone())
+        }
+    }
+}
+
+/// What [`Store::last_states`] returns per symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastState {
+    /// The last quote.
+    pub quote: LastQuote,
+    /// The newest bar of the series asked for, if the store has one.
+    pub bar: Option<StoredBar>,
 }
 
 /// A DuckDB file (or an in-memory database) with the recorder's tables.
@@ -334,6 +393,58 @@ impl Store {
             .map_err(StoreError::Read)?;
         bars.reverse();
         Ok(bars)
+    }
+
+    /// The last quote of each symbol, newest symbols first, at most `limit` of them: what a
+    /// restarted relay answers with before its upstream says anything (see
+    /// [`LastQuote`]). With a `timeframe`, each also has its series' newest bar.
+    pub fn last_states(
+        &self,
+        timeframe: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LastState>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The newest row of each symbol by reception (its `time` is the feed's and may be
+        // missing); a bar only when the series has one.
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "WITH last_quotes AS (SELECT * FROM quotes QUALIFY row_number() OVER                  (PARTITION BY symbol ORDER BY received_at DESC) = 1),                  last_bars AS (SELECT * FROM bars WHERE timeframe = ? QUALIFY row_number()                  OVER (PARTITION BY symbol ORDER BY time DESC) = 1)                  SELECT q.symbol, epoch_us(q.time), q.price, q.bid, q.ask, q.volume, q.change,                  q.change_pct, epoch_us(b.time), b.open, b.high, b.low, b.close, b.volume,                  b.closed FROM last_quotes q LEFT JOIN last_bars b ON b.symbol = q.symbol                  ORDER BY q.received_at DESC LIMIT ?",
+            )
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map(params![timeframe.unwrap_or(""), limit], |row| {
+                let bar_time: Option<i64> = row.get(8)?;
+                let bar = match bar_time {
+                    Some(time) => Some(StoredBar {
+                        time: micros_to_seconds(time),
+                        open: row.get(9)?,
+                        high: row.get(10)?,
+                        low: row.get(11)?,
+                        close: row.get(12)?,
+                        volume: row.get(13)?,
+                        closed: row.get(14)?,
+                    }),
+                    None => None,
+                };
+                let time: Option<i64> = row.get(1)?;
+                Ok(LastState {
+                    quote: LastQuote {
+                        symbol: Arc::from(row.get::<_, String>(0)?),
+                        time: time.map(|micros| micros.div_euclid(1_000_000)),
+                        price: row.get(2)?,
+                        bid: row.get(3)?,
+                        ask: row.get(4)?,
+                        volume: row.get(5)?,
+                        change: row.get(6)?,
+                        change_pct: row.get(7)?,
+                    },
+                    bar,
+                })
+            })
+            .map_err(StoreError::Read)?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Read)
     }
 
     /// The gap rows of one series that overlap `from..=to` (Unix seconds), as `(from, to)`.

@@ -452,3 +452,66 @@ fn unknown_tables_are_not_counted() {
     assert!(store.count("quotes; DROP TABLE bars").is_err());
     assert_eq!(store.count("bars").unwrap(), 0);
 }
+
+#[test]
+fn last_states_are_each_symbols_newest_quote_with_its_series_newest_bar() {
+    let mut store = Store::open_in_memory().unwrap();
+    let mut other_series = bar_row(240.0, 9.0, false);
+    other_series.timeframe = Arc::from("5");
+    store
+        .write(&batch(
+            1,
+            vec![
+                quote("X:A", 1.0, 1_700_000_000_000_000),
+                quote("X:B", 50.0, 1_700_000_001_000_000),
+                quote("X:A", 2.0, 1_700_000_002_000_000),
+            ],
+            vec![
+                bar_row(60.0, 1.5, true),
+                bar_row(120.0, 2.0, false),
+                other_series,
+            ],
+            Vec::new(),
+        ))
+        .unwrap();
+    let states = store.last_states(Some("1"), 10).unwrap();
+    type Summary<'a> = (&'a str, Option<f64>, Option<(f64, f64, bool)>);
+    let summary: Vec<Summary<'_>> = states
+        .iter()
+        .map(|state| {
+            (
+                state.quote.symbol.as_ref(),
+                state.quote.price,
+                state
+                    .bar
+                    .as_ref()
+                    .map(|bar| (bar.time, bar.close, bar.closed)),
+            )
+        })
+        .collect();
+    // Newest first; X:B has no bar of that series.
+    assert_eq!(
+        summary,
+        [
+            ("X:A", Some(2.0), Some((120.0, 2.0, false))),
+            ("X:B", Some(50.0), None)
+        ]
+    );
+    let quote = states[0].quote.to_quote();
+    assert_eq!(quote.last_price, Some(2.0));
+    assert_eq!(quote.bid, Some(1.5));
+    assert_eq!(quote.change_percent, Some(-1.25));
+    assert_eq!(quote.last_price_time, Some(1_700_000_002));
+    // The limit keeps the newest symbols; without a timeframe no bar comes.
+    let newest = store.last_states(None, 1).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].quote.symbol.as_ref(), "X:A");
+    assert!(newest[0].bar.is_none());
+    assert_eq!(
+        store.last_states(Some("5"), 10).unwrap()[0]
+            .bar
+            .as_ref()
+            .map(|bar| bar.time),
+        Some(240.0)
+    );
+}

@@ -1,0 +1,87 @@
+//! The relay's SQL source: one read-only run against a file, its rows as JSON columns.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use tickwire_store::query::SqlQuery;
+
+fn temp_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "tickwire-query-{}-{name}.duckdb",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn rows_come_back_keyed_by_symbol_with_every_type_as_json() {
+    let path = temp_path("types");
+    {
+        let connection = duckdb::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "SET TimeZone = 'UTC';
+                 CREATE TABLE t (symbol VARCHAR, i INTEGER, big HUGEINT, d DECIMAL(10, 2),
+                   f DOUBLE, ts TIMESTAMPTZ, day DATE, flag BOOLEAN, note VARCHAR,
+                   tags VARCHAR[], nothing INTEGER);
+                 INSERT INTO t VALUES ('X:A', 7, 170141183460469231731687303715884105727,
+                   12.34, 0.5, TIMESTAMPTZ '2024-01-02 03:04:05.5+00', DATE '1970-01-02', true,
+                   'hi', ['a', 'b'], NULL),
+                   (NULL, 1, 1, 1, 1, NULL, NULL, NULL, NULL, NULL, NULL);",
+            )
+            .unwrap();
+    }
+    let query = SqlQuery::new(&path, "SELECT * FROM t ORDER BY i DESC;").unwrap();
+    let rows = query.run(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].symbol.as_ref(), "X:A");
+    let columns = serde_json::to_value(&rows[0].columns).unwrap();
+    assert_eq!(
+        columns,
+        json!({
+            "i": 7,
+            "big": "170141183460469231731687303715884105727",
+            "d": 12.34,
+            "f": 0.5,
+            "ts": 1_704_164_645.5,
+            "day": 86_400,
+            "flag": true,
+            "note": "hi",
+            "tags": ["a", "b"],
+            "nothing": null,
+        })
+    );
+    // A NULL symbol gives an empty one, which the core counts as invalid.
+    assert_eq!(rows[1].symbol.as_ref(), "");
+    // The limit stops reading.
+    assert_eq!(query.run(1).unwrap().len(), 1);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn failures_are_one_line_reasons() {
+    let path = temp_path("failures");
+    let missing = SqlQuery::new(&path, "SELECT 1 AS symbol").unwrap();
+    let error = missing.run(10).unwrap_err();
+    assert!(error.contains("cannot open"), "{error}");
+    duckdb::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (name VARCHAR); INSERT INTO t VALUES ('a');")
+        .unwrap();
+    let no_symbol = SqlQuery::new(&path, "SELECT name FROM t").unwrap();
+    let error = no_symbol.run(10).unwrap_err();
+    assert!(
+        error.contains("no `symbol` column") && error.contains("name"),
+        "{error}"
+    );
+    let broken = SqlQuery::new(&path, "SELEC name FROM t").unwrap();
+    let error = broken.run(10).unwrap_err();
+    assert!(!error.contains('\n') && error.contains("syntax"), "{error}");
+    // Read-only: a query cannot change the file.
+    let writing =
+        SqlQuery::new(&path, "INSERT INTO t VALUES ('b') RETURNING name AS symbol").unwrap();
+    assert!(writing.run(10).is_err());
+    assert!(SqlQuery::new(&path, "  ").is_err());
+    let _ = std::fs::remove_file(&path);
+}
