@@ -39,6 +39,7 @@ mod connection;
 mod http;
 mod metrics;
 mod process;
+mod query;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,16 +55,21 @@ use axum::routing::get;
 pub use cluster::link::RedisUrl;
 use cluster::link::{Link, LinkCounters, LinkEvent};
 use futures::{FutureExt, StreamExt};
+pub use query::{QueryRunner, RelayQuery};
+use tickwire_core::client::Quote;
 use tickwire_core::cluster::{ClusterNameError, Keys, Node, NodeConfig, NodeOutput};
 use tickwire_core::hub::{
     CloseReason, ConnId, Fanout, FanoutOutput, HubConfig, Refused, UpstreamFeed, UpstreamPlan,
 };
+use tickwire_core::message::Bar;
+use tickwire_core::query::{QueryFanout, QueryOutput};
 use tickwire_driver::{Config, Event, Feed, Options};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use metrics::LatencyHistogram;
+use query::QueryEngine;
 
 /// Relay settings. `RelayConfig::default()` listens on 127.0.0.1:8080 and relays the real feed.
 #[derive(Debug, Clone)]
@@ -100,6 +106,59 @@ pub struct RelayConfig {
     pub max_http_connections: usize,
     /// Join a cluster of relays through Redis (see [`ClusterConfig`]); `None` runs alone.
     pub cluster: Option<ClusterConfig>,
+    /// Serve the rows of a periodic query instead of an upstream feed (see
+    /// [`tickwire_core::query`]): no upstream connection is opened, and `upstream`,
+    /// `upstream_options` and `upstream_plan` are not used. Not with `cluster`.
+    pub query: Option<RelayQuery>,
+    /// Sees every event of the upstream feed, in order, before the relay acts on it (a
+    /// recorder). It runs on the relay's one hub task: it must be quick and never block. In a
+    /// cluster it sees the feed only while this relay leads.
+    pub tap: Option<EventTap>,
+    /// Last known states, served at once marked `"stale":true` until the upstream confirms
+    /// each symbol (see [`tickwire_core::hub::Hub::preload`]); at most
+    /// `hub.max_upstream_symbols` of them are kept. Only for a relay that runs alone on its
+    /// own feed.
+    pub preload: Vec<Preloaded>,
+}
+
+/// A callback that sees every upstream event ([`RelayConfig::tap`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tickwire_relay::EventTap;
+///
+/// let seen = Arc::new(AtomicU64::new(0));
+/// let counter = seen.clone();
+/// let tap = EventTap::new(move |_event| {
+///     counter.fetch_add(1, Ordering::Relaxed);
+/// });
+/// # let _ = tap;
+/// ```
+#[derive(Clone)]
+pub struct EventTap(Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl EventTap {
+    /// A tap calling `see` with each event.
+    pub fn new(see: impl Fn(&Event) + Send + Sync + 'static) -> EventTap {
+        EventTap(Arc::new(see))
+    }
+}
+
+impl std::fmt::Debug for EventTap {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("EventTap")
+    }
+}
+
+/// A symbol's last known state, from a store ([`RelayConfig::preload`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preloaded {
+    /// The last quote.
+    pub quote: Quote,
+    /// The last bar: its timeframe (the relay's `upstream_plan.bars`; another is dropped),
+    /// the bar and whether it had closed.
+    pub bar: Option<(Arc<str>, Bar, bool)>,
 }
 
 /// A relay's part in a cluster: the Redis that links the relays, and its settings.
@@ -179,6 +238,9 @@ impl Default for RelayConfig {
             http_header_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
             cluster: None,
+            query: None,
+            tap: None,
+            preload: Vec::new(),
         }
     }
 }
@@ -276,20 +338,46 @@ impl Relay {
     /// with the reason).
     pub async fn start(config: RelayConfig) -> std::io::Result<Relay> {
         let invalid = |error: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, error);
-        let engine = match &config.cluster {
-            None => {
+        let (query_results, query_rx) = mpsc::channel(2);
+        if !config.preload.is_empty() && (config.cluster.is_some() || config.query.is_some()) {
+            return Err(invalid(
+                "stored states can only be preloaded by a relay that runs alone on its own feed"
+                    .to_owned(),
+            ));
+        }
+        let engine = match (&config.cluster, &config.query) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "a relay fed by a query runs alone: it cannot join a cluster".to_owned(),
+                ));
+            }
+            (None, Some(query)) => {
+                let relay =
+                    QueryFanout::new(config.hub.clone(), query.config.clone(), Instant::now())
+                        .map_err(|error| invalid(error.to_string()))?;
+                tracing::info!(
+                    source = %query.runner.describe(),
+                    every = ?query.config.interval,
+                    "serving the rows of a periodic query; no upstream feed"
+                );
+                Engine::Query(Box::new(QueryEngine {
+                    relay,
+                    runner: query.runner.clone(),
+                    results: query_results,
+                }))
+            }
+            (None, None) => {
                 let fanout = Fanout::new(
                     config.hub.clone(),
                     config.upstream_plan.clone(),
                     &config.upstream,
                 )
                 .map_err(|error| invalid(error.to_string()))?;
-                Engine::Single {
-                    fanout: Box::new(fanout),
-                    feed: None,
-                }
+                let mut fanout = Box::new(fanout);
+                preload(&mut fanout, &config);
+                Engine::Single { fanout, feed: None }
             }
-            Some(cluster) => {
+            (Some(cluster), None) => {
                 let node = Node::new(
                     cluster.node.clone(),
                     config.hub.clone(),
@@ -329,7 +417,7 @@ impl Relay {
                 *feed = Some(started.clone());
                 Some(started)
             }
-            Engine::Cluster(_) => None,
+            Engine::Cluster(_) | Engine::Query(_) => None,
         };
         let (commands, command_rx) = mpsc::channel(8192);
         let connections = Arc::new(AtomicUsize::new(0));
@@ -359,8 +447,9 @@ impl Relay {
                 http: http_stats.clone(),
                 feed_swap: None,
                 new_link_events: None,
+                tap: config.tap.clone(),
             }
-            .run(command_rx),
+            .run(command_rx, query_rx),
         );
         let router = Router::new()
             .route("/", get(page))
@@ -506,6 +595,8 @@ enum Engine {
         feed: Option<Feed>,
     },
     Cluster(Box<ClusterEngine>),
+    /// Fed by a periodic query, with no upstream feed.
+    Query(Box<QueryEngine>),
 }
 
 /// A cluster relay's moving parts: the node decides, these carry it out.
@@ -565,6 +656,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout,
             Engine::Cluster(cluster) => cluster.node.fanout(),
+            Engine::Query(query) => query.relay.fanout(),
         }
     }
 
@@ -572,6 +664,7 @@ impl Engine {
         match self {
             Engine::Single { feed, .. } => feed.as_ref(),
             Engine::Cluster(cluster) => cluster.feed.as_ref(),
+            Engine::Query(_) => None,
         }
     }
 
@@ -579,6 +672,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.connect(now),
             Engine::Cluster(cluster) => cluster.node.connect(now),
+            Engine::Query(query) => query.relay.fanout_mut().connect(now),
         }
     }
 
@@ -586,6 +680,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.disconnect(now, conn, reason),
             Engine::Cluster(cluster) => cluster.node.disconnect(now, conn, reason),
+            Engine::Query(query) => query.relay.fanout_mut().disconnect(now, conn, reason),
         }
     }
 
@@ -593,6 +688,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_text(now, conn, text),
             Engine::Cluster(cluster) => cluster.node.handle_text(now, conn, text),
+            Engine::Query(query) => query.relay.fanout_mut().handle_text(now, conn, text),
         }
     }
 
@@ -600,6 +696,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_binary(now, conn, bytes),
             Engine::Cluster(cluster) => cluster.node.handle_binary(now, conn, bytes),
+            Engine::Query(query) => query.relay.fanout_mut().handle_binary(now, conn, bytes),
         }
     }
 
@@ -607,6 +704,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_activity(now, conn),
             Engine::Cluster(cluster) => cluster.node.handle_activity(now, conn),
+            Engine::Query(query) => query.relay.fanout_mut().handle_activity(now, conn),
         }
     }
 
@@ -614,6 +712,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_written(now, conn, frames),
             Engine::Cluster(cluster) => cluster.node.handle_written(now, conn, frames),
+            Engine::Query(query) => query.relay.fanout_mut().handle_written(now, conn, frames),
         }
     }
 
@@ -621,6 +720,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.shutdown(now),
             Engine::Cluster(cluster) => cluster.node.shutdown(now),
+            Engine::Query(query) => query.relay.fanout_mut().shutdown(now),
         }
     }
 
@@ -628,6 +728,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.poll_timeout(),
             Engine::Cluster(cluster) => cluster.node.poll_timeout(),
+            Engine::Query(query) => query.relay.poll_timeout(),
         }
     }
 
@@ -635,6 +736,7 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_timeout(now),
             Engine::Cluster(cluster) => cluster.node.handle_timeout(now),
+            Engine::Query(query) => query.handle_timeout(now),
         }
     }
 
@@ -642,6 +744,8 @@ impl Engine {
         match self {
             Engine::Single { fanout, .. } => fanout.handle_event(now, event),
             Engine::Cluster(cluster) => cluster.node.handle_feed_event(now, event),
+            // No feed stands behind it.
+            Engine::Query(_) => {}
         }
     }
 
@@ -686,6 +790,7 @@ struct HubTask {
     feed_swap: Option<Option<tickwire_driver::Events>>,
     /// A Redis link opened during the last flush: its events.
     new_link_events: Option<mpsc::Receiver<LinkEvent>>,
+    tap: Option<EventTap>,
 }
 
 struct ConnectionHandle {
@@ -713,7 +818,11 @@ async fn next_link_event(events: &mut Option<mpsc::Receiver<LinkEvent>>) -> Opti
 }
 
 impl HubTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut query_results: mpsc::Receiver<query::QueryResult>,
+    ) {
         let mut events = self.engine.feed().map(Feed::events);
         let mut link_events: Option<mpsc::Receiver<LinkEvent>> = None;
         // A cluster node's first outputs (its Redis link) go out before anything happens.
@@ -781,6 +890,11 @@ impl HubTask {
                         }
                     }
                 }
+                Some((id, result)) = query_results.recv() => {
+                    if let Engine::Query(query) = &mut self.engine {
+                        query.handle_result(Instant::now(), id, result);
+                    }
+                }
                 () = sleep => self.engine.handle_timeout(Instant::now()),
             }
             self.flush();
@@ -838,15 +952,19 @@ impl HubTask {
                 let feed = self.engine.feed().map(Feed::status);
                 let node = match &self.engine {
                     Engine::Cluster(cluster) => Some((&cluster.node, cluster.link_counters())),
-                    Engine::Single { .. } => None,
+                    Engine::Single { .. } | Engine::Query(_) => None,
                 };
-                let _ = reply.send(metrics::render(
+                let mut text = metrics::render(
                     self.engine.fanout(),
                     &self.latency,
                     &self.http,
                     feed.as_ref(),
                     node,
-                ));
+                );
+                if let Engine::Query(query) = &self.engine {
+                    query::metrics(&mut text, query.relay.source());
+                }
+                let _ = reply.send(text);
             }
             Command::Health { reply } => {
                 let _ = reply.send(self.health());
@@ -912,6 +1030,9 @@ impl HubTask {
                     .map(|at| at.saturating_duration_since(Instant::now()).as_secs())
             );
         }
+        if let Engine::Query(query) = &self.engine {
+            body["query"] = query::health(query, Instant::now());
+        }
         if let Engine::Cluster(cluster) = &self.engine {
             let node = &cluster.node;
             let role = match node.role() {
@@ -931,6 +1052,9 @@ impl HubTask {
     }
 
     fn handle_event(&mut self, event: Event) {
+        if let Some(tap) = &self.tap {
+            (tap.0)(&event);
+        }
         let now = Instant::now();
         match &event {
             Event::QuoteError { symbol, reason } => {
@@ -972,6 +1096,16 @@ impl HubTask {
                 };
                 while let Some(output) = fanout.poll_output(now, feed) {
                     downstream(&mut self.connections, self.close_timeout, output);
+                }
+            }
+            Engine::Query(query) => {
+                while let Some(output) = query.relay.poll_output(now) {
+                    match output {
+                        QueryOutput::Downstream(output) => {
+                            downstream(&mut self.connections, self.close_timeout, output);
+                        }
+                        QueryOutput::Run { id } => query.start_run(id),
+                    }
                 }
             }
             Engine::Cluster(cluster) => loop {
@@ -1041,6 +1175,29 @@ impl HubTask {
         self.open.store(
             self.engine.fanout().hub().connection_count(),
             Ordering::Relaxed,
+        );
+    }
+}
+
+/// Hands the fanout the stored states of `config.preload` (bars of the timeframe it carries).
+fn preload(fanout: &mut Fanout, config: &RelayConfig) {
+    let now = Instant::now();
+    let timeframe = fanout.timeframe().map(str::to_owned);
+    let mut kept = 0usize;
+    for state in &config.preload {
+        let bar = state
+            .bar
+            .clone()
+            .filter(|(series, ..)| timeframe.as_deref() == Some(series.as_ref()));
+        if fanout.preload(now, state.quote.clone(), bar) {
+            kept = kept.saturating_add(1);
+        }
+    }
+    if !config.preload.is_empty() {
+        tracing::info!(
+            symbols = kept,
+            refused = config.preload.len().saturating_sub(kept),
+            "stored states loaded: served marked stale until the upstream confirms them"
         );
     }
 }
