@@ -11,6 +11,8 @@ mod output;
 #[cfg(feature = "store")]
 mod record;
 mod relay;
+#[cfg(feature = "store")]
+mod relay_store;
 mod search;
 mod signals;
 mod stream;

@@ -63,23 +63,31 @@ pub(crate) struct RecordArgs {
 
 impl RecordArgs {
     fn recorder_config(&self) -> Result<RecorderConfig, Failure> {
-        if self.commit_every.is_zero() || self.commit_every > Duration::from_secs(3600) {
-            return Err(Failure::Message(format!(
-                "--commit-every {:?}: expected more than 0 and at most 1h",
-                self.commit_every
-            )));
-        }
-        if self.commit_rows == 0 || self.max_pending_quotes == 0 {
-            return Err(Failure::Message(
-                "--commit-rows and --max-pending-quotes must be at least 1".to_owned(),
-            ));
-        }
-        Ok(RecorderConfig {
-            commit_every: self.commit_every,
-            batch_rows: self.commit_rows,
-            max_pending_quotes: self.max_pending_quotes,
-        })
+        recorder_config(self.commit_every, self.commit_rows, self.max_pending_quotes)
     }
+}
+
+/// The recorder's batching, from the flags of `record` (and `relay --store`), checked.
+pub(crate) fn recorder_config(
+    commit_every: Duration,
+    commit_rows: usize,
+    max_pending_quotes: usize,
+) -> Result<RecorderConfig, Failure> {
+    if commit_every.is_zero() || commit_every > Duration::from_secs(3600) {
+        return Err(Failure::Message(format!(
+            "--commit-every {commit_every:?}: expected more than 0 and at most 1h"
+        )));
+    }
+    if commit_rows == 0 || max_pending_quotes == 0 {
+        return Err(Failure::Message(
+            "--commit-rows and --max-pending-quotes must be at least 1".to_owned(),
+        ));
+    }
+    Ok(RecorderConfig {
+        commit_every,
+        batch_rows: commit_rows,
+        max_pending_quotes,
+    })
 }
 
 pub(crate) async fn run(args: RecordArgs) -> Result<(), Failure> {
@@ -234,12 +242,7 @@ impl Session {
             ));
         };
         let written = result.map_err(|error| Failure::Message(error.to_string()))?;
-        self.totals = Written {
-            quotes: self.totals.quotes.saturating_add(written.quotes),
-            bars: self.totals.bars.saturating_add(written.bars),
-            gaps: self.totals.gaps.saturating_add(written.gaps),
-            skipped: self.totals.skipped.saturating_add(written.skipped),
-        };
+        self.totals = self.totals.plus(written);
         self.recorder.count_rows(written.rows());
         self.recorder
             .handle_written(Instant::now(), id)
@@ -307,14 +310,14 @@ impl Session {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }
 
-fn unix_micros() -> i64 {
+pub(crate) fn unix_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()
@@ -322,18 +325,18 @@ fn unix_micros() -> i64 {
         .unwrap_or(0)
 }
 
-type WriteResult = (u64, Result<Written, StoreError>);
+pub(crate) type WriteResult = (u64, Result<Written, StoreError>);
 
 /// The thread that owns the database: DuckDB's calls block, so they stay off the runtime.
-struct Writer {
+pub(crate) struct Writer {
     /// At most one batch waits here (the recorder keeps one in flight anyway).
     batches: Option<SyncSender<Batch>>,
-    done: UnboundedReceiver<WriteResult>,
+    pub(crate) done: UnboundedReceiver<WriteResult>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    async fn open(path: PathBuf) -> Result<Writer, Failure> {
+    pub(crate) async fn open(path: PathBuf) -> Result<Writer, Failure> {
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
         let (batches, batches_rx) = std::sync::mpsc::sync_channel::<Batch>(1);
         let (done_tx, done) = unbounded_channel();
@@ -372,7 +375,7 @@ impl Writer {
         }
     }
 
-    fn send(&mut self, batch: Batch) -> Result<(), Failure> {
+    pub(crate) fn send(&mut self, batch: Batch) -> Result<(), Failure> {
         let sent = self
             .batches
             .as_ref()
@@ -387,7 +390,7 @@ impl Writer {
     }
 
     /// Ends the thread once its last batch is written; the database is closed with it.
-    async fn close(mut self) -> Result<(), Failure> {
+    pub(crate) async fn close(mut self) -> Result<(), Failure> {
         self.batches = None;
         let Some(thread) = self.thread.take() else {
             return Ok(());

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,10 +114,88 @@ pub(crate) struct RelayArgs {
     /// from the host name, the process id and the time when omitted.
     #[arg(long, env = "TICKWIRE_RELAY_ID")]
     relay_id: Option<String>,
+    /// Record everything relayed into this DuckDB file (quotes, bars, gaps, as `tickwire
+    /// record` does) and, at start, answer each symbol's first subscribers with its last
+    /// recorded state at once, marked "stale":true until the upstream confirms it. Needs a
+    /// build with the `store` feature.
+    #[arg(
+        long,
+        env = "TICKWIRE_RELAY_STORE",
+        value_name = "FILE",
+        conflicts_with = "redis"
+    )]
+    store: Option<PathBuf>,
+    /// With --store: commit at least this often (after `kill -9` at most this much is lost).
+    #[arg(long, env = "TICKWIRE_RELAY_COMMIT_EVERY", default_value = "1s", value_parser = parse_duration)]
+    commit_every: Duration,
+    /// Serve the rows of a periodic query instead of an upstream feed: duckdb:FILE, with
+    /// --query and --interval. No upstream connection is opened. Needs a build with the
+    /// `store` feature.
+    #[arg(
+        long,
+        env = "TICKWIRE_RELAY_SOURCE",
+        value_name = "duckdb:FILE",
+        value_parser = source_file,
+        requires = "query",
+        conflicts_with_all = ["upstream", "redis", "store"]
+    )]
+    source: Option<PathBuf>,
+    /// With --source: the SQL run every interval on a read-only connection (or @FILE to read
+    /// it from a file). It returns a `symbol` column and any others; each row is that
+    /// symbol's state, sent to its subscribers when it changed since the last run.
+    #[arg(
+        long,
+        env = "TICKWIRE_RELAY_QUERY",
+        value_name = "SQL",
+        requires = "source"
+    )]
+    query: Option<String>,
+    /// With --source: how often the query runs (100ms to 24h), from the start of one run
+    /// to the next; after a failure the next attempt backs off from this.
+    #[arg(long, env = "TICKWIRE_RELAY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    interval: Duration,
+    /// With --source: a run unanswered this long counts as failed.
+    #[arg(long, env = "TICKWIRE_RELAY_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    query_timeout: Duration,
     #[command(flatten)]
     fallback: FallbackArgs,
     #[command(flatten)]
     tuning: TuningArgs,
+}
+
+/// `duckdb:FILE`: the only kind of source so far.
+fn source_file(text: &str) -> Result<PathBuf, String> {
+    match text.split_once(':') {
+        Some(("duckdb", file)) if !file.is_empty() => Ok(PathBuf::from(file)),
+        _ => Err(format!("{text:?}: expected duckdb:FILE")),
+    }
+}
+
+/// The SQL of `--query`: as given, or read from the file `@FILE` names.
+fn query_text(value: &str) -> Result<String, Failure> {
+    let Some(file) = value.strip_prefix('@') else {
+        return Ok(value.to_owned());
+    };
+    let cannot = |error: std::io::Error| Failure::Message(format!("--query {value}: {error}"));
+    let metadata = std::fs::metadata(file).map_err(cannot)?;
+    if metadata.len() > MAX_QUERY_BYTES {
+        return Err(Failure::Message(format!(
+            "--query {value}: larger than {} KiB",
+            MAX_QUERY_BYTES / 1024
+        )));
+    }
+    std::fs::read_to_string(file).map_err(cannot)
+}
+
+/// Largest `--query @FILE` read: SQL, not data.
+const MAX_QUERY_BYTES: u64 = 1024 * 1024;
+
+#[cfg(not(feature = "store"))]
+fn without_store(flag: &str) -> Failure {
+    Failure::Message(format!(
+        "{flag} needs DuckDB, and this tickwire was built without it: build with \
+         `--features store` (see the README's \"Recording into DuckDB\")"
+    ))
 }
 
 fn redis_url(text: &str) -> Result<RedisUrl, String> {
@@ -396,6 +474,9 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         .with_max_level(args.log_level)
         .with_target(false)
         .try_init();
+    if let Some(file) = &args.source {
+        return run_query_relay(&args, hub, file).await;
+    }
     let upstream_plan = upstream_plan(&args.bars)?;
     let cluster = cluster_config(&args)?;
     if !(args.emulator_rate >= 0.0 && args.emulator_rate.is_finite()) {
@@ -439,7 +520,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         .await?;
     tracing::info!("{}", access.describe(&upstream));
     let upstream_options = access.options(&upstream);
-    let config = RelayConfig {
+    let mut config = RelayConfig {
         listen: args.listen,
         upstream,
         upstream_options,
@@ -449,41 +530,178 @@ pub(crate) async fn run(args: RelayArgs) -> Result<(), Failure> {
         cluster,
         ..RelayConfig::default()
     };
+    let mut recording = open_store(&args, &mut config).await?;
     raise_open_file_limit(&config);
-    let relay = Relay::start(config)
+    let relay = start(config, args.listen).await?;
+    let source = if emulator.is_some() {
+        " (embedded emulator)"
+    } else {
+        ""
+    };
+    announce(&relay, &format!("upstream: {url}{source}"));
+    let result = tokio::select! {
+        () = stop_signal() => Ok(()),
+        failure = token_rejected(relay.feed(), &access) => Err(failure),
+        failure = store_failed(recording.as_mut()) => {
+            recording = None;
+            Err(failure)
+        }
+    };
+    relay.shutdown().await;
+    if let Some(emulator) = emulator {
+        emulator.shutdown().await;
+    }
+    // Everything the relay received before it closed is in the recorder by now.
+    let finished = finish_store(recording).await;
+    result.and(finished)
+}
+
+async fn start(config: RelayConfig, listen: SocketAddr) -> Result<Relay, Failure> {
+    Relay::start(config)
         .await
         .map_err(|error| match error.kind() {
             // The hub, the plan and the upstream client's limits, checked together.
             std::io::ErrorKind::InvalidInput => {
                 Failure::Message(format!("relay settings: {error}"))
             }
-            _ => Failure::Message(format!("cannot listen on {}: {error}", args.listen)),
-        })?;
+            _ => Failure::Message(format!("cannot listen on {listen}: {error}")),
+        })
+}
+
+/// What stdout says once the relay listens; the first line is the address, for scripts and
+/// benchmarks that start the relay on port 0.
+fn announce(relay: &Relay, source: &str) {
     let addr = relay.local_addr();
-    // The first line is the address, for scripts and benchmarks that start the relay on port 0.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "listening on http://{addr}");
-    let source = if emulator.is_some() {
-        " (embedded emulator)"
-    } else {
-        ""
-    };
-    let _ = writeln!(stdout, "upstream: {url}{source}");
+    let _ = writeln!(stdout, "{source}");
     let _ = writeln!(
         stdout,
         "live page: http://{addr}/   websocket: ws://{addr}/ws   metrics: http://{addr}/metrics"
     );
     let _ = stdout.flush();
-    drop(stdout);
-    let result = tokio::select! {
-        () = stop_signal() => Ok(()),
-        failure = token_rejected(relay.feed(), &access) => Err(failure),
+}
+
+#[cfg(feature = "store")]
+type StoreRecording = crate::relay_store::Recording;
+#[cfg(not(feature = "store"))]
+type StoreRecording = std::convert::Infallible;
+
+/// `--store`: the last recorded states into the relay's preload, its events into the store.
+#[cfg(feature = "store")]
+async fn open_store(
+    args: &RelayArgs,
+    config: &mut RelayConfig,
+) -> Result<Option<StoreRecording>, Failure> {
+    let Some(path) = &args.store else {
+        return Ok(None);
     };
-    relay.shutdown().await;
-    if let Some(emulator) = emulator {
-        emulator.shutdown().await;
+    let recorder = crate::record::recorder_config(
+        args.commit_every,
+        tickwire_core::record::RecorderConfig::default().batch_rows,
+        tickwire_core::record::RecorderConfig::default().max_pending_quotes,
+    )?;
+    let (recording, tap, preload) = crate::relay_store::open(
+        path,
+        config.upstream_plan.bars.as_deref(),
+        config.hub.max_upstream_symbols,
+        recorder,
+    )
+    .await?;
+    tracing::info!(
+        store = %path.display(),
+        symbols = preload.len(),
+        "recording what is relayed; stored states are served stale until confirmed"
+    );
+    config.tap = Some(tap);
+    config.preload = preload;
+    Ok(Some(recording))
+}
+
+#[cfg(not(feature = "store"))]
+async fn open_store(
+    args: &RelayArgs,
+    _config: &mut RelayConfig,
+) -> Result<Option<StoreRecording>, Failure> {
+    match args.store {
+        Some(_) => Err(without_store("--store")),
+        None => Ok(None),
     }
-    result
+}
+
+/// Completes when the store fails; never without one.
+async fn store_failed(recording: Option<&mut StoreRecording>) -> Failure {
+    match recording {
+        #[cfg(feature = "store")]
+        Some(recording) => recording.failed().await,
+        #[cfg(not(feature = "store"))]
+        Some(never) => match *never {},
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what the store still has to, and says on stderr what was recorded.
+async fn finish_store(recording: Option<StoreRecording>) -> Result<(), Failure> {
+    match recording {
+        #[cfg(feature = "store")]
+        Some(recording) => {
+            let summary = recording.finish().await?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+        #[cfg(not(feature = "store"))]
+        Some(never) => match never {},
+        None => Ok(()),
+    }
+}
+
+/// `--source duckdb:FILE --query SQL`: the relay serves the query's rows; no upstream.
+#[cfg(feature = "store")]
+async fn run_query_relay(args: &RelayArgs, hub: HubConfig, file: &Path) -> Result<(), Failure> {
+    use tickwire_core::query::QueryConfig;
+    let sql = query_text(args.query.as_deref().unwrap_or_default())?;
+    let runner = crate::relay_store::DuckDbSource::new(file, &sql)?;
+    let query = QueryConfig {
+        interval: args.interval,
+        timeout: args.query_timeout,
+        max_rows: hub.max_upstream_symbols.max(1),
+        // Relays started together must not retry a failing query in step.
+        seed: tickwire_driver::os_seed(),
+        ..QueryConfig::default()
+    };
+    query
+        .validate()
+        .map_err(|error| Failure::Message(format!("--interval / --query-timeout: {error}")))?;
+    let config = RelayConfig {
+        listen: args.listen,
+        page_symbols: page_symbols(Vec::new(), &hub, &args.symbols),
+        hub,
+        query: Some(tickwire_relay::RelayQuery {
+            config: query,
+            runner: Arc::new(runner),
+        }),
+        ..RelayConfig::default()
+    };
+    raise_open_file_limit(&config);
+    let relay = start(config, args.listen).await?;
+    announce(
+        &relay,
+        &format!(
+            "source: duckdb:{} every {:?} (no upstream feed)",
+            file.display(),
+            args.interval
+        ),
+    );
+    stop_signal().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "store"))]
+async fn run_query_relay(args: &RelayArgs, _hub: HubConfig, _file: &Path) -> Result<(), Failure> {
+    // Read anyway, so a bad --query @FILE is reported the same with or without the feature.
+    query_text(args.query.as_deref().unwrap_or_default())?;
+    Err(without_store("--source duckdb:"))
 }
 
 /// Completes when the upstream rejected the relay's token for good (a fixed token, or a signed

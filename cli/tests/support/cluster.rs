@@ -70,10 +70,19 @@ pub(crate) struct RelayProcess {
 
 impl RelayProcess {
     pub(crate) fn start(id: &str, upstream: &str, redis: &str) -> RelayProcess {
-        let mut child = tickwire()
-            .args(["relay", "--upstream", upstream, "--listen", "127.0.0.1:0"])
+        let mut command = tickwire();
+        command
+            .args(["relay", "--upstream", upstream])
             .args(["--relay-id", id, "--linger", "2s"])
-            .env("TICKWIRE_RELAY_REDIS", redis)
+            .env("TICKWIRE_RELAY_REDIS", redis);
+        RelayProcess::spawn(id, command)
+    }
+
+    /// `tickwire relay` as `command` has it (its arguments after `relay`, its environment),
+    /// listening on a free loopback port.
+    pub(crate) fn spawn(id: &str, mut command: Command) -> RelayProcess {
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
