@@ -85,3 +85,51 @@ fn failures_are_one_line_reasons() {
     assert!(SqlQuery::new(&path, "  ").is_err());
     let _ = std::fs::remove_file(&path);
 }
+
+/// The README's example of the database-driven relay: a 5-minute klines table and the latest
+/// snapshot per symbol (keep the two in step).
+#[test]
+fn the_readmes_klines_example_gives_the_latest_snapshot_per_symbol() {
+    let path = temp_path("klines");
+    duckdb::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE klines (
+                 symbol VARCHAR NOT NULL,
+                 open_time TIMESTAMPTZ NOT NULL,
+                 open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE,
+                 PRIMARY KEY (symbol, open_time)
+             );
+             INSERT INTO klines VALUES
+               ('BINANCE:BTCUSDT', now() - INTERVAL 10 MINUTE, 97000, 97200, 96900, 97100, 12.5),
+               ('BINANCE:BTCUSDT', now() - INTERVAL 5 MINUTE, 97100, 97300, 97000, 97250, 8.0),
+               ('BINANCE:ETHUSDT', now() - INTERVAL 5 MINUTE, 3500, 3510, 3490, 3505, 40.0),
+               ('BINANCE:ETHUSDT', now() - INTERVAL 3 DAY, 3000, 3000, 3000, 3000, 1.0);",
+        )
+        .unwrap();
+    let sql = "SELECT symbol,
+                      arg_max(close, open_time) AS lp,
+                      arg_max(volume, open_time) AS volume,
+                      max(open_time) AS time
+               FROM klines
+               WHERE open_time > now() - INTERVAL 1 DAY
+               GROUP BY symbol";
+    let mut rows = SqlQuery::new(&path, sql).unwrap().run(100).unwrap();
+    rows.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    let summary: Vec<(&str, f64, f64)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.symbol.as_ref(),
+                row.columns["lp"].as_f64().unwrap(),
+                row.columns["volume"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("BINANCE:BTCUSDT", 97250.0, 8.0), ("BINANCE:ETHUSDT", 3505.0, 40.0)]
+    );
+    assert!(rows.iter().all(|row| row.columns["time"].is_number()));
+    let _ = std::fs::remove_file(&path);
+}
