@@ -83,7 +83,8 @@ fn a_query_relay_sends_exactly_the_changed_symbols_and_a_broken_query_keeps_the_
          INSERT INTO klines VALUES
            ('BINANCE:BTCUSDT', '2026-12-03 08:00:00+00', 97000),
            ('BINANCE:ETHUSDT', '2026-12-03 08:00:00+00', 3500),
-           ('NASDAQ:AAPL', '2026-12-03 08:00:00+00', 230);",
+           ('NASDAQ:AAPL', '2026-12-03 08:00:00+00', 230),
+           ('FX:EURUSD', '2026-12-03 08:00:00+00', 1.08);",
     );
     let mut command = tickwire();
     command
@@ -154,7 +155,8 @@ fn a_query_relay_sends_exactly_the_changed_symbols_and_a_broken_query_keeps_the_
     );
 
     // The query breaks (its table is gone): failures are counted, clients keep the last state
-    // and are told, a newcomer still gets that state.
+    // and are told, a newcomer still gets the last good state, even of a symbol nobody was
+    // subscribed to (the query source's, not the hub's).
     let (crypto_mark, failures_before) = (
         crypto.mark(),
         relay.metric("tickwire_relay_query_failures_total").unwrap(),
@@ -175,18 +177,20 @@ fn a_query_relay_sends_exactly_the_changed_symbols_and_a_broken_query_keeps_the_
         "{:?}",
         health.body
     );
-    let newcomer = Client::connect(&runtime, "newcomer", &relay.addr, &["BINANCE:BTCUSDT"]);
-    eventually(
-        "the newcomer gets the last good state",
-        WAIT,
-        || match data_of(&values(&newcomer, 0), "BINANCE:BTCUSDT")
-            .last()
-            .and_then(|v| close(v))
-        {
-            Some(97100.0) => Ok(()),
-            other => Err(format!("{other:?}: {}", newcomer.tail(4))),
-        },
+    let newcomer = Client::connect(
+        &runtime,
+        "newcomer",
+        &relay.addr,
+        &["BINANCE:BTCUSDT", "FX:EURUSD"],
     );
+    eventually("the newcomer gets the last good state", WAIT, || {
+        let got = values(&newcomer, 0);
+        let last = |symbol| data_of(&got, symbol).last().and_then(|v| close(v));
+        match (last("BINANCE:BTCUSDT"), last("FX:EURUSD")) {
+            (Some(97100.0), Some(1.08)) => Ok(()),
+            other => Err(format!("{other:?}: {}", newcomer.tail(4))),
+        }
+    });
     let crypto_got = values(&crypto, crypto_mark);
     assert!(
         crypto_got
@@ -336,6 +340,10 @@ fn a_relay_with_a_store_records_what_it_relays_and_restarts_answering_stale() {
     assert_eq!(stale["stale"], true, "{stale}");
     assert_eq!(stale["quote"]["lp"].as_f64(), Some(last_price), "{stale}");
     assert!(stale["bar"]["bar"]["close"].is_number(), "{stale}");
+    assert_eq!(
+        relay.metric("tickwire_relay_stale_snapshots_sent_total"),
+        Ok(1.0)
+    );
 
     // The upstream comes back: the first quote replaces it with a live snapshot.
     server.emulator().pause_market(false);

@@ -275,6 +275,12 @@ pub(crate) fn render(
             "Error replies sent to clients.",
             counters.errors_sent,
         ),
+        (
+            "tickwire_relay_stale_snapshots_sent_total",
+            "Snapshots of a stored state the upstream had not confirmed yet (--store), per \
+             client.",
+            counters.stale_snapshots_sent,
+        ),
     ];
     for (name, help, value) in totals {
         single(&mut out, name, "counter", help, value);
@@ -312,6 +318,13 @@ pub(crate) fn render(
             value.load(Ordering::Relaxed),
         );
     }
+    single(
+        &mut out,
+        "tickwire_relay_stored_states",
+        "gauge",
+        "Stored states loaded at start (--store) that no client has subscribed to yet.",
+        hub.preloaded_count(),
+    );
     header(
         &mut out,
         "tickwire_relay_broadcast_latency_seconds",
