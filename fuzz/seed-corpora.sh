@@ -60,7 +60,7 @@ for answer in [
     put("http", answer)
 PY
 # The hub target's input is a schedule of operations, which libFuzzer builds up from nothing.
-mkdir -p corpus/hub corpus/cluster corpus/node
+mkdir -p corpus/hub corpus/cluster corpus/node corpus/query
 # The node target's schedules are seeded with a few that reach its deep states (leading and
 # carrying a feed, following a stream, a store that flaps, a full publish window), which
 # libFuzzer rarely finds from nothing. They are written in the `arbitrary` encoding of its

@@ -527,7 +527,9 @@ impl QueryFanout {
         };
         self.source.running = None;
         if run.timed_out {
-            // Counted as failed when it timed out; the backoff it got then still holds.
+            // Counted as failed when it timed out; the backoff it got then still holds, or is
+            // over already if the run took that long to return.
+            self.source.next_run = self.source.next_run.max(now);
             return;
         }
         match result {

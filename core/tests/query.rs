@@ -332,6 +332,8 @@ fn a_run_that_times_out_counts_as_failed_and_the_next_waits_for_it_to_return() {
     h.drain();
     assert!(h.take(conn).is_empty());
     assert_eq!(h.relay.source().symbol_count(), 0);
+    // Its backoff passed while it hung: the next run is due now, not in the past.
+    assert_eq!(h.relay.source().next_run(), Some(h.now));
     assert!(h.relay.poll_timeout().is_some());
     h.until_run();
     h.answer(Ok(vec![row("FX:EURUSD", json!({"close": 1.1}))]));
