@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use tickwire_core::message::Bar;
 use tickwire_core::record::{Recorder, RecorderConfig};
 use tickwire_relay::{EventTap, Preloaded, QueryRunner};
 use tickwire_store::query::SqlQuery;
@@ -65,19 +64,10 @@ pub(crate) async fn open(
         .into_iter()
         .map(|state| Preloaded {
             quote: state.quote.to_quote(),
-            bar: state.bar.zip(timeframe).map(|(bar, timeframe)| {
-                let closed = bar.closed;
-                let bar = Bar {
-                    index: 0,
-                    time: bar.time,
-                    open: bar.open,
-                    high: bar.high,
-                    low: bar.low,
-                    close: bar.close,
-                    volume: bar.volume,
-                };
-                (Arc::from(timeframe), bar, closed)
-            }),
+            bar: state
+                .bar
+                .zip(timeframe)
+                .map(|(bar, timeframe)| (Arc::from(timeframe), bar.to_bar(0), bar.closed)),
         })
         .collect();
     let writer = Writer::open(path.to_owned()).await?;

@@ -170,6 +170,8 @@ fn a_query_relay_sends_exactly_the_changed_symbols_and_a_broken_query_keeps_the_
     });
     let health = relay.health().unwrap();
     assert_eq!(health.code, 503, "{:?}", health.body);
+    // No feed stands behind it: nothing of one in its health.
+    assert!(health.body.get("mode").is_none(), "{:?}", health.body);
     assert!(
         health.body["query"]["last_error"]
             .as_str()

@@ -49,7 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{BarEvent, BarGap, Event, QuoteEvent, Source};
+use crate::client::{BarEvent, BarGap, Event, Quote, QuoteEvent, Source};
 use crate::instant::later;
 use crate::message::Bar;
 
@@ -143,6 +143,44 @@ pub struct Batch {
     pub bars: Vec<BarRow>,
     /// Gap rows, in the order seen.
     pub gaps: Vec<GapRow>,
+}
+
+impl QuoteRow {
+    /// The quote the row was made from, as far as the row keeps it (a stored state): the
+    /// fields the row has no column for are empty.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tickwire_core::client::Source;
+    /// use tickwire_core::record::QuoteRow;
+    ///
+    /// let row = QuoteRow {
+    ///     symbol: Arc::from("FX:EURUSD"),
+    ///     time: Some(1_700_000_000),
+    ///     price: Some(1.08),
+    ///     bid: None,
+    ///     ask: None,
+    ///     volume: None,
+    ///     change: Some(0.01),
+    ///     change_pct: None,
+    ///     source: Source::Stream,
+    ///     received_at_us: 1_700_000_000_250_000,
+    /// };
+    /// let quote = row.to_quote();
+    /// assert_eq!((quote.last_price, quote.change), (Some(1.08), Some(0.01)));
+    /// ```
+    pub fn to_quote(&self) -> Quote {
+        Quote {
+            last_price: self.price,
+            last_price_time: self.time,
+            bid: self.bid,
+            ask: self.ask,
+            volume: self.volume,
+            change: self.change,
+            change_percent: self.change_pct,
+            ..Quote::new(self.symbol.clone())
+        }
+    }
 }
 
 impl Batch {

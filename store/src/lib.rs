@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tickwire_core::client::{Quote, Source};
+//! use tickwire_core::client::Source;
 //! use tickwire_core::record::{Batch, QuoteRow};
 //! use tickwire_store::Store;
 //!
@@ -51,7 +51,7 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit as A
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::types::{TimeUnit, Value};
 use duckdb::{AccessMode, Config, Connection, params};
-use tickwire_core::client::{Quote, Source};
+use tickwire_core::client::Source;
 use tickwire_core::message::Bar;
 use tickwire_core::record::{BarRow, Batch, GapRow, QuoteRow};
 
@@ -176,48 +176,11 @@ pub struct StoredBar {
     pub closed: bool,
 }
 
-/// A symbol's last recorded quote: the fields the `quotes` table keeps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LastQuote {
-    /// The symbol.
-    pub symbol: Arc<str>,
-    /// Time of the last price, Unix seconds.
-    pub time: Option<i64>,
-    /// Last price.
-    pub price: Option<f64>,
-    /// Best bid.
-    pub bid: Option<f64>,
-    /// Best ask.
-    pub ask: Option<f64>,
-    /// Volume.
-    pub volume: Option<f64>,
-    /// Change since the previous close.
-    pub change: Option<f64>,
-    /// Change in percent.
-    pub change_pct: Option<f64>,
-}
-
-impl LastQuote {
-    /// As the core's quote (the fields the table does not keep are empty).
-    pub fn to_quote(&self) -> Quote {
-        Quote {
-            last_price: self.price,
-            last_price_time: self.time,
-            bid: self.bid,
-            ask: self.ask,
-            volume: self.volume,
-            change: self.change,
-            change_percent: self.change_pct,
-            ..Quote::new(self.symbol.clone())
-        }
-    }
-}
-
 /// What [`Store::last_states`] returns per symbol.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastState {
-    /// The last quote.
-    pub quote: LastQuote,
+    /// The last quote row ([`QuoteRow::to_quote`] makes it a quote again).
+    pub quote: QuoteRow,
     /// The newest bar of the series asked for, if the store has one.
     pub bar: Option<StoredBar>,
 }
@@ -395,49 +358,54 @@ impl Store {
         Ok(bars)
     }
 
-    /// The last quote of each symbol, newest symbols first, at most `limit` of them: what a
-    /// restarted relay answers with before its upstream says anything (see
-    /// [`LastQuote`]). With a `timeframe`, each also has its series' newest bar.
+    /// The last quote row of each symbol (by reception), newest symbols first, at most
+    /// `limit` of them: what a restarted relay answers with before its upstream says anything.
+    /// With a `timeframe`, each also has that series' newest bar, if the store has one.
     pub fn last_states(
         &self,
         timeframe: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LastState>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // The newest row of each symbol by reception (its `time` is the feed's and may be
-        // missing); a bar only when the series has one.
         let mut statement = self
             .connection
             .prepare_cached(
-                "WITH last_quotes AS (SELECT * FROM quotes QUALIFY row_number() OVER                  (PARTITION BY symbol ORDER BY received_at DESC) = 1),                  last_bars AS (SELECT * FROM bars WHERE timeframe = ? QUALIFY row_number()                  OVER (PARTITION BY symbol ORDER BY time DESC) = 1)                  SELECT q.symbol, epoch_us(q.time), q.price, q.bid, q.ask, q.volume, q.change,                  q.change_pct, epoch_us(b.time), b.open, b.high, b.low, b.close, b.volume,                  b.closed FROM last_quotes q LEFT JOIN last_bars b ON b.symbol = q.symbol                  ORDER BY q.received_at DESC LIMIT ?",
+                "WITH last_quotes AS (SELECT * FROM quotes QUALIFY row_number() \
+                 OVER (PARTITION BY symbol ORDER BY received_at DESC) = 1), \
+                 last_bars AS (SELECT * FROM bars WHERE timeframe = ? QUALIFY row_number() \
+                 OVER (PARTITION BY symbol ORDER BY time DESC) = 1) \
+                 SELECT epoch_us(b.time), b.open, b.high, b.low, b.close, b.volume, b.closed, \
+                 q.symbol, epoch_us(q.time), q.price, q.bid, q.ask, q.volume, q.change, \
+                 q.change_pct, q.source, epoch_us(q.received_at) \
+                 FROM last_quotes q LEFT JOIN last_bars b ON b.symbol = q.symbol \
+                 ORDER BY q.received_at DESC LIMIT ?",
             )
             .map_err(StoreError::Read)?;
         let rows = statement
             .query_map(params![timeframe.unwrap_or(""), limit], |row| {
-                let bar_time: Option<i64> = row.get(8)?;
-                let bar = match bar_time {
-                    Some(time) => Some(StoredBar {
-                        time: micros_to_seconds(time),
-                        open: row.get(9)?,
-                        high: row.get(10)?,
-                        low: row.get(11)?,
-                        close: row.get(12)?,
-                        volume: row.get(13)?,
-                        closed: row.get(14)?,
-                    }),
+                // The bar's columns come first, so that `stored_bar` reads them.
+                let bar = match row.get::<_, Option<i64>>(0)? {
+                    Some(_) => Some(stored_bar(row)?),
                     None => None,
                 };
-                let time: Option<i64> = row.get(1)?;
+                let time: Option<i64> = row.get(8)?;
+                let source: String = row.get(15)?;
                 Ok(LastState {
-                    quote: LastQuote {
-                        symbol: Arc::from(row.get::<_, String>(0)?),
+                    quote: QuoteRow {
+                        symbol: Arc::from(row.get::<_, String>(7)?),
                         time: time.map(|micros| micros.div_euclid(1_000_000)),
-                        price: row.get(2)?,
-                        bid: row.get(3)?,
-                        ask: row.get(4)?,
-                        volume: row.get(5)?,
-                        change: row.get(6)?,
-                        change_pct: row.get(7)?,
+                        price: row.get(9)?,
+                        bid: row.get(10)?,
+                        ask: row.get(11)?,
+                        volume: row.get(12)?,
+                        change: row.get(13)?,
+                        change_pct: row.get(14)?,
+                        source: if source == source_name(Source::Poll) {
+                            Source::Poll
+                        } else {
+                            Source::Stream
+                        },
+                        received_at_us: row.get(16)?,
                     },
                     bar,
                 })
@@ -652,19 +620,26 @@ fn micros_to_seconds(micros: i64) -> f64 {
     seconds
 }
 
-/// A stored bar as the core's [`Bar`] (its index is its position in `bars`).
+/// Stored bars as the core's [`Bar`]s (each one's index is its position in `bars`).
 pub fn to_bars(stored: &[StoredBar]) -> Vec<Bar> {
     stored
         .iter()
         .zip(0_i64..)
-        .map(|(bar, index)| Bar {
-            index,
-            time: bar.time,
-            open: bar.open,
-            high: bar.high,
-            low: bar.low,
-            close: bar.close,
-            volume: bar.volume,
-        })
+        .map(|(bar, index)| bar.to_bar(index))
         .collect()
+}
+
+impl StoredBar {
+    /// As the core's [`Bar`], at position `index` of its series.
+    pub fn to_bar(&self, index: i64) -> Bar {
+        Bar {
+            index,
+            time: self.time,
+            open: self.open,
+            high: self.high,
+            low: self.low,
+            close: self.close,
+            volume: self.volume,
+        }
+    }
 }

@@ -134,7 +134,7 @@ fn one_line(text: &str) -> String {
 /// union as its value.
 ///
 /// ```
-/// use duckdb::types::Value;
+/// use duckdb::types::{TimeUnit, Value};
 /// use tickwire_store::query::to_json;
 ///
 /// assert_eq!(to_json(Value::Timestamp(TimeUnit::Microsecond, 1_700_000_000_500_000)), 1_700_000_000.5);

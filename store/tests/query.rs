@@ -128,7 +128,10 @@ fn the_readmes_klines_example_gives_the_latest_snapshot_per_symbol() {
         .collect();
     assert_eq!(
         summary,
-        [("BINANCE:BTCUSDT", 97250.0, 8.0), ("BINANCE:ETHUSDT", 3505.0, 40.0)]
+        [
+            ("BINANCE:BTCUSDT", 97250.0, 8.0),
+            ("BINANCE:ETHUSDT", 3505.0, 40.0)
+        ]
     );
     assert!(rows.iter().all(|row| row.columns["time"].is_number()));
     let _ = std::fs::remove_file(&path);
