@@ -661,6 +661,11 @@ async fn run_query_relay(args: &RelayArgs, hub: HubConfig, file: &Path) -> Resul
     use tickwire_core::query::QueryConfig;
     let sql = query_text(args.query.as_deref().unwrap_or_default())?;
     let runner = crate::relay_store::DuckDbSource::new(file, &sql)?;
+    // The page shows what the query returns when nothing else says what to show.
+    let mut shown = args.symbols.clone();
+    if shown.is_empty() && hub.whitelist.is_none() {
+        shown = runner.first_symbols(EMULATOR_PAGE_SYMBOLS.len()).await;
+    }
     let query = QueryConfig {
         interval: args.interval,
         timeout: args.query_timeout,
@@ -674,7 +679,7 @@ async fn run_query_relay(args: &RelayArgs, hub: HubConfig, file: &Path) -> Resul
         .map_err(|error| Failure::Message(format!("--interval / --query-timeout: {error}")))?;
     let config = RelayConfig {
         listen: args.listen,
-        page_symbols: page_symbols(Vec::new(), &hub, &args.symbols),
+        page_symbols: page_symbols(Vec::new(), &hub, &shown),
         hub,
         query: Some(tickwire_relay::RelayQuery {
             config: query,

@@ -189,6 +189,25 @@ impl DuckDbSource {
     }
 }
 
+impl DuckDbSource {
+    /// The symbols of the query's first `count` rows now (none if it fails: the relay's own
+    /// runs report why).
+    pub(crate) async fn first_symbols(&self, count: usize) -> Vec<String> {
+        let query = self.0.clone();
+        tokio::task::spawn_blocking(move || query.run(count))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|row| row.symbol.to_string())
+                    .filter(|symbol| !symbol.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 impl QueryRunner for DuckDbSource {
     fn run(&self, limit: usize) -> Result<Vec<tickwire_core::query::QueryRow>, String> {
         self.0.run(limit)

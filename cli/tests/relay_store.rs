@@ -92,6 +92,24 @@ fn a_query_relay_sends_exactly_the_changed_symbols_and_a_broken_query_keeps_the_
         .arg(format!("--source=duckdb:{}", db.display()))
         .args(["--query", LATEST, "--interval", "200ms"]);
     let relay = RelayProcess::spawn("query", command);
+    // With no --symbols, the page shows what the query returns.
+    let (code, page) = support::http_get(&relay.addr, "/symbols").expect("/symbols answers");
+    let mut shown: Vec<String> = serde_json::from_str(&page).unwrap();
+    shown.sort();
+    assert_eq!(
+        (code, shown),
+        (
+            200,
+            [
+                "BINANCE:BTCUSDT",
+                "BINANCE:ETHUSDT",
+                "FX:EURUSD",
+                "NASDAQ:AAPL"
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
     let runtime = runtime();
     let crypto = Client::connect(
         &runtime,

@@ -810,6 +810,15 @@ async fn next_feed_event(events: &mut Option<tickwire_driver::Events>) -> Option
     }
 }
 
+async fn next_query_result(
+    results: &mut Option<mpsc::Receiver<query::QueryResult>>,
+) -> Option<query::QueryResult> {
+    match results {
+        Some(results) => results.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_link_event(events: &mut Option<mpsc::Receiver<LinkEvent>>) -> Option<LinkEvent> {
     match events {
         Some(events) => events.recv().await,
@@ -821,8 +830,10 @@ impl HubTask {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut query_results: mpsc::Receiver<query::QueryResult>,
+        query_results: mpsc::Receiver<query::QueryResult>,
     ) {
+        // Only a query-fed relay has results coming.
+        let mut query_results = matches!(self.engine, Engine::Query(_)).then_some(query_results);
         let mut events = self.engine.feed().map(Feed::events);
         let mut link_events: Option<mpsc::Receiver<LinkEvent>> = None;
         // A cluster node's first outputs (its Redis link) go out before anything happens.
@@ -890,11 +901,15 @@ impl HubTask {
                         }
                     }
                 }
-                Some((id, result)) = query_results.recv() => {
-                    if let Engine::Query(query) = &mut self.engine {
-                        query.handle_result(Instant::now(), id, result);
+                result = next_query_result(&mut query_results) => match result {
+                    Some((id, result)) => {
+                        if let Engine::Query(query) = &mut self.engine {
+                            query.handle_result(Instant::now(), id, result);
+                        }
                     }
-                }
+                    // The engine holds the sender, so this cannot end while it runs.
+                    None => query_results = None,
+                },
                 () = sleep => self.engine.handle_timeout(Instant::now()),
             }
             self.flush();
