@@ -19,7 +19,10 @@
 //! - [`record`]: what a recorder writes to its store and when: rows, batches, commit
 //!   interval, conflation while the store lags.
 //! - [`hub`]: the relay's fan-out: downstream subscriptions, change-only broadcast, per-connection
-//!   bounded queues with conflation, limits and deadlines.
+//!   bounded queues with conflation, limits and deadlines; stored states served stale until the
+//!   upstream confirms them.
+//! - [`query`]: a relay fed by a periodic query instead of a feed: when it runs, which rows
+//!   changed, what a failure leaves in place.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -67,6 +70,9 @@
 //! | relay: frames handed to one socket writer | `HubConfig::send_window` (32) | the rest waits in the hub's queue |
 //! | relay: silent connection | `HubConfig::keepalive_timeout` (90 s) | closed (4002) |
 //! | relay: commands to the hub task | 8 192 | the connection's reader waits, so TCP pushes back on that client alone |
+//! | relay: stored states waiting for a subscriber | `HubConfig::max_upstream_symbols` | `Hub::preload` returns false and keeps nothing |
+//! | query relay: symbols held, row size | `QueryConfig::max_rows` (10 000), `max_row_bytes` (16 KiB) | the row is dropped and counted (`rows_over_limit`) |
+//! | query relay: runs in flight | one; a timed-out run still has to return before the next | counted as failed (`timeouts`), the next run waits |
 #![cfg_attr(
     not(test),
     warn(
