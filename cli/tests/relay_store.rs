@@ -407,3 +407,49 @@ fn the_query_relay_refuses_what_cannot_work() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_relay_killed_with_sigkill_leaves_its_store_readable_missing_at_most_the_last_interval() {
+    let dir = scratch_dir("relay-store-kill");
+    let db = dir.join("relay.duckdb");
+    let server = Server::start_at(400.0);
+    let runtime = runtime();
+    let mut relay = RelayProcess::spawn("killed", relay_on(&server, &db));
+    let client = Client::connect(
+        &runtime,
+        "client",
+        &relay.addr,
+        &["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "NASDAQ:AAPL"],
+    );
+    eventually("quotes flow for a while", WAIT, || match client.mark() {
+        received if received > 200 => Ok(()),
+        received => Err(format!("{received} messages")),
+    });
+    relay.kill();
+    let killed_at_us = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    // Read-write: DuckDB replays its write-ahead log on open.
+    let store = Store::open(&db).unwrap();
+    let quotes = store.count("quotes").unwrap();
+    assert!(
+        quotes > 100,
+        "{quotes} quote rows after 200 messages relayed"
+    );
+    let newest: i64 = store
+        .connection()
+        .query_row("SELECT max(epoch_us(received_at)) FROM quotes", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    let missing = Duration::from_micros(u64::try_from((killed_at_us - newest).max(0)).unwrap());
+    // The 200 ms commit interval, plus a batch being written and a loaded machine's scheduling.
+    assert!(
+        missing <= Duration::from_millis(200) + Duration::from_millis(1500),
+        "the newest committed quote is {missing:?} older than the kill"
+    );
+}
