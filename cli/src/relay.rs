@@ -137,7 +137,7 @@ pub(crate) struct RelayArgs {
         value_name = "duckdb:FILE",
         value_parser = source_file,
         requires = "query",
-        conflicts_with_all = ["upstream", "redis", "store"]
+        conflicts_with_all = ["upstream", "redis", "store", "bars"]
     )]
     source: Option<PathBuf>,
     /// With --source: the SQL run every interval on a read-only connection (or @FILE to read

@@ -385,7 +385,7 @@ fn the_query_relay_refuses_what_cannot_work() {
     let dir = scratch_dir("query-relay-flags");
     let db = dir.join("nothing.duckdb");
     let source = format!("--source=duckdb:{}", db.display());
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["relay", &source], "--query"),
         (
             &["relay", "--source", "sqlite:x.db", "--query", "SELECT 1"],
@@ -398,6 +398,10 @@ fn the_query_relay_refuses_what_cannot_work() {
         (
             &["relay", &source, "--query", LATEST, "--interval", "10ms"],
             "interval",
+        ),
+        (
+            &["relay", &source, "--query", LATEST, "--bars", "1"],
+            "--bars",
         ),
     ];
     for (args, expected) in cases {
