@@ -390,20 +390,21 @@ impl QuerySource {
                 self.counters.rows_invalid = self.counters.rows_invalid.saturating_add(1);
                 continue;
             }
-            let known = self.states.contains_key(&row.symbol);
-            if (!known && self.states.len() >= self.config.max_rows)
-                || serde_json::to_vec(&row.columns)
-                    .map_or(true, |json| json.len() > self.config.max_row_bytes)
-            {
-                self.counters.rows_over_limit = self.counters.rows_over_limit.saturating_add(1);
-                continue;
+            // Most rows of a periodic query are the same as last time: compared first, so
+            // an unchanged row costs one lookup and one comparison.
+            match self.states.get(&row.symbol) {
+                Some(state) if *state.other == row.columns => {
+                    self.counters.rows_unchanged = self.counters.rows_unchanged.saturating_add(1);
+                    continue;
+                }
+                None if self.states.len() >= self.config.max_rows => {
+                    self.counters.rows_over_limit = self.counters.rows_over_limit.saturating_add(1);
+                    continue;
+                }
+                _ => {}
             }
-            if self
-                .states
-                .get(&row.symbol)
-                .is_some_and(|state| *state.other == row.columns)
-            {
-                self.counters.rows_unchanged = self.counters.rows_unchanged.saturating_add(1);
+            if json_len(&row.columns) > self.config.max_row_bytes {
+                self.counters.rows_over_limit = self.counters.rows_over_limit.saturating_add(1);
                 continue;
             }
             self.counters.rows_changed = self.counters.rows_changed.saturating_add(1);
@@ -417,6 +418,26 @@ impl QuerySource {
             self.states.insert(row.symbol, quote);
         }
         changed
+    }
+}
+
+/// The length of `columns` as JSON, counted without building it.
+fn json_len(columns: &BTreeMap<String, Value>) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, columns) {
+        Ok(()) => counter.0,
+        // Columns that cannot be JSON never fit.
+        Err(_) => usize::MAX,
     }
 }
 
