@@ -67,7 +67,7 @@
 //! | relay: client message size | `HubConfig::max_message_bytes` (16 KiB); the relay's WebSocket limit (256 KiB) | `MESSAGE_TOO_LARGE` error; past the WebSocket limit the connection ends (1009) |
 //! | relay: client message rate | `HubConfig::messages_per_second` (20, bursts of 40) | the message is ignored; one `RATE_LIMITED` error per second |
 //! | relay: frames waiting per connection | `HubConfig::queue_capacity` (512), plus 64 control frames | conflated to the latest state per symbol, one `SLOW_CONSUMER` warning, closed (4001) if still behind after `slow_consumer_deadline` (10 s); control frames past it are dropped and counted |
-//! | relay: frames handed to one socket writer | `HubConfig::send_window` (32) | the rest waits in the hub's queue |
+//! | relay: frames handed to one socket writer | `HubConfig::send_window` (256) | the rest waits in the hub's queue |
 //! | relay: silent connection | `HubConfig::keepalive_timeout` (90 s) | closed (4002) |
 //! | relay: commands to the hub task | 8 192 | the connection's reader waits, so TCP pushes back on that client alone |
 //! | relay: stored states waiting for a subscriber | `HubConfig::max_upstream_symbols` | `Hub::preload` returns false and keeps nothing |

@@ -54,7 +54,12 @@ pub struct HubConfig {
     /// Frames a connection may have waiting (queued plus handed to the socket) before it is
     /// conflated to the latest value per symbol.
     pub queue_capacity: usize,
-    /// Frames handed to one connection's socket writer at a time.
+    /// Frames handed to one connection's socket writer at a time, before it reports them
+    /// written. It must cover what a fast reader receives while a loaded writer catches up: a
+    /// client of 100 symbols takes 1 000 frames a second, and a relay whose writers run 50 to
+    /// 80 ms behind (10 000 clients on 2 cores) needs more than 100 of its frames in flight, or
+    /// it conflates a reader that keeps up. A stalled reader holds at most this many encoded
+    /// frames in its writer, past what its kernel socket buffer took.
     pub send_window: usize,
     /// A connection still behind this long after it fell behind is disconnected.
     pub slow_consumer_deadline: Duration,
@@ -83,7 +88,7 @@ impl Default for HubConfig {
             messages_per_second: 20,
             message_burst: 40,
             queue_capacity: 512,
-            send_window: 32,
+            send_window: 256,
             slow_consumer_deadline: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(90),
             linger: Duration::from_secs(30),
