@@ -44,6 +44,9 @@
 //!   over the relays, CPU and memory are summed over them, Redis's own CPU and memory are
 //!   printed, and latency is split between clients of the leader and of the followers (the
 //!   Redis hop). The old build (`TICKWIRE_LOAD_COMPARE`) runs in rows of one relay only.
+//! - `TICKWIRE_LOAD_FLOOR=1`: before the relays, a floor row for each connection count: the
+//!   same clients served by a child with no relay in it, one non-blocking `write` per delivery
+//!   (the [`floor`] module). Its CPU per delivery is what the `send`s alone cost.
 //!
 //! Everything (emulator, relay, clients) shares the machine's cores.
 
@@ -55,6 +58,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "relay_load/floor.rs"]
+mod floor;
 
 use futures::{SinkExt, StreamExt};
 use tickwire_emulator::{Emulator, EmulatorConfig};
@@ -113,6 +119,7 @@ struct Params {
     relay_args: Vec<String>,
     compare: Option<PathBuf>,
     relays: Vec<usize>,
+    floor: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -163,6 +170,7 @@ impl Params {
                         .unwrap_or_else(|| panic!("TICKWIRE_LOAD_RELAYS: bad count {part:?}"))
                 })
                 .collect(),
+            floor: env_or("TICKWIRE_LOAD_FLOOR", 0u8) == 1,
         }
     }
 }
@@ -227,6 +235,9 @@ enum Build {
     Current,
     /// An older `tickwire` binary, run as `tickwire relay …`.
     Old(PathBuf),
+    /// No relay: the bench binary in floor mode (see the `floor` module), writing every
+    /// delivery with one `send` at this many updates/s and symbols per client.
+    Floor { rate: f64, subscriptions: usize },
 }
 
 impl Build {
@@ -234,6 +245,7 @@ impl Build {
         match self {
             Build::Current => "new",
             Build::Old(_) => "old",
+            Build::Floor { .. } => "floor",
         }
     }
 }
@@ -348,6 +360,18 @@ impl Relay {
                         .env(CHILD_REDIS, redis)
                         .env(CHILD_RELAY_ID, format!("load-{index}"));
                 }
+                command
+            }
+            Build::Floor {
+                rate,
+                subscriptions,
+            } => {
+                let mut command =
+                    Command::new(std::env::current_exe().expect("the bench binary's path"));
+                command
+                    .env(CHILD_MODE, floor::FLOOR_MODE)
+                    .env(floor::FLOOR_RATE, rate.to_string())
+                    .env(floor::FLOOR_SUBSCRIPTIONS, subscriptions.to_string());
                 command
             }
             Build::Old(path) => {
@@ -1144,7 +1168,10 @@ async fn run_one(
     } else {
         0
     };
-    let url: Arc<str> = Arc::clone(&urls[probe_relay]);
+    let url: Arc<str> = match build {
+        Build::Floor { .. } => Arc::from(format!("{}?{}", urls[probe_relay], floor::PROBE_QUERY)),
+        _ => Arc::clone(&urls[probe_relay]),
+    };
     let progress = Arc::new(Progress::default());
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (orders, receiver) = watch::channel(Order::Hold);
@@ -1269,7 +1296,11 @@ async fn run_one(
     row.redis_cpu_percent = cpu_before.redis_percent_until(&cpu_after, elapsed);
     row.redis_rss_kib = redis_pid.map_or(0, |pid| proc_status(pid, "VmRSS"));
     row.held = progress.open.load(Ordering::Relaxed);
-    row.produced_per_second = quotes_after.saturating_sub(quotes_before) as f64 / elapsed;
+    row.produced_per_second = match build {
+        // The floor writes its own updates, at the requested rate.
+        Build::Floor { rate, .. } => *rate,
+        _ => quotes_after.saturating_sub(quotes_before) as f64 / elapsed,
+    };
     (
         row.relay_cpu_percent,
         row.bench_cpu_percent,
@@ -1412,11 +1443,17 @@ async fn run_one(
          max {:.2} ms",
         row.probe_samples, row.probe_p50_ms, row.probe_p99_ms, row.probe_max_ms
     );
+    let floor = matches!(build, Build::Floor { .. });
     println!(
-        "  relay /metrics over the window: {:.0} updates/s in, {:.0} msgs/s out (probe \
+        "  {}relay /metrics over the window: {:.0} updates/s in, {:.0} msgs/s out (probe \
          included), {:.1} updates/s unchanged (not sent), {} conflated deliveries, {} \
          SLOW_CONSUMER; broadcast latency (hub to \
          socket write) p50 <= {} ms, p99 <= {} ms, mean {:.2} ms",
+        if floor {
+            "(none: the floor has no /metrics) "
+        } else {
+            ""
+        },
         row.relay.updates_per_second,
         row.relay.messages_per_second,
         row.relay.unchanged_per_second,
@@ -1526,9 +1563,10 @@ fn cluster_cell(relays: usize, p50: f64, p99: f64, unit: &str) -> String {
 }
 
 fn main() {
-    if std::env::var(CHILD_MODE).as_deref() == Ok("relay") {
-        relay_child();
-        return;
+    match std::env::var(CHILD_MODE).as_deref() {
+        Ok("relay") => return relay_child(),
+        Ok(floor::FLOOR_MODE) => return floor::floor_child(),
+        _ => {}
     }
     // `cargo test --benches` runs bench binaries without --bench: keep that cheap.
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -1566,6 +1604,12 @@ fn main() {
         params.rate, params.subscriptions, params.warmup, params.seconds, params.connections
     );
     let mut builds = Vec::new();
+    if params.floor {
+        builds.push(Build::Floor {
+            rate: params.rate,
+            subscriptions: params.subscriptions,
+        });
+    }
     if let Some(old) = &params.compare {
         builds.push(Build::Old(old.clone()));
     }
@@ -1574,8 +1618,8 @@ fn main() {
     for &connections in &params.connections {
         for &relay_count in &params.relays {
             for build in &builds {
-                if relay_count > 1 && matches!(build, Build::Old(_)) {
-                    continue; // the old build has no cluster mode
+                if relay_count > 1 && !matches!(build, Build::Current) {
+                    continue; // neither the old build nor the floor has a cluster mode
                 }
                 rows.push(clients.block_on(run_one(
                     &emulator,
