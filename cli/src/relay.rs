@@ -142,10 +142,12 @@ pub(crate) struct RelayArgs {
     source: Option<PathBuf>,
     /// With --source: the SQL run every interval on a read-only connection (or @FILE to read
     /// it from a file). It returns a `symbol` column and any others; each row is that
-    /// symbol's state, sent to its subscribers when it changed since the last run.
+    /// symbol's state, sent to its subscribers when it changed since the last run. SQL that
+    /// holds a credential goes in @FILE or the environment, not on the command line.
     #[arg(
         long,
         env = "TICKWIRE_RELAY_QUERY",
+        hide_env_values = true,
         value_name = "SQL",
         requires = "source"
     )]

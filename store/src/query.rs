@@ -31,10 +31,23 @@ use tickwire_core::query::QueryRow;
 ///     println!("{} {:?}", row.symbol, row.columns);
 /// }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlQuery {
     path: PathBuf,
     sql: String,
+    /// The SQL's string literals (where a key, a token or a signed URL would be), each
+    /// replaced in the errors a run reports.
+    literals: Vec<String>,
+}
+
+/// The file and the query's size only: the SQL may hold a credential.
+impl std::fmt::Debug for SqlQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlQuery")
+            .field("path", &self.path)
+            .field("sql_bytes", &self.sql.len())
+            .finish()
+    }
 }
 
 impl SqlQuery {
@@ -51,6 +64,7 @@ impl SqlQuery {
         Ok(SqlQuery {
             path: path.to_owned(),
             sql: sql.to_owned(),
+            literals: string_literals(sql),
         })
     }
 
@@ -66,8 +80,16 @@ impl SqlQuery {
     ///
     /// # Errors
     /// Why the run failed, as one line: the file cannot be opened (missing, locked by a
-    /// writer, not a DuckDB file), the SQL fails, or the result has no `symbol` column.
+    /// writer, not a DuckDB file), the SQL fails, or the result has no `symbol` column. The
+    /// line goes to logs and `/healthz`, so it never quotes the SQL: DuckDB's excerpt of the
+    /// statement is cut, and each string literal of the SQL is replaced by `…` wherever
+    /// the error repeats it (a file pattern, a secret's value).
     pub fn run(&self, limit: usize) -> Result<Vec<QueryRow>, String> {
+        self.run_unredacted(limit)
+            .map_err(|error| redact(&error, &self.literals))
+    }
+
+    fn run_unredacted(&self, limit: usize) -> Result<Vec<QueryRow>, String> {
         let connection = Config::default()
             .access_mode(AccessMode::ReadOnly)
             .and_then(|config| Connection::open_with_flags(&self.path, config))
@@ -121,8 +143,55 @@ impl SqlQuery {
 }
 
 /// DuckDB's errors can span lines (a caret under the SQL); a log line and a counter want one.
+/// Its excerpt of the statement (from `LINE n:` on) is dropped: it is the SQL itself.
 fn one_line(text: &str) -> String {
+    let text = text.find("\nLINE ").map_or(text, |at| &text[..at]);
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Literals shorter than this stay in errors: replacing `'x'` would garble every `x` in the
+/// message, and no credential is that short.
+const MIN_REDACTED_LITERAL: usize = 4;
+
+/// The contents of the SQL's single-quoted string literals (`''` is a quote inside one), the
+/// longest first so that a literal containing another is replaced whole.
+fn string_literals(sql: &str) -> Vec<String> {
+    let mut literals = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut literal = String::new();
+        loop {
+            match chars.next() {
+                Some('\'') if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    literal.push('\'');
+                }
+                Some('\'') | None => break,
+                Some(other) => literal.push(other),
+            }
+        }
+        if literal.chars().count() >= MIN_REDACTED_LITERAL {
+            literals.push(literal);
+        }
+    }
+    literals.sort_by_key(|literal| std::cmp::Reverse(literal.len()));
+    literals.dedup();
+    literals
+}
+
+fn redact(error: &str, literals: &[String]) -> String {
+    let mut error = one_line(error);
+    for literal in literals {
+        // Compared as one line too: DuckDB may quote a literal holding line breaks.
+        let literal = one_line(literal);
+        if literal.chars().count() >= MIN_REDACTED_LITERAL && error.contains(&literal) {
+            error = error.replace(&literal, "…");
+        }
+    }
+    error
 }
 
 /// One DuckDB value as JSON, the way the relay's other messages carry such values: numbers as

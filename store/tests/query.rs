@@ -86,6 +86,41 @@ fn failures_are_one_line_reasons() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A failed run's reason goes to logs and `/healthz`: it must not carry the SQL's literals
+/// (where an S3 key or a token would be) nor DuckDB's excerpt of the statement.
+#[test]
+fn a_failed_run_never_quotes_the_sql() {
+    let path = temp_path("redacted");
+    duckdb::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (symbol VARCHAR); INSERT INTO t VALUES ('X:A');")
+        .unwrap();
+    let secret = "tok-5ecret-8841";
+    let cases = [
+        // A syntax error: DuckDB quotes the statement line under `LINE 1:`.
+        format!("SELECT symbol, '{secret}' AS token FROMM t"),
+        // A missing file: DuckDB names the pattern it could not find.
+        format!("SELECT 'X:B' AS symbol FROM read_csv('/nonexistent/{secret}/x.csv')"),
+        // A bad cast of the literal itself.
+        format!("SELECT symbol, CAST('{secret}' AS INTEGER) AS n FROM t"),
+        // A literal holding a quote and a line break.
+        format!("SELECT symbol FROM read_csv('/nonexistent/it''s\n{secret}.csv')"),
+    ];
+    for sql in &cases {
+        let query = SqlQuery::new(&path, sql).unwrap();
+        let error = query.run(10).unwrap_err();
+        assert!(!error.contains(secret), "{sql}: {error}");
+        assert!(!error.contains("LINE "), "{sql}: {error}");
+        assert!(!error.is_empty() && !error.contains('\n'), "{sql}: {error}");
+        assert!(!format!("{query:?}").contains(secret));
+    }
+    // What is not a literal still explains the failure.
+    let query = SqlQuery::new(&path, "SELECT symbol FROM missing_table").unwrap();
+    let error = query.run(10).unwrap_err();
+    assert!(error.contains("missing_table"), "{error}");
+    let _ = std::fs::remove_file(&path);
+}
+
 /// The README's example of the database-driven relay: a 5-minute klines table and the latest
 /// snapshot per symbol (keep the two in step).
 #[test]
