@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::{SYMBOLS, unix_ns};
 
@@ -54,7 +56,9 @@ impl Subscriber {
         }
         match self.socket.write(frame) {
             Ok(written) if written == frame.len() => {}
-            Ok(written) => self.pending.extend_from_slice(&frame[written..]),
+            Ok(written) => self
+                .pending
+                .extend_from_slice(frame.get(written..).unwrap_or_default()),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 self.pending.extend_from_slice(frame)
             }
@@ -78,21 +82,16 @@ impl Subscriber {
 /// Clients accepted and not yet taken by the writer, with their symbols.
 type Arrivals = Arc<Mutex<Vec<(TcpStream, Vec<usize>)>>>;
 
-/// An unmasked WebSocket text frame (the server side never masks).
+/// An unmasked WebSocket text frame (the server side never masks), framed by tungstenite.
 fn text_frame(body: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.push(0x81);
-    match body.len() {
-        len @ 0..=125 => frame.push(len as u8),
-        len @ 126..=65_535 => {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+    let mut frame = Vec::with_capacity(body.len() + 14);
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    header
+        .format(body.len() as u64, &mut frame)
+        .expect("a header written to a Vec");
     frame.extend_from_slice(body);
     frame
 }
